@@ -1,0 +1,4 @@
+//! The `insitu` command line. `main.rs` only parses arguments; each command
+//! lives in [`commands`].
+
+pub mod commands;

@@ -1,0 +1,61 @@
+//! The runtime's error type. Each variant carries what failed, where, and the
+//! detail needed to fix it; the gateway maps them to HTTP in one place.
+
+use std::path::PathBuf;
+
+/// Errors from preparing or running a stage.
+///
+/// A guest misbehaving is *not* an error: it is a [`crate::Outcome`] in the
+/// [`crate::RunReport`]. Errors are for the host side: bad job specifications,
+/// modules refused before they run, and I/O failures of the provider's disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The module was refused before running (not wasm, precompiled native code,
+    /// imports networking or something insitu does not provide, fails validation).
+    #[error("module {digest} rejected: {reason}")]
+    Rejected { digest: String, reason: String },
+
+    /// A limit asked for a job exceeds the provider's maximum.
+    #[error("{what} of {requested} is above the provider's maximum of {maximum}; ask for at most {maximum}")]
+    LimitAboveMaximum {
+        what: &'static str,
+        requested: String,
+        maximum: String,
+    },
+
+    /// A job specification is unusable (missing input dir, non-empty output, ...).
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+
+    /// A host-side I/O operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The wasmtime engine could not be configured (e.g. the pooling allocator
+    /// cannot reserve its address space).
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+
+    /// A size or duration could not be parsed.
+    #[error("invalid {what} `{input}`: {hint}")]
+    Parse {
+        what: &'static str,
+        input: String,
+        hint: &'static str,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

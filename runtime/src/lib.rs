@@ -1,0 +1,29 @@
+//! # insitu-runtime
+//!
+//! The execution core of insitu: everything needed to run one algorithm stage
+//! against local data under the guest contract of `DESIGN.md` §1.
+//!
+//! - [`sandbox`] owns the shared wasmtime engine, the compiled-module cache and
+//!   the per-job store: preopens, limits, quotas and outcome classification.
+//! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`units`] parses and prints the sizes and durations users type.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), insitu_runtime::Error> {
+//! use insitu_runtime::sandbox::{Sandbox, SandboxConfig, JobSpec};
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let module = sandbox.prepare(&std::fs::read("word-count.wasm").unwrap())?;
+//! let spec = JobSpec::new("word-count", "/srv/out".into(), "/srv/logs".into())
+//!     .input("/srv/datasets/books".into());
+//! let report = sandbox.run(&module, &spec, &Default::default()).await?;
+//! println!("{}", serde_json::to_string(&report).unwrap());
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod outcome;
+pub mod sandbox;
+pub mod units;
+
+pub use error::Error;
+pub use outcome::{Outcome, RunReport, Status};

@@ -1,0 +1,104 @@
+//! Statuses and outcomes: the one vocabulary used by the CLI's JSON, the HTTP
+//! API and the store (`DESIGN.md` §2).
+
+use serde::{Deserialize, Serialize};
+
+/// Where a stage or an execution is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Configuring,
+    Running,
+    Publishing,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+impl Status {
+    /// True for `succeeded`, `failed` and `stopped`.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Stopped)
+    }
+
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Configuring => "configuring",
+            Status::Running => "running",
+            Status::Publishing => "publishing",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// How a finished stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest returned from its entry point or called `proc_exit`.
+    Exited,
+    /// The guest trapped (unreachable, out-of-bounds, stack overflow, ...).
+    Trapped,
+    /// The wall-clock limit elapsed.
+    TimedOut,
+    /// The guest tried to grow memory or tables beyond its limit and then failed.
+    MemoryExceeded,
+    /// The output directory reached its quota.
+    OutputQuotaExceeded,
+    /// The logs (stdout + stderr + files in the logs dir) reached their quota.
+    LogQuotaExceeded,
+    /// The module or image was refused before running.
+    Rejected,
+    /// Somebody asked for the stage to stop.
+    Stopped,
+}
+
+impl Outcome {
+    /// The status a stage ends in given this outcome and exit code.
+    pub fn status(self, exit_code: Option<i32>) -> Status {
+        match self {
+            Outcome::Exited if exit_code == Some(0) => Status::Succeeded,
+            Outcome::Stopped => Status::Stopped,
+            _ => Status::Failed,
+        }
+    }
+}
+
+/// What `insitu run` prints and what the gateway records per stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub status: Status,
+    pub outcome: Outcome,
+    /// The guest's exit code when it exited; `null` otherwise.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// `sha256:<hex>` of the module's bytes.
+    pub module_digest: String,
+    /// Sum of the sizes of the regular files in the output dir (links not followed).
+    pub output_bytes: u64,
+    /// Sum of the sizes of the regular files in the logs dir, including stdout.log and stderr.log.
+    pub log_bytes: u64,
+    /// Why the stage failed, when it did: the trap, the limit hit, the rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names() {
+        assert_eq!(serde_json::to_string(&Outcome::OutputQuotaExceeded).unwrap(), "\"output_quota_exceeded\"");
+        assert_eq!(serde_json::to_string(&Status::Publishing).unwrap(), "\"publishing\"");
+        assert_eq!(Outcome::Exited.status(Some(0)), Status::Succeeded);
+        assert_eq!(Outcome::Exited.status(Some(3)), Status::Failed);
+        assert_eq!(Outcome::Stopped.status(None), Status::Stopped);
+        assert_eq!(Outcome::TimedOut.status(None), Status::Failed);
+    }
+}

@@ -1,0 +1,49 @@
+//! Fixtures shared by the end-to-end tests: guest modules built from source by
+//! this crate's build script, and a tree fingerprint to prove data untouched.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// The hostile guest for wasm32-wasip1 (a core module).
+pub const HOSTILE_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip1.wasm"));
+/// The hostile guest for wasm32-wasip2 (a component; its `net` case imports sockets).
+pub const HOSTILE_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip2.wasm"));
+/// word-count built for wasm32-wasip1 (the same module the demo embeds).
+pub const WORD_COUNT_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip1.wasm"));
+/// word-count built as a wasm32-wasip2 component.
+pub const WORD_COUNT_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip2.wasm"));
+
+/// Everything observable about a tree, links not followed: per entry its
+/// kind, size, mode, mtime (ns), inode and content sha256 (regular files) or
+/// target (links).
+pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let common = format!(
+            "mode={:o} mtime={}.{} ino={} nlink={}",
+            meta.mode(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ino(),
+            meta.nlink()
+        );
+        let kind = if meta.is_dir() {
+            let mut children: Vec<_> = std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            children.sort();
+            stack.extend(children);
+            "dir".to_string()
+        } else if meta.file_type().is_symlink() {
+            format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            format!("file {} sha256={}", bytes.len(), hex::encode(Sha256::digest(&bytes)))
+        };
+        out.insert(rel, format!("{kind} {common}"));
+    }
+    out
+}
