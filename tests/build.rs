@@ -5,6 +5,6 @@ fn main() {
     );
     insitu_wasm_build::build(
         "wasm32-wasip2",
-        &[("hostile", "tests/guests/hostile"), ("word-count", "examples/word-count")],
+        &[("hostile", "tests/guests/hostile"), ("word-count", "examples/word-count"), ("net-probe", "tests/guests/net-probe")],
     );
 }

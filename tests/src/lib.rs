@@ -8,8 +8,10 @@ use std::path::Path;
 
 /// The hostile guest for wasm32-wasip1 (a core module).
 pub const HOSTILE_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip1.wasm"));
-/// The hostile guest for wasm32-wasip2 (a component; its `net` case imports sockets).
+/// The hostile guest for wasm32-wasip2 (a component).
 pub const HOSTILE_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip2.wasm"));
+/// A wasm32-wasip2 component that connects and resolves names: imports wasi:sockets.
+pub const NET_PROBE_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/net-probe.wasm32-wasip2.wasm"));
 /// word-count built for wasm32-wasip1 (the same module the demo embeds).
 pub const WORD_COUNT_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip1.wasm"));
 /// word-count built as a wasm32-wasip2 component.

@@ -59,46 +59,43 @@ impl Column {
     }
 }
 
-/// Splits one CSV record (RFC 4180 quoting, no embedded newlines) into `out`.
-fn split_record<'a>(line: &'a str, out: &mut Vec<std::borrow::Cow<'a, str>>) {
-    out.clear();
+/// Calls `f(index, field)` for each field of one CSV record (RFC 4180
+/// quoting, no embedded newlines). `scratch` holds unescaped quoted fields.
+fn each_field(line: &str, scratch: &mut String, mut f: impl FnMut(usize, &str)) {
     let mut rest = line;
+    let mut i = 0;
     loop {
         if let Some(quoted) = rest.strip_prefix('"') {
-            let mut value = String::new();
+            scratch.clear();
             let mut chars = quoted.char_indices();
             let mut end = quoted.len();
-            while let Some((i, c)) = chars.next() {
-                if c == '"' {
-                    if quoted[i + 1..].starts_with('"') {
-                        value.push('"');
-                        chars.next();
-                    } else {
-                        end = i + 1;
-                        break;
-                    }
+            while let Some((at, c)) = chars.next() {
+                if c != '"' {
+                    scratch.push(c);
+                } else if quoted[at + 1..].starts_with('"') {
+                    scratch.push('"');
+                    chars.next();
                 } else {
-                    value.push(c);
+                    end = at + 1;
+                    break;
                 }
             }
-            out.push(value.into());
+            f(i, scratch);
             rest = &quoted[end..];
             match rest.find(',') {
-                Some(i) => rest = &rest[i + 1..],
+                Some(at) => rest = &rest[at + 1..],
                 None => return,
             }
         } else {
             match rest.find(',') {
-                Some(i) => {
-                    out.push(rest[..i].into());
-                    rest = &rest[i + 1..];
+                Some(at) => {
+                    f(i, &rest[..at]);
+                    rest = &rest[at + 1..];
                 }
-                None => {
-                    out.push(rest.into());
-                    return;
-                }
+                None => return f(i, rest),
             }
         }
+        i += 1;
     }
 }
 
@@ -107,7 +104,7 @@ fn csv_stats(job: &Job) -> Result<(), Error> {
     let mut names: Vec<String> = Vec::new();
     let mut columns: Vec<Column> = Vec::new();
     let mut rows = 0u64;
-    let mut fields = Vec::new();
+    let mut scratch = String::new();
     let mut line = String::new();
     for path in &files {
         let mut reader = BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
@@ -115,18 +112,18 @@ fn csv_stats(job: &Job) -> Result<(), Error> {
         if reader.read_line(&mut line)? == 0 {
             continue;
         }
-        split_record(line.trim_end_matches(['\r', '\n']), &mut fields);
-        let map: Vec<usize> = fields
-            .iter()
-            .map(|name| match names.iter().position(|n| n == name.trim()) {
+        let mut map: Vec<usize> = Vec::new();
+        each_field(line.trim_end_matches(['\r', '\n']), &mut scratch, |_, name| {
+            let col = match names.iter().position(|n| n == name.trim()) {
                 Some(i) => i,
                 None => {
                     names.push(name.trim().to_string());
                     columns.push(Column::default());
                     names.len() - 1
                 }
-            })
-            .collect();
+            };
+            map.push(col);
+        });
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -137,10 +134,11 @@ fn csv_stats(job: &Job) -> Result<(), Error> {
                 continue;
             }
             rows += 1;
-            split_record(record, &mut fields);
-            for (field, &col) in fields.iter().zip(&map) {
-                columns[col].push(field);
-            }
+            each_field(record, &mut scratch, |i, field| {
+                if let Some(&col) = map.get(i) {
+                    columns[col].push(field);
+                }
+            });
         }
     }
     let stats: serde_json::Map<String, serde_json::Value> =

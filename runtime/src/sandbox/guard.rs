@@ -7,13 +7,16 @@
 //! exceeded, and otherwise calls the original function. To know which
 //! directory a descriptor belongs to, the wrappers follow descriptors from the
 //! preopens through `path_open`, `fd_renumber` and `fd_close`.
+//!
+//! The original is called the way wasmtime-wasi's own linker glue calls it:
+//! the generated `wasi_snapshot_preview1::<function>` with the guest's memory.
 
 use super::JobState;
 use super::quota::{ENTRY_COST, SharedBudget, lock};
 use std::collections::HashMap;
-use std::sync::Arc;
-use wasmtime::{Caller, Func, Linker, Result, WasmParams, WasmResults, format_err};
-use wasmtime_wasi::p1;
+use wasmtime::{AsContextMut, Caller, Extern, Linker, Result, format_err};
+use wasmtime_wasi::p1::{self, wasi_snapshot_preview1 as wasi};
+use wiggle::GuestMemory;
 
 const P1: &str = "wasi_snapshot_preview1";
 /// `oflags::creat` of WASI preview 1.
@@ -24,8 +27,6 @@ const OFLAGS_CREAT: i32 = 1;
 pub struct Guard {
     /// Descriptor → the budget of the writable directory it lives in.
     fds: HashMap<i32, SharedBudget>,
-    /// The original functions, instantiated in this store on first use.
-    originals: HashMap<&'static str, Func>,
 }
 
 impl Guard {
@@ -33,7 +34,6 @@ impl Guard {
     pub fn new(preopens: impl IntoIterator<Item = (i32, SharedBudget)>) -> Guard {
         Guard {
             fds: preopens.into_iter().collect(),
-            originals: HashMap::new(),
         }
     }
 
@@ -77,55 +77,41 @@ fn read_u32(caller: &mut Caller<'_, JobState>, ptr: i32) -> Option<i32> {
     Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Calls the original preview 1 function `name` in this store.
-async fn original<P, R>(
-    caller: &mut Caller<'_, JobState>,
-    raw: &Linker<JobState>,
-    name: &'static str,
-    params: P,
-) -> Result<R>
-where
-    P: WasmParams + Send + Sync,
-    R: WasmResults + Send + Sync,
-{
-    let func = match caller.data().guard.originals.get(name) {
-        Some(f) => *f,
-        None => {
-            let f = raw
-                .get(&mut *caller, P1, name)?
-                .into_func()
-                .ok_or_else(|| format_err!("WASI function {name} is not a function"))?;
-            caller.data_mut().guard.originals.insert(name, f);
-            f
+/// Calls the original preview 1 function `$func` with the guest's memory.
+macro_rules! original {
+    ($caller:expr, $func:ident ( $($arg:expr),* )) => {{
+        let caller: &mut Caller<'_, JobState> = $caller;
+        let fuel = caller.as_context_mut().hostcall_fuel();
+        match caller.get_export("memory") {
+            Some(Extern::Memory(memory)) => {
+                let (bytes, state) = memory.data_and_store_mut(&mut *caller);
+                let ctx = state.wasi.p1();
+                wasi::WasiSnapshotPreview1::set_hostcall_fuel(ctx, fuel);
+                wasi::$func(ctx, &mut GuestMemory::Unshared(bytes), $($arg),*).await
+            }
+            _ => Err(format_err!("missing required memory export")),
         }
-    };
-    func.typed::<P, R>(&*caller)?.call_async(&mut *caller, params).await
+    }};
 }
 
 /// The linker for core modules: preview 1 with quota guards.
 pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
-    let mut raw: Linker<JobState> = Linker::new(engine);
-    p1::add_to_linker_async(&mut raw, |s: &mut JobState| s.wasi.p1())?;
-    let mut linker = raw.clone();
+    let mut linker: Linker<JobState> = Linker::new(engine);
+    p1::add_to_linker_async(&mut linker, |s: &mut JobState| s.wasi.p1())?;
     linker.allow_shadowing(true);
-    let raw = Arc::new(raw);
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "fd_write", move |mut c, (fd, iovs, n, out): (i32, i32, i32, i32)| {
-        let r = r.clone();
         Box::new(async move {
             let total = iovec_total(&mut c, iovs, n);
             charge(&mut c, fd, total)?;
-            original::<_, i32>(&mut c, &r, "fd_write", (fd, iovs, n, out)).await
+            original!(&mut c, fd_write(fd, iovs, n, out))
         })
     })?;
 
-    let r = raw.clone();
     linker.func_wrap_async(
         P1,
         "fd_pwrite",
         move |mut c, (fd, iovs, n, off, out): (i32, i32, i32, i64, i32)| {
-            let r = r.clone();
             Box::new(async move {
                 let total = iovec_total(&mut c, iovs, n);
                 charge(&mut c, fd, total)?;
@@ -134,34 +120,30 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
                         .check_size((off as u64).saturating_add(total))
                         .map_err(|why| format_err!(why))?;
                 }
-                original::<_, i32>(&mut c, &r, "fd_pwrite", (fd, iovs, n, off, out)).await
+                original!(&mut c, fd_pwrite(fd, iovs, n, off, out))
             })
         },
     )?;
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "fd_filestat_set_size", move |mut c, (fd, size): (i32, i64)| {
-        let r = r.clone();
         Box::new(async move {
             if let Some(budget) = c.data().guard.budget(fd) {
                 lock(&budget).check_size(size as u64).map_err(|why| format_err!(why))?;
             }
-            original::<_, i32>(&mut c, &r, "fd_filestat_set_size", (fd, size)).await
+            original!(&mut c, fd_filestat_set_size(fd, size))
         })
     })?;
 
-    let r = raw.clone();
     linker.func_wrap_async(
         P1,
         "path_open",
         move |mut c, args: (i32, i32, i32, i32, i32, i64, i64, i32, i32)| {
-            let r = r.clone();
             Box::new(async move {
                 let (dirfd, oflags, opened) = (args.0, args.4, args.8);
                 if oflags & OFLAGS_CREAT != 0 {
                     charge(&mut c, dirfd, ENTRY_COST)?;
                 }
-                let errno = original::<_, i32>(&mut c, &r, "path_open", args).await?;
+                let errno = original!(&mut c, path_open(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8))?;
                 if errno == 0
                     && let Some(fd) = read_u32(&mut c, opened)
                 {
@@ -177,11 +159,9 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         },
     )?;
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "fd_renumber", move |mut c, (from, to): (i32, i32)| {
-        let r = r.clone();
         Box::new(async move {
-            let errno = original::<_, i32>(&mut c, &r, "fd_renumber", (from, to)).await?;
+            let errno = original!(&mut c, fd_renumber(from, to))?;
             if errno == 0 {
                 let fds = &mut c.data_mut().guard.fds;
                 match fds.remove(&from) {
@@ -193,11 +173,9 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         })
     })?;
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "fd_close", move |mut c, (fd,): (i32,)| {
-        let r = r.clone();
         Box::new(async move {
-            let errno = original::<_, i32>(&mut c, &r, "fd_close", (fd,)).await?;
+            let errno = original!(&mut c, fd_close(fd))?;
             if errno == 0 {
                 c.data_mut().guard.fds.remove(&fd);
             }
@@ -205,36 +183,79 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         })
     })?;
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "path_create_directory", move |mut c, args: (i32, i32, i32)| {
-        let r = r.clone();
         Box::new(async move {
             charge(&mut c, args.0, ENTRY_COST)?;
-            original::<_, i32>(&mut c, &r, "path_create_directory", args).await
+            original!(&mut c, path_create_directory(args.0, args.1, args.2))
         })
     })?;
 
-    let r = raw.clone();
     linker.func_wrap_async(P1, "path_symlink", move |mut c, args: (i32, i32, i32, i32, i32)| {
-        let r = r.clone();
         Box::new(async move {
             charge(&mut c, args.2, ENTRY_COST)?;
-            original::<_, i32>(&mut c, &r, "path_symlink", args).await
+            original!(&mut c, path_symlink(args.0, args.1, args.2, args.3, args.4))
         })
     })?;
 
-    let r = raw;
     linker.func_wrap_async(
         P1,
         "path_link",
         move |mut c, args: (i32, i32, i32, i32, i32, i32, i32)| {
-            let r = r.clone();
             Box::new(async move {
                 charge(&mut c, args.4, ENTRY_COST)?;
-                original::<_, i32>(&mut c, &r, "path_link", args).await
+                original!(&mut c, path_link(args.0, args.1, args.2, args.3, args.4, args.5, args.6))
+            })
+        },
+    )?;
+
+    // A lone relative sleep: wasmtime-wasi would block the thread in
+    // `std::thread::sleep`, which no deadline can interrupt; sleep
+    // asynchronously instead so the job's deadline and stop requests cut it.
+    linker.func_wrap_async(
+        P1,
+        "poll_oneoff",
+        |mut c, (subs, events, n, nevents): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                if n == 1
+                    && let Some((userdata, nanos)) = relative_sleep(&mut c, subs)
+                {
+                    tokio::time::sleep(std::time::Duration::from_nanos(nanos)).await;
+                    if write_clock_event(&mut c, events, userdata, nevents) {
+                        return Ok(0);
+                    }
+                }
+                original!(&mut c, poll_oneoff(subs, events, n, nevents))
             })
         },
     )?;
 
     Ok(linker)
+}
+
+fn guest_bytes<'a>(caller: &'a mut Caller<'_, JobState>, ptr: i32, len: usize) -> Option<&'a mut [u8]> {
+    let memory = caller.get_export("memory")?.into_memory()?;
+    let start = ptr as u32 as usize;
+    memory.data_mut(caller).get_mut(start..start.checked_add(len)?)
+}
+
+/// If the subscription at `subs` is a relative clock timeout, its userdata
+/// and timeout in nanoseconds (WASI preview 1 `subscription` layout).
+fn relative_sleep(caller: &mut Caller<'_, JobState>, subs: i32) -> Option<(u64, u64)> {
+    let sub = guest_bytes(caller, subs, 48)?;
+    let u64_at = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().expect("8 bytes"));
+    let (tag, flags) = (sub[8], u16::from_le_bytes([sub[40], sub[41]]));
+    const ABSTIME: u16 = 1;
+    (tag == 0 && flags & ABSTIME == 0).then(|| (u64_at(0), u64_at(24)))
+}
+
+/// Writes one clock `event` and the event count; false if out of bounds.
+fn write_clock_event(caller: &mut Caller<'_, JobState>, events: i32, userdata: u64, nevents: i32) -> bool {
+    let Some(event) = guest_bytes(caller, events, 32) else { return false };
+    event.fill(0);
+    event[0..8].copy_from_slice(&userdata.to_le_bytes());
+    // error = success (0), type = clock (0), fd_readwrite.nbytes = 1
+    event[16..24].copy_from_slice(&1u64.to_le_bytes());
+    let Some(count) = guest_bytes(caller, nevents, 4) else { return false };
+    count.copy_from_slice(&1u32.to_le_bytes());
+    true
 }

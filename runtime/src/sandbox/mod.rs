@@ -464,19 +464,29 @@ impl Sandbox {
         })
     }
 
+    /// Reads an artifact into memory (never mmaps it: a file truncated by
+    /// someone else while mapped would crash the process with SIGBUS).
+    fn read_artifact(&self, path: &Path) -> Option<Vec<u8>> {
+        std::fs::read(path)
+            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot read cached module"))
+            .ok()
+    }
+
     fn load_core(&self, path: &Path) -> Option<Module> {
+        let bytes = self.read_artifact(path)?;
         // SAFETY: `path` is in this sandbox's cache directory, under a name
         // derived from the engine's compatibility hash, and was written there
         // atomically by `ModuleCache::store` from `Module::serialize` of this
         // engine configuration. Bytes from users never take this path.
-        let m = unsafe { Module::deserialize_file(&self.engine, path) };
+        let m = unsafe { Module::deserialize(&self.engine, &bytes) };
         m.map_err(|e| tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached module"))
             .ok()
     }
 
     fn load_component(&self, path: &Path) -> Option<wasmtime::component::Component> {
+        let bytes = self.read_artifact(path)?;
         // SAFETY: as in `load_core`: only artifacts this engine wrote.
-        let c = unsafe { wasmtime::component::Component::deserialize_file(&self.engine, path) };
+        let c = unsafe { wasmtime::component::Component::deserialize(&self.engine, &bytes) };
         c.map_err(|e| tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"))
             .ok()
     }
@@ -772,20 +782,26 @@ impl JobState {
                 Some(code),
                 (code != 0).then(|| format!("the guest exited with code {code}")),
             ),
-            None => {
-                let msg = match err.downcast_ref::<Trap>() {
-                    Some(trap) => format!("the guest trapped: {trap}"),
-                    None => format!("the guest failed: {err:#}"),
-                };
-                (Outcome::Trapped, None, Some(first_lines(&msg, 12)))
-            }
+            None => (Outcome::Trapped, None, Some(describe(&err))),
         }
     }
 }
 
-fn first_lines(s: &str, n: usize) -> String {
-    s.lines().take(n).collect::<Vec<_>>().join("\n")
+/// One line: the root cause, and the innermost guest function when known.
+fn describe(err: &wasmtime::Error) -> String {
+    let what = match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("the guest trapped: {trap}"),
+        None => format!("the guest failed: {}", err.root_cause()),
+    };
+    let frame = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first().and_then(|f| f.func_name().map(str::to_string)));
+    match frame {
+        Some(f) => format!("{what} (in {f})"),
+        None => what,
+    }
 }
+
 
 /// Counts linear memory across all of a store's memories; refuses growth past
 /// the job's limit and remembers that it did.
