@@ -10,7 +10,9 @@
 //! -p csv-stats -p linreg-train`).
 
 use anyhow::{Context, bail};
-use insitu_runtime::sandbox::{Interruption, JobSpec, Limits, Prepared, Sandbox, SandboxConfig, StopHandle};
+use insitu_runtime::sandbox::{
+    Interruption, JobSpec, Limits, Prepared, Sandbox, SandboxConfig, StopHandle,
+};
 use insitu_runtime::{Outcome, Status};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +22,10 @@ use std::time::{Duration, Instant};
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let all = what == "all";
-    println!("insitu-bench on {} cores\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "insitu-bench on {} cores\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     if all || what == "jobs" {
         jobs()?;
     }
@@ -66,8 +71,15 @@ fn job_dirs(root: &Path, n: usize) -> anyhow::Result<(PathBuf, Vec<(PathBuf, Pat
     Ok((input, dirs))
 }
 
-fn run_jobs(sandbox: &Sandbox, module: &Prepared, input: &Path, dirs: &[(PathBuf, PathBuf)]) -> anyhow::Result<Vec<Duration>> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+fn run_jobs(
+    sandbox: &Sandbox,
+    module: &Prepared,
+    input: &Path,
+    dirs: &[(PathBuf, PathBuf)],
+) -> anyhow::Result<Vec<Duration>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let mut times = Vec::with_capacity(dirs.len());
     for (o, l) in dirs {
         let mut spec = JobSpec::new("hostile", o.clone(), l.clone()).input(input.to_path_buf());
@@ -85,7 +97,10 @@ fn run_jobs(sandbox: &Sandbox, module: &Prepared, input: &Path, dirs: &[(PathBuf
 /// In-process jobs: read an input file, write an output file, all limits on.
 fn jobs() -> anyhow::Result<()> {
     println!("## in-process jobs (read input, write output; epoch timeout, memory limit, quotas)");
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig { concurrency: 8, ..SandboxConfig::default() })?);
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        concurrency: 8,
+        ..SandboxConfig::default()
+    })?);
     let module = sandbox.prepare(insitu_tests::HOSTILE_P1)?;
     let tmp = tempfile::tempdir()?;
     let (input, dirs) = job_dirs(tmp.path(), 6000)?;
@@ -121,13 +136,20 @@ fn jobs() -> anyhow::Result<()> {
 fn compile() -> anyhow::Result<()> {
     println!("## compile vs cache");
     let cache = tempfile::tempdir()?;
-    for (name, wasm) in [("hostile (wasip1)", insitu_tests::HOSTILE_P1), ("word-count (wasip1)", insitu_examples::WORD_COUNT.wasm)] {
+    for (name, wasm) in [
+        ("hostile (wasip1)", insitu_tests::HOSTILE_P1),
+        ("word-count (wasip1)", insitu_examples::WORD_COUNT.wasm),
+    ] {
         let mut compiled = Vec::new();
         let mut from_disk = Vec::new();
         let mut from_memory = Vec::new();
         for i in 0..5 {
             let dir = cache.path().join(format!("{name}-{i}"));
-            let sandbox = Sandbox::new(SandboxConfig { cache_dir: Some(dir), concurrency: 0, ..SandboxConfig::default() })?;
+            let sandbox = Sandbox::new(SandboxConfig {
+                cache_dir: Some(dir),
+                concurrency: 0,
+                ..SandboxConfig::default()
+            })?;
             let t = Instant::now();
             sandbox.prepare(wasm)?;
             compiled.push(t.elapsed());
@@ -159,13 +181,16 @@ fn timeout() -> anyhow::Result<()> {
     println!("## timeout accuracy (infinite loop, timeout 1s)");
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let module = sandbox.prepare(insitu_tests::HOSTILE_P1)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let mut worst = Duration::ZERO;
     for case in ["loop", "sleep"] {
         for _ in 0..5 {
             let tmp = tempfile::tempdir()?;
             let (input, dirs) = job_dirs(tmp.path(), 1)?;
-            let mut spec = JobSpec::new("hostile", dirs[0].0.clone(), dirs[0].1.clone()).input(input);
+            let mut spec =
+                JobSpec::new("hostile", dirs[0].0.clone(), dirs[0].1.clone()).input(input);
             spec.args = vec![case.into()];
             spec.limits.timeout = Duration::from_secs(1);
             let t = Instant::now();
@@ -197,14 +222,22 @@ fn native() -> anyhow::Result<()> {
     let csv = tmp.path().join("csv");
     insitu_examples::write_csv(&csv.join("weather.csv"), 1_000_000)?;
     let cases: [(&str, &[u8], &Path, &[&str]); 2] = [
-        ("linreg-train", insitu_examples::LINREG_TRAIN.wasm, &reg, &["--epochs", "300"]),
+        (
+            "linreg-train",
+            insitu_examples::LINREG_TRAIN.wasm,
+            &reg,
+            &["--epochs", "300"],
+        ),
         ("csv-stats", insitu_examples::CSV_STATS.wasm, &csv, &[]),
     ];
     let mut ratios: Vec<(f64, f64)> = Vec::new();
     for (name, wasm, input, args) in cases {
         let native_bin = bin.join(name);
         if !native_bin.exists() {
-            bail!("{} missing: cargo build --release -p {name}", native_bin.display());
+            bail!(
+                "{} missing: cargo build --release -p {name}",
+                native_bin.display()
+            );
         }
         let native = median_of(5, || {
             let out = tempfile::tempdir()?;
@@ -221,9 +254,15 @@ fn native() -> anyhow::Result<()> {
         })?;
         let mut wasm_times = Vec::new();
         for mode in [Interruption::Epoch, Interruption::Fuel] {
-            let sandbox = Sandbox::new(SandboxConfig { interruption: mode, concurrency: 0, ..SandboxConfig::default() })?;
+            let sandbox = Sandbox::new(SandboxConfig {
+                interruption: mode,
+                concurrency: 0,
+                ..SandboxConfig::default()
+            })?;
             let module = sandbox.prepare(wasm)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
             let t = median_of(5, || {
                 let o = tempfile::tempdir()?;
                 let (out, logs) = (o.path().join("o"), o.path().join("l"));
@@ -231,7 +270,10 @@ fn native() -> anyhow::Result<()> {
                 std::fs::create_dir(&logs)?;
                 let mut spec = JobSpec::new(name, out, logs).input(input.to_path_buf());
                 spec.args = args.iter().map(|s| s.to_string()).collect();
-                spec.limits = Limits { timeout: Duration::from_secs(600), ..Limits::default() };
+                spec.limits = Limits {
+                    timeout: Duration::from_secs(600),
+                    ..Limits::default()
+                };
                 let t = Instant::now();
                 let r = rt.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?;
                 anyhow::ensure!(r.status == Status::Succeeded, "wasm {name} failed: {r:?}");
@@ -248,8 +290,14 @@ fn native() -> anyhow::Result<()> {
         );
         ratios.push((re, rf));
     }
-    let geo = |f: fn(&(f64, f64)) -> f64| (ratios.iter().map(|r| f(r).ln()).sum::<f64>() / ratios.len() as f64).exp();
-    println!("geometric mean: epoch {:.2}x  fuel {:.2}x\n", geo(|r| r.0), geo(|r| r.1));
+    let geo = |f: fn(&(f64, f64)) -> f64| {
+        (ratios.iter().map(|r| f(r).ln()).sum::<f64>() / ratios.len() as f64).exp()
+    };
+    println!(
+        "geometric mean: epoch {:.2}x  fuel {:.2}x\n",
+        geo(|r| r.0),
+        geo(|r| r.1)
+    );
     Ok(())
 }
 
@@ -257,7 +305,10 @@ fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
 
-fn median_of(n: usize, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Duration> {
+fn median_of(
+    n: usize,
+    mut f: impl FnMut() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Duration> {
     let mut v = (0..n).map(|_| f()).collect::<anyhow::Result<Vec<_>>>()?;
     v.sort();
     Ok(v[n / 2])
@@ -268,7 +319,10 @@ fn cli() -> anyhow::Result<()> {
     println!("## one process per job, warm cache: insitu run vs wasmtime run");
     let insitu = target_dir()?.join("insitu");
     if !insitu.exists() {
-        bail!("{} missing: cargo build --release -p insitu-gateway", insitu.display());
+        bail!(
+            "{} missing: cargo build --release -p insitu-gateway",
+            insitu.display()
+        );
     }
     let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
     let version = Command::new(&wasmtime).arg("--version").output().with_context(|| {
@@ -280,7 +334,13 @@ fn cli() -> anyhow::Result<()> {
     let (input, dirs) = job_dirs(tmp.path(), 80)?;
     let cache = tmp.path().join("cache");
     let wasmtime_cache = tmp.path().join("wasmtime-cache.toml");
-    std::fs::write(&wasmtime_cache, format!("[cache]\ndirectory = \"{}\"\n", tmp.path().join("wt-cache").display()))?;
+    std::fs::write(
+        &wasmtime_cache,
+        format!(
+            "[cache]\ndirectory = \"{}\"\n",
+            tmp.path().join("wt-cache").display()
+        ),
+    )?;
     let run_insitu = |o: &Path, l: &Path| -> anyhow::Result<Duration> {
         let t = Instant::now();
         let out = Command::new(&insitu)
@@ -296,7 +356,11 @@ fn cli() -> anyhow::Result<()> {
             .arg(&cache)
             .args(["--", "write-ok"])
             .output()?;
-        anyhow::ensure!(out.status.success(), "insitu run failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "insitu run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(t.elapsed())
     };
     let run_wasmtime = |o: &Path, l: &Path| -> anyhow::Result<Duration> {
@@ -311,7 +375,12 @@ fn cli() -> anyhow::Result<()> {
             .arg(format!("--dir={}::/data/logs", l.display()))
             .arg("--argv0=hostile")
             .arg(&module)
-            .args(["--input1=/data/inputs/1", "--output=/data/outputs", "--logs=/data/logs", "write-ok"])
+            .args([
+                "--input1=/data/inputs/1",
+                "--output=/data/outputs",
+                "--logs=/data/logs",
+                "write-ok",
+            ])
             .stdout(stdout)
             .stderr(stderr)
             .status()?;

@@ -2,14 +2,18 @@
 
 use clap::{Args, Parser, Subcommand};
 use insitu_gateway::commands::{self, run::RunArgs};
+use insitu_runtime::Status;
 use insitu_runtime::sandbox::Limits;
 use insitu_runtime::units::{parse_duration, parse_size};
-use insitu_runtime::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "insitu", version, about = "Data in situ computation: run algorithms where the data lives")]
+#[command(
+    name = "insitu",
+    version,
+    about = "Data in situ computation: run algorithms where the data lives"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(r) => commands::run::execute(RunArgs {
-            cache_dir: if r.no_cache { None } else { r.cache_dir.or_else(commands::default_cache_dir) },
+            cache_dir: if r.no_cache {
+                None
+            } else {
+                r.cache_dir.or_else(commands::default_cache_dir)
+            },
             module: r.module,
             inputs: r.inputs,
             output: r.output,

@@ -13,8 +13,16 @@ impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("in")).unwrap();
-        std::fs::write(tmp.path().join("in/a.txt"), "one two two three three three\n").unwrap();
-        std::fs::write(tmp.path().join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+        std::fs::write(
+            tmp.path().join("in/a.txt"),
+            "one two two three three three\n",
+        )
+        .unwrap();
+        std::fs::write(
+            tmp.path().join("word-count.wasm"),
+            insitu_tests::WORD_COUNT_P1,
+        )
+        .unwrap();
         std::fs::write(tmp.path().join("hostile.wasm"), insitu_tests::HOSTILE_P1).unwrap();
         Env { tmp }
     }
@@ -34,7 +42,11 @@ impl Env {
 
 fn report(out: &Output) -> Value {
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "exactly one line on stdout: {stdout:?}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one line on stdout: {stdout:?}"
+    );
     serde_json::from_str(&stdout).unwrap()
 }
 
@@ -46,8 +58,18 @@ fn stderr(out: &Output) -> String {
 fn run_prints_one_json_line_and_writes_the_output() {
     let e = Env::new();
     let out = e.insitu(&[
-        "run", "--module", &e.p("word-count.wasm"), "--input", &e.p("in"), "--output", &e.p("out"), "--logs", &e.p("logs"),
-        "--", "--top", "1",
+        "run",
+        "--module",
+        &e.p("word-count.wasm"),
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("out"),
+        "--logs",
+        &e.p("logs"),
+        "--",
+        "--top",
+        "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = report(&out);
@@ -56,78 +78,203 @@ fn run_prints_one_json_line_and_writes_the_output() {
     assert_eq!(r["exit_code"], 0);
     assert!(r["duration_ms"].is_u64());
     assert!(r["module_digest"].as_str().unwrap().starts_with("sha256:"));
-    let counts: Value = serde_json::from_slice(&std::fs::read(e.tmp.path().join("out/counts.json")).unwrap()).unwrap();
-    assert_eq!(counts["top"], serde_json::json!([["three", 3]]), "extra args after -- reach the guest");
-    assert_eq!(r["output_bytes"], std::fs::metadata(e.tmp.path().join("out/counts.json")).unwrap().len());
+    let counts: Value =
+        serde_json::from_slice(&std::fs::read(e.tmp.path().join("out/counts.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        counts["top"],
+        serde_json::json!([["three", 3]]),
+        "extra args after -- reach the guest"
+    );
+    assert_eq!(
+        r["output_bytes"],
+        std::fs::metadata(e.tmp.path().join("out/counts.json"))
+            .unwrap()
+            .len()
+    );
     assert!(Path::new(&e.p("logs/stderr.log")).exists());
 }
 
 #[test]
 fn guest_stdout_never_reaches_our_stdout() {
     let e = Env::new();
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("out"), "--", "stdout-flood"]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("out"),
+        "--",
+        "stdout-flood",
+    ]);
     // Without --logs the logs go to a temp dir; the flood ends at the log quota.
     let r = report(&out);
     assert_eq!(r["outcome"], "log_quota_exceeded");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).starts_with("error: log quota of 16MiB exceeded"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: log quota of 16MiB exceeded"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn limits_come_from_flags() {
     let e = Env::new();
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("out"), "--timeout", "300ms", "--", "loop"]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("out"),
+        "--timeout",
+        "300ms",
+        "--",
+        "loop",
+    ]);
     let r = report(&out);
-    assert_eq!((r["status"].as_str(), r["outcome"].as_str()), (Some("failed"), Some("timed_out")));
+    assert_eq!(
+        (r["status"].as_str(), r["outcome"].as_str()),
+        (Some("failed"), Some("timed_out"))
+    );
     assert_eq!(r["exit_code"], Value::Null);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("error: time limit of 300ms reached"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: time limit of 300ms reached"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("out2"), "--memory", "32MiB", "--", "memory-bomb"]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("out2"),
+        "--memory",
+        "32MiB",
+        "--",
+        "memory-bomb",
+    ]);
     assert_eq!(report(&out)["outcome"], "memory_exceeded");
-    assert!(stderr(&out).contains("guest stderr"), "the temp logs' tail is shown: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("guest stderr"),
+        "the temp logs' tail is shown: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_rejected_module_is_a_report_not_a_crash() {
     let e = Env::new();
     std::fs::write(e.tmp.path().join("notes.txt"), "hello").unwrap();
-    let out = e.insitu(&["run", "--module", &e.p("notes.txt"), "--output", &e.p("out")]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("notes.txt"),
+        "--output",
+        &e.p("out"),
+    ]);
     let r = report(&out);
-    assert_eq!((r["status"].as_str(), r["outcome"].as_str()), (Some("failed"), Some("rejected")));
+    assert_eq!(
+        (r["status"].as_str(), r["outcome"].as_str()),
+        (Some("failed"), Some("rejected"))
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not a WebAssembly binary"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a WebAssembly binary"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn bad_invocations_fail_with_one_clear_line() {
     let e = Env::new();
-    let out = e.insitu(&["run", "--module", &e.p("missing.wasm"), "--output", &e.p("out")]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("missing.wasm"),
+        "--output",
+        &e.p("out"),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    assert!(stderr(&out).starts_with(&format!("error: cannot read the module {}", e.p("missing.wasm"))), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: cannot read the module {}",
+            e.p("missing.wasm")
+        )),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("out"), "--memory", "12XB"]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("out"),
+        "--memory",
+        "12XB",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid size `12XB`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid size `12XB`"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::create_dir_all(e.tmp.path().join("used")).unwrap();
     std::fs::write(e.tmp.path().join("used/old.json"), "{}").unwrap();
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("used")]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("used"),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not empty; give each run a new or empty directory"), "{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(e.tmp.path().join("used/old.json")).unwrap(), "{}");
+    assert!(
+        stderr(&out).contains("is not empty; give each run a new or empty directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.tmp.path().join("used/old.json")).unwrap(),
+        "{}"
+    );
 
-    let out = e.insitu(&["run", "--module", &e.p("hostile.wasm"), "--output", &e.p("o"), "--memory", "64GiB"]);
+    let out = e.insitu(&[
+        "run",
+        "--module",
+        &e.p("hostile.wasm"),
+        "--output",
+        &e.p("o"),
+        "--memory",
+        "64GiB",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("memory of 64GiB is above the provider's maximum of 4GiB"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("memory of 64GiB is above the provider's maximum of 4GiB"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn the_cache_makes_the_second_run_skip_compilation() {
     let e = Env::new();
     for out in ["o1", "o2"] {
-        let o = e.insitu(&["run", "--module", &e.p("word-count.wasm"), "--input", &e.p("in"), "--output", &e.p(out)]);
+        let o = e.insitu(&[
+            "run",
+            "--module",
+            &e.p("word-count.wasm"),
+            "--input",
+            &e.p("in"),
+            "--output",
+            &e.p(out),
+        ]);
         assert!(o.status.success());
     }
     let cached: Vec<_> = walk(&e.tmp.path().join("cache/insitu/modules"));
@@ -138,14 +285,21 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
     }
     out
 }
 
 #[test]
 fn demo_runs_every_example() {
-    let out = Command::new(env!("CARGO_BIN_EXE_insitu")).arg("demo").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_insitu"))
+        .arg("demo")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for name in ["word-count", "csv-stats", "linreg-train"] {

@@ -152,7 +152,9 @@ impl Job {
                 Some((k, v)) => (k.to_string(), Some(v.to_string())),
                 None => (flag.to_string(), None),
             };
-            let index = key.strip_prefix("input").and_then(|n| n.parse::<usize>().ok());
+            let index = key
+                .strip_prefix("input")
+                .and_then(|n| n.parse::<usize>().ok());
             if key != "output" && key != "logs" && index.is_none() {
                 args.push(arg);
                 continue;
@@ -166,7 +168,9 @@ impl Job {
             match (key.as_str(), index) {
                 ("output", _) => output = Some(PathBuf::from(value)),
                 ("logs", _) => logs = Some(PathBuf::from(value)),
-                (_, Some(0)) => return Err(ArgsError("inputs are numbered from 1 (--input1)".into())),
+                (_, Some(0)) => {
+                    return Err(ArgsError("inputs are numbered from 1 (--input1)".into()));
+                }
                 (_, Some(i)) => {
                     if inputs.iter().any(|x| x.index == i) {
                         return Err(ArgsError(format!("--input{i} given twice")));
@@ -180,7 +184,11 @@ impl Job {
             }
         }
         inputs.sort_by_key(|i| i.index);
-        if let Some((pos, input)) = inputs.iter().enumerate().find(|(pos, i)| i.index != pos + 1) {
+        if let Some((pos, input)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(pos, i)| i.index != pos + 1)
+        {
             return Err(ArgsError(format!(
                 "--input{} given but --input{} missing; inputs are numbered 1, 2, 3, ...",
                 input.index,
@@ -281,8 +289,15 @@ impl Job {
     /// Records progress (0.0 to 1.0) as a JSON line in `progress.jsonl` in
     /// the logs dir. Failures to record progress are ignored.
     pub fn progress(&self, fraction: f64, message: &str) {
-        let fraction = if fraction.is_finite() { fraction.clamp(0.0, 1.0) } else { 0.0 };
-        let line = format!("{{\"fraction\":{fraction:.4},\"message\":{}}}\n", json_string(message));
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let line = format!(
+            "{{\"fraction\":{fraction:.4},\"message\":{}}}\n",
+            json_string(message)
+        );
         let _ = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -430,7 +445,10 @@ mod tests {
         assert_eq!(fs::read(dir.join("sub/ok.txt")).unwrap(), b"done");
         job.progress(0.5, "half \"way\"");
         let p = fs::read_to_string(dir.join("progress.jsonl")).unwrap();
-        assert_eq!(p, "{\"fraction\":0.5000,\"message\":\"half \\\"way\\\"\"}\n");
+        assert_eq!(
+            p,
+            "{\"fraction\":0.5000,\"message\":\"half \\\"way\\\"\"}\n"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,9 @@ pub enum Error {
     Rejected { digest: String, reason: String },
 
     /// A limit asked for a job exceeds the provider's maximum.
-    #[error("{what} of {requested} is above the provider's maximum of {maximum}; ask for at most {maximum}")]
+    #[error(
+        "{what} of {requested} is above the provider's maximum of {maximum}; ask for at most {maximum}"
+    )]
     LimitAboveMaximum {
         what: &'static str,
         requested: String,
@@ -51,7 +53,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             action,
             path: path.into(),

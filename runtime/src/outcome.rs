@@ -94,8 +94,14 @@ mod tests {
 
     #[test]
     fn wire_names() {
-        assert_eq!(serde_json::to_string(&Outcome::OutputQuotaExceeded).unwrap(), "\"output_quota_exceeded\"");
-        assert_eq!(serde_json::to_string(&Status::Publishing).unwrap(), "\"publishing\"");
+        assert_eq!(
+            serde_json::to_string(&Outcome::OutputQuotaExceeded).unwrap(),
+            "\"output_quota_exceeded\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Status::Publishing).unwrap(),
+            "\"publishing\""
+        );
         assert_eq!(Outcome::Exited.status(Some(0)), Status::Succeeded);
         assert_eq!(Outcome::Exited.status(Some(3)), Status::Failed);
         assert_eq!(Outcome::Stopped.status(None), Status::Stopped);

@@ -60,7 +60,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, Error> {
 /// Formats a byte count with the largest binary unit that divides it exactly.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes != 0 && bytes % (1 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -71,7 +71,7 @@ pub fn format_size(bytes: u64) -> String {
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, div) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms != 0 && ms % div == 0 {
+        if ms != 0 && ms.is_multiple_of(div) {
             return format!("{}{unit}", ms / div);
         }
     }

@@ -7,15 +7,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The hostile guest for wasm32-wasip1 (a core module).
-pub const HOSTILE_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip1.wasm"));
+pub const HOSTILE_P1: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip1.wasm"));
 /// The hostile guest for wasm32-wasip2 (a component).
-pub const HOSTILE_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip2.wasm"));
+pub const HOSTILE_P2: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm32-wasip2.wasm"));
 /// A wasm32-wasip2 component that connects and resolves names: imports wasi:sockets.
-pub const NET_PROBE_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/net-probe.wasm32-wasip2.wasm"));
+pub const NET_PROBE_P2: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/net-probe.wasm32-wasip2.wasm"));
 /// word-count built for wasm32-wasip1 (the same module the demo embeds).
-pub const WORD_COUNT_P1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip1.wasm"));
+pub const WORD_COUNT_P1: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip1.wasm"));
 /// word-count built as a wasm32-wasip2 component.
-pub const WORD_COUNT_P2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip2.wasm"));
+pub const WORD_COUNT_P2: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/word-count.wasm32-wasip2.wasm"));
 
 /// Everything observable about a tree, links not followed: per entry its
 /// kind, size, mode, mtime (ns), inode and content sha256 (regular files) or
@@ -35,7 +40,10 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
             meta.nlink()
         );
         let kind = if meta.is_dir() {
-            let mut children: Vec<_> = std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut children: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             children.sort();
             stack.extend(children);
             "dir".to_string()
@@ -43,7 +51,11 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
             format!("link -> {}", std::fs::read_link(&p).unwrap().display())
         } else {
             let bytes = std::fs::read(&p).unwrap();
-            format!("file {} sha256={}", bytes.len(), hex::encode(Sha256::digest(&bytes)))
+            format!(
+                "file {} sha256={}",
+                bytes.len(),
+                hex::encode(Sha256::digest(&bytes))
+            )
         };
         out.insert(rel, format!("{kind} {common}"));
     }

@@ -77,8 +77,26 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "data", "stays", "where", "it", "lives", "and", "the", "algorithm", "travels", "to", "provider", "consumer",
-    "wasm", "sandbox", "result", "privacy", "compute", "in", "situ", "model",
+    "data",
+    "stays",
+    "where",
+    "it",
+    "lives",
+    "and",
+    "the",
+    "algorithm",
+    "travels",
+    "to",
+    "provider",
+    "consumer",
+    "wasm",
+    "sandbox",
+    "result",
+    "privacy",
+    "compute",
+    "in",
+    "situ",
+    "model",
 ];
 
 /// Writes `files` text files of `words` words each.
@@ -116,13 +134,21 @@ pub fn write_csv(path: &Path, rows: usize) -> io::Result<()> {
 
 /// Writes a regression CSV: `features` columns `x1..xN` and a target `y`
 /// (`y = 3 + Σ (i+1)·x_i + noise`, or a 0/1 label of it when `logistic`).
-pub fn write_regression(path: &Path, rows: usize, features: usize, logistic: bool) -> io::Result<()> {
+pub fn write_regression(
+    path: &Path,
+    rows: usize,
+    features: usize,
+    logistic: bool,
+) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let mut rng = Rng::new(13);
     let mut out = BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
-    let header: Vec<String> = (1..=features).map(|i| format!("x{i}")).chain(["y".into()]).collect();
+    let header: Vec<String> = (1..=features)
+        .map(|i| format!("x{i}"))
+        .chain(["y".into()])
+        .collect();
     writeln!(out, "{}", header.join(","))?;
     for _ in 0..rows {
         let mut y = 3.0;

@@ -46,8 +46,18 @@ impl Column {
     }
 
     fn json(&self) -> serde_json::Value {
-        let num = |x: f64| if self.count > 0 { serde_json::json!(x) } else { serde_json::Value::Null };
-        let sd = if self.count > 1 { (self.m2 / (self.count - 1) as f64).sqrt() } else { 0.0 };
+        let num = |x: f64| {
+            if self.count > 0 {
+                serde_json::json!(x)
+            } else {
+                serde_json::Value::Null
+            }
+        };
+        let sd = if self.count > 1 {
+            (self.m2 / (self.count - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         serde_json::json!({
             "count": self.count,
             "non_numeric": self.non_numeric,
@@ -113,17 +123,21 @@ fn csv_stats(job: &Job) -> Result<(), Error> {
             continue;
         }
         let mut map: Vec<usize> = Vec::new();
-        each_field(line.trim_end_matches(['\r', '\n']), &mut scratch, |_, name| {
-            let col = match names.iter().position(|n| n == name.trim()) {
-                Some(i) => i,
-                None => {
-                    names.push(name.trim().to_string());
-                    columns.push(Column::default());
-                    names.len() - 1
-                }
-            };
-            map.push(col);
-        });
+        each_field(
+            line.trim_end_matches(['\r', '\n']),
+            &mut scratch,
+            |_, name| {
+                let col = match names.iter().position(|n| n == name.trim()) {
+                    Some(i) => i,
+                    None => {
+                        names.push(name.trim().to_string());
+                        columns.push(Column::default());
+                        names.len() - 1
+                    }
+                };
+                map.push(col);
+            },
+        );
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -141,10 +155,20 @@ fn csv_stats(job: &Job) -> Result<(), Error> {
             });
         }
     }
-    let stats: serde_json::Map<String, serde_json::Value> =
-        names.iter().zip(&columns).map(|(n, c)| (n.clone(), c.json())).collect();
+    let stats: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(&columns)
+        .map(|(n, c)| (n.clone(), c.json()))
+        .collect();
     let result = serde_json::json!({ "files": files.len(), "rows": rows, "columns": stats });
-    job.write_output("stats.json", serde_json::to_string_pretty(&result)?.as_bytes())?;
-    job.log(&format!("{} files, {rows} rows, {} columns", files.len(), names.len()));
+    job.write_output(
+        "stats.json",
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )?;
+    job.log(&format!(
+        "{} files, {rows} rows, {} columns",
+        files.len(),
+        names.len()
+    ));
     Ok(())
 }

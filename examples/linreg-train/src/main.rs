@@ -25,12 +25,19 @@ struct Data {
 }
 
 fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
-    let mut data = Data { names: Vec::new(), x: Vec::new(), y: Vec::new(), features: 0 };
+    let mut data = Data {
+        names: Vec::new(),
+        x: Vec::new(),
+        y: Vec::new(),
+        features: 0,
+    };
     let mut header: Option<Vec<String>> = None;
     let mut target_col = 0;
     for path in job.input_files()? {
         let mut lines = BufReader::new(std::fs::File::open(&path)?).lines();
-        let Some(first) = lines.next().transpose()? else { continue };
+        let Some(first) = lines.next().transpose()? else {
+            continue;
+        };
         let names: Vec<String> = first.split(',').map(|s| s.trim().to_string()).collect();
         match &header {
             None => {
@@ -41,12 +48,19 @@ fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
                         .ok_or_else(|| format!("no column named `{t}` in {}", path.display()))?,
                     None => names.len().checked_sub(1).ok_or("empty header")?,
                 };
-                data.names = names.iter().enumerate().filter(|(i, _)| *i != target_col).map(|(_, n)| n.clone()).collect();
+                data.names = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != target_col)
+                    .map(|(_, n)| n.clone())
+                    .collect();
                 data.features = data.names.len();
                 header = Some(names);
             }
             Some(h) if *h != names => {
-                return Err(format!("{} has header {names:?}, expected {h:?}", path.display()).into());
+                return Err(
+                    format!("{} has header {names:?}, expected {h:?}", path.display()).into(),
+                );
             }
             Some(_) => {}
         }
@@ -58,7 +72,12 @@ fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
             let before = data.x.len();
             for (i, field) in line.split(',').enumerate() {
                 let v: f64 = field.trim().parse().map_err(|_| {
-                    format!("{} line {}: `{}` is not a number", path.display(), n + 2, field.trim())
+                    format!(
+                        "{} line {}: `{}` is not a number",
+                        path.display(),
+                        n + 2,
+                        field.trim()
+                    )
                 })?;
                 if i == target_col {
                     data.y.push(v);
@@ -66,8 +85,12 @@ fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
                     data.x.push(v);
                 }
             }
-            if data.x.len() - before != data.features || data.y.len() * data.features != data.x.len() {
-                return Err(format!("{} line {}: wrong number of fields", path.display(), n + 2).into());
+            if data.x.len() - before != data.features
+                || data.y.len() * data.features != data.x.len()
+            {
+                return Err(
+                    format!("{} line {}: wrong number of fields", path.display(), n + 2).into(),
+                );
             }
         }
     }
@@ -87,7 +110,11 @@ fn train(job: &Job) -> Result<(), Error> {
         "logistic" => true,
         other => return Err(format!("--model must be linear or logistic, not `{other}`").into()),
     };
-    let epochs: usize = job.arg("epochs").map(str::parse).transpose()?.unwrap_or(300);
+    let epochs: usize = job
+        .arg("epochs")
+        .map(str::parse)
+        .transpose()?
+        .unwrap_or(300);
     let lr: f64 = job.arg("lr").map(str::parse).transpose()?.unwrap_or(0.1);
     let l2: f64 = job.arg("l2").map(str::parse).transpose()?.unwrap_or(0.0);
     let mut d = load(job, job.arg("target"))?;
@@ -107,7 +134,8 @@ fn train(job: &Job) -> Result<(), Error> {
             sd[j] += (row[j] - mean[j]).powi(2);
         }
     }
-    sd.iter_mut().for_each(|s| *s = (*s / n as f64).sqrt().max(1e-12));
+    sd.iter_mut()
+        .for_each(|s| *s = (*s / n as f64).sqrt().max(1e-12));
     for row in d.x.chunks_exact_mut(f) {
         for j in 0..f {
             row[j] = (row[j] - mean[j]) / sd[j];
@@ -168,8 +196,14 @@ fn train(job: &Job) -> Result<(), Error> {
         "epochs": epochs,
         "learning_rate": lr,
     });
-    job.write_output("model.json", serde_json::to_string_pretty(&model)?.as_bytes())?;
-    job.write_output("metrics.json", serde_json::to_string_pretty(&metrics)?.as_bytes())?;
+    job.write_output(
+        "model.json",
+        serde_json::to_string_pretty(&model)?.as_bytes(),
+    )?;
+    job.write_output(
+        "metrics.json",
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
     job.log(&format!("trained on {n} rows x {f} features: {metrics}"));
     Ok(())
 }

@@ -28,19 +28,27 @@ fn word_count(job: &Job) -> Result<(), Error> {
                 break;
             }
             line.push_str(&String::from_utf8_lossy(&raw));
-            for word in line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+            for word in line
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
                 *counts.entry(word.to_lowercase()).or_default() += 1;
                 words += 1;
             }
         }
-        job.progress((i + 1) as f64 / files.len() as f64, &path.display().to_string());
+        job.progress(
+            (i + 1) as f64 / files.len() as f64,
+            &path.display().to_string(),
+        );
     }
     let mut ranked: Vec<(&String, &u64)> = counts.iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let sorted: serde_json::Map<String, serde_json::Value> = {
         let mut all: Vec<_> = counts.iter().collect();
         all.sort();
-        all.into_iter().map(|(w, n)| (w.clone(), (*n).into())).collect()
+        all.into_iter()
+            .map(|(w, n)| (w.clone(), (*n).into()))
+            .collect()
     };
     let result = serde_json::json!({
         "files": files.len(),
@@ -49,7 +57,14 @@ fn word_count(job: &Job) -> Result<(), Error> {
         "top": ranked.iter().take(top).map(|(w, n)| serde_json::json!([w, n])).collect::<Vec<_>>(),
         "counts": sorted,
     });
-    job.write_output("counts.json", serde_json::to_string_pretty(&result)?.as_bytes())?;
-    job.log(&format!("{} files, {words} words, {} distinct", files.len(), counts.len()));
+    job.write_output(
+        "counts.json",
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )?;
+    job.log(&format!(
+        "{} files, {words} words, {} distinct",
+        files.len(),
+        counts.len()
+    ));
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! the sandbox and prints what happened.
 
 use insitu_examples::ALL;
-use insitu_runtime::sandbox::{JobSpec, StopHandle};
 use insitu_runtime::Status;
+use insitu_runtime::sandbox::{JobSpec, StopHandle};
 
 /// Runs every example; returns whether all succeeded.
 ///
@@ -13,7 +13,10 @@ pub fn execute() -> anyhow::Result<bool> {
     let work = tempfile::Builder::new().prefix("insitu-demo-").tempdir()?;
     let sandbox = super::local_sandbox(None)?;
     let rt = super::runtime()?;
-    println!("insitu demo: running {} example algorithms in the wasm sandbox\n", ALL.len());
+    println!(
+        "insitu demo: running {} example algorithms in the wasm sandbox\n",
+        ALL.len()
+    );
     let mut all_ok = true;
     for example in ALL {
         let dir = work.path().join(example.name);
@@ -38,8 +41,16 @@ pub fn execute() -> anyhow::Result<bool> {
         match std::fs::read_to_string(output.join(example.result)) {
             Ok(text) => {
                 let shown: String = text.chars().take(360).collect();
-                let more = if text.len() > shown.len() { "\n  …" } else { "" };
-                println!("  {}: {}{more}\n", example.result, shown.replace('\n', "\n  "));
+                let more = if text.len() > shown.len() {
+                    "\n  …"
+                } else {
+                    ""
+                };
+                println!(
+                    "  {}: {}{more}\n",
+                    example.result,
+                    shown.replace('\n', "\n  ")
+                );
             }
             Err(e) => println!("  no {}: {e}\n", example.result),
         }
@@ -50,7 +61,11 @@ pub fn execute() -> anyhow::Result<bool> {
     }
     println!(
         "{}",
-        if all_ok { "all examples succeeded" } else { "some examples FAILED" }
+        if all_ok {
+            "all examples succeeded"
+        } else {
+            "some examples FAILED"
+        }
     );
     Ok(all_ok)
 }

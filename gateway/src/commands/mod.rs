@@ -27,5 +27,7 @@ pub fn local_sandbox(cache_dir: Option<PathBuf>) -> anyhow::Result<Sandbox> {
 
 /// A current-thread runtime with timers, for running one job.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?)
 }

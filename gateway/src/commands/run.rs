@@ -34,8 +34,12 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
         .and_then(|s| s.to_str())
         .unwrap_or("algorithm")
         .to_string();
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create the output directory {}", args.output.display()))?;
+    std::fs::create_dir_all(&args.output).with_context(|| {
+        format!(
+            "cannot create the output directory {}",
+            args.output.display()
+        )
+    })?;
     let temp_logs;
     let logs = match &args.logs {
         Some(dir) => {
@@ -60,7 +64,9 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
     let sandbox = super::local_sandbox(args.cache_dir.clone())?;
     let started = std::time::Instant::now();
     let report = match sandbox.prepare(&bytes) {
-        Ok(module) => super::runtime()?.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?,
+        Ok(module) => {
+            super::runtime()?.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?
+        }
         Err(insitu_runtime::Error::Rejected { digest, reason }) => RunReport {
             status: Status::Failed,
             outcome: insitu_runtime::Outcome::Rejected,
@@ -88,7 +94,9 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
 /// Copies the last 4 KiB of the guest's stderr to ours when its logs dir is
 /// temporary and about to vanish.
 fn echo_tail(path: &Path) {
-    let Ok(mut f) = std::fs::File::open(path) else { return };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return;
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len == 0 {
         return;
@@ -96,6 +104,10 @@ fn echo_tail(path: &Path) {
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut tail = String::new();
     if f.read_to_string(&mut tail).is_ok() {
-        eprintln!("guest stderr (last {} bytes):\n{}", tail.len(), tail.trim_end());
+        eprintln!(
+            "guest stderr (last {} bytes):\n{}",
+            tail.len(),
+            tail.trim_end()
+        );
     }
 }

@@ -26,10 +26,13 @@ pub enum CacheHit {
     Compiled,
 }
 
+/// One digest's entry: locked while it is being prepared.
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
+
 /// The single-flight map of prepared modules plus the directory of artifacts.
 pub struct ModuleCache<T> {
     dir: Option<PathBuf>,
-    slots: Mutex<HashMap<String, Arc<Mutex<Option<Arc<T>>>>>>,
+    slots: Mutex<HashMap<String, Slot<T>>>,
 }
 
 impl<T> ModuleCache<T> {
@@ -43,7 +46,8 @@ impl<T> ModuleCache<T> {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 engine.precompile_compatibility_hash().hash(&mut h);
                 let dir = dir.join(format!("{:016x}", h.finish()));
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io("create module cache", &dir, e))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io("create module cache", &dir, e))?;
                 Some(dir)
             }
             None => None,

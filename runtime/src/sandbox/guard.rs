@@ -45,7 +45,9 @@ impl Guard {
 /// Charges `bytes` to the budget of `fd`, if it is in a writable directory.
 fn charge(caller: &mut Caller<'_, JobState>, fd: i32, bytes: u64) -> Result<()> {
     if let Some(budget) = caller.data().guard.budget(fd) {
-        lock(&budget).charge(bytes).map_err(|why| format_err!(why))?;
+        lock(&budget)
+            .charge(bytes)
+            .map_err(|why| format_err!(why))?;
     }
     Ok(())
 }
@@ -100,13 +102,17 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
     p1::add_to_linker_async(&mut linker, |s: &mut JobState| s.wasi.p1())?;
     linker.allow_shadowing(true);
 
-    linker.func_wrap_async(P1, "fd_write", move |mut c, (fd, iovs, n, out): (i32, i32, i32, i32)| {
-        Box::new(async move {
-            let total = iovec_total(&mut c, iovs, n);
-            charge(&mut c, fd, total)?;
-            original!(&mut c, fd_write(fd, iovs, n, out))
-        })
-    })?;
+    linker.func_wrap_async(
+        P1,
+        "fd_write",
+        move |mut c, (fd, iovs, n, out): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let total = iovec_total(&mut c, iovs, n);
+                charge(&mut c, fd, total)?;
+                original!(&mut c, fd_write(fd, iovs, n, out))
+            })
+        },
+    )?;
 
     linker.func_wrap_async(
         P1,
@@ -125,14 +131,20 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         },
     )?;
 
-    linker.func_wrap_async(P1, "fd_filestat_set_size", move |mut c, (fd, size): (i32, i64)| {
-        Box::new(async move {
-            if let Some(budget) = c.data().guard.budget(fd) {
-                lock(&budget).check_size(size as u64).map_err(|why| format_err!(why))?;
-            }
-            original!(&mut c, fd_filestat_set_size(fd, size))
-        })
-    })?;
+    linker.func_wrap_async(
+        P1,
+        "fd_filestat_set_size",
+        move |mut c, (fd, size): (i32, i64)| {
+            Box::new(async move {
+                if let Some(budget) = c.data().guard.budget(fd) {
+                    lock(&budget)
+                        .check_size(size as u64)
+                        .map_err(|why| format_err!(why))?;
+                }
+                original!(&mut c, fd_filestat_set_size(fd, size))
+            })
+        },
+    )?;
 
     linker.func_wrap_async(
         P1,
@@ -143,7 +155,12 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
                 if oflags & OFLAGS_CREAT != 0 {
                     charge(&mut c, dirfd, ENTRY_COST)?;
                 }
-                let errno = original!(&mut c, path_open(args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8))?;
+                let errno = original!(
+                    &mut c,
+                    path_open(
+                        args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7, args.8
+                    )
+                )?;
                 if errno == 0
                     && let Some(fd) = read_u32(&mut c, opened)
                 {
@@ -183,19 +200,27 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         })
     })?;
 
-    linker.func_wrap_async(P1, "path_create_directory", move |mut c, args: (i32, i32, i32)| {
-        Box::new(async move {
-            charge(&mut c, args.0, ENTRY_COST)?;
-            original!(&mut c, path_create_directory(args.0, args.1, args.2))
-        })
-    })?;
+    linker.func_wrap_async(
+        P1,
+        "path_create_directory",
+        move |mut c, args: (i32, i32, i32)| {
+            Box::new(async move {
+                charge(&mut c, args.0, ENTRY_COST)?;
+                original!(&mut c, path_create_directory(args.0, args.1, args.2))
+            })
+        },
+    )?;
 
-    linker.func_wrap_async(P1, "path_symlink", move |mut c, args: (i32, i32, i32, i32, i32)| {
-        Box::new(async move {
-            charge(&mut c, args.2, ENTRY_COST)?;
-            original!(&mut c, path_symlink(args.0, args.1, args.2, args.3, args.4))
-        })
-    })?;
+    linker.func_wrap_async(
+        P1,
+        "path_symlink",
+        move |mut c, args: (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                charge(&mut c, args.2, ENTRY_COST)?;
+                original!(&mut c, path_symlink(args.0, args.1, args.2, args.3, args.4))
+            })
+        },
+    )?;
 
     linker.func_wrap_async(
         P1,
@@ -203,7 +228,10 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         move |mut c, args: (i32, i32, i32, i32, i32, i32, i32)| {
             Box::new(async move {
                 charge(&mut c, args.4, ENTRY_COST)?;
-                original!(&mut c, path_link(args.0, args.1, args.2, args.3, args.4, args.5, args.6))
+                original!(
+                    &mut c,
+                    path_link(args.0, args.1, args.2, args.3, args.4, args.5, args.6)
+                )
             })
         },
     )?;
@@ -232,10 +260,16 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
     Ok(linker)
 }
 
-fn guest_bytes<'a>(caller: &'a mut Caller<'_, JobState>, ptr: i32, len: usize) -> Option<&'a mut [u8]> {
+fn guest_bytes<'a>(
+    caller: &'a mut Caller<'_, JobState>,
+    ptr: i32,
+    len: usize,
+) -> Option<&'a mut [u8]> {
     let memory = caller.get_export("memory")?.into_memory()?;
     let start = ptr as u32 as usize;
-    memory.data_mut(caller).get_mut(start..start.checked_add(len)?)
+    memory
+        .data_mut(caller)
+        .get_mut(start..start.checked_add(len)?)
 }
 
 /// If the subscription at `subs` is a relative clock timeout, its userdata
@@ -249,13 +283,22 @@ fn relative_sleep(caller: &mut Caller<'_, JobState>, subs: i32) -> Option<(u64, 
 }
 
 /// Writes one clock `event` and the event count; false if out of bounds.
-fn write_clock_event(caller: &mut Caller<'_, JobState>, events: i32, userdata: u64, nevents: i32) -> bool {
-    let Some(event) = guest_bytes(caller, events, 32) else { return false };
+fn write_clock_event(
+    caller: &mut Caller<'_, JobState>,
+    events: i32,
+    userdata: u64,
+    nevents: i32,
+) -> bool {
+    let Some(event) = guest_bytes(caller, events, 32) else {
+        return false;
+    };
     event.fill(0);
     event[0..8].copy_from_slice(&userdata.to_le_bytes());
     // error = success (0), type = clock (0), fd_readwrite.nbytes = 1
     event[16..24].copy_from_slice(&1u64.to_le_bytes());
-    let Some(count) = guest_bytes(caller, nevents, 4) else { return false };
+    let Some(count) = guest_bytes(caller, nevents, 4) else {
+        return false;
+    };
     count.copy_from_slice(&1u32.to_le_bytes());
     true
 }

@@ -52,9 +52,11 @@ pub fn inspect(bytes: &[u8], digest: &str) -> Result<ModuleKind, Error> {
         match payload {
             Payload::ImportSection(reader) if kind == ModuleKind::Core => {
                 for imports in reader {
-                    let imports = imports.map_err(|e| reject(format!("malformed import section: {e}")))?;
+                    let imports =
+                        imports.map_err(|e| reject(format!("malformed import section: {e}")))?;
                     for import in imports {
-                        let (_, import) = import.map_err(|e| reject(format!("malformed import: {e}")))?;
+                        let (_, import) =
+                            import.map_err(|e| reject(format!("malformed import: {e}")))?;
                         check_core_import(import.module, import.name).map_err(reject)?;
                     }
                 }
@@ -66,9 +68,14 @@ pub fn inspect(bytes: &[u8], digest: &str) -> Result<ModuleKind, Error> {
                 }
             }
             // Nested modules and components are checked through the outer imports.
-            Payload::ModuleSection { parser: _, unchecked_range: _ }
-            | Payload::ComponentSection { parser: _, unchecked_range: _ }
-                if kind == ModuleKind::Component => {}
+            Payload::ModuleSection {
+                parser: _,
+                unchecked_range: _,
+            }
+            | Payload::ComponentSection {
+                parser: _,
+                unchecked_range: _,
+            } if kind == ModuleKind::Component => {}
             _ => {}
         }
     }
@@ -110,22 +117,33 @@ mod tests {
 
     #[test]
     fn classifies_and_rejects() {
-        let ok = wat(r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) (func (export "_start")))"#);
+        let ok = wat(
+            r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) (func (export "_start")))"#,
+        );
         assert_eq!(inspect(&ok, "d").unwrap(), ModuleKind::Core);
 
-        let sock = wat(r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32))))"#);
+        let sock = wat(
+            r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32))))"#,
+        );
         let e = inspect(&sock, "sha256:x").unwrap_err().to_string();
         assert!(e.contains("module sha256:x rejected: it imports the networking function `wasi_snapshot_preview1::sock_accept`"), "{e}");
 
         let env = wat(r#"(module (import "env" "open" (func)))"#);
         let e = inspect(&env, "d").unwrap_err().to_string();
-        assert!(e.contains("it imports `env::open`, which insitu does not provide"), "{e}");
+        assert!(
+            e.contains("it imports `env::open`, which insitu does not provide"),
+            "{e}"
+        );
 
-        let e = inspect(b"\x7fELF\x02\x01\x01", "d").unwrap_err().to_string();
+        let e = inspect(b"\x7fELF\x02\x01\x01", "d")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("precompiled native artifact (ELF)"), "{e}");
         let e = inspect(b"(module)", "d").unwrap_err().to_string();
         assert!(e.contains("WebAssembly text"), "{e}");
-        let e = inspect(b"\0asm\x01\0\0\0\x01\xff", "d").unwrap_err().to_string();
+        let e = inspect(b"\0asm\x01\0\0\0\x01\xff", "d")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("malformed WebAssembly"), "{e}");
     }
 
@@ -133,7 +151,12 @@ mod tests {
     fn components_importing_sockets_are_rejected() {
         let c = wat(r#"(component (import "wasi:sockets/ip-name-lookup@0.2.0" (instance)))"#);
         let e = inspect(&c, "d").unwrap_err().to_string();
-        assert!(e.contains("imports `wasi:sockets/ip-name-lookup@0.2.0`; guests have no network access"), "{e}");
+        assert!(
+            e.contains(
+                "imports `wasi:sockets/ip-name-lookup@0.2.0`; guests have no network access"
+            ),
+            "{e}"
+        );
         let c = wat(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#);
         assert_eq!(inspect(&c, "d").unwrap(), ModuleKind::Component);
     }

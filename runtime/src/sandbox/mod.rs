@@ -23,21 +23,21 @@ pub mod quota;
 pub use cache::CacheHit;
 pub use inspect::ModuleKind;
 
+use crate::Error;
 use crate::outcome::{Outcome, RunReport};
 use crate::units::{format_duration, format_size};
-use crate::Error;
 use cache::ModuleCache;
 use guard::Guard;
 use quota::{Budget, LogStream, SharedBudget, lock, scan};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
-    ResourceLimiter, Store, Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -116,7 +116,11 @@ impl Limits {
             maximum,
         };
         if self.timeout > max.timeout {
-            return Err(above("timeout", format_duration(self.timeout), format_duration(max.timeout)));
+            return Err(above(
+                "timeout",
+                format_duration(self.timeout),
+                format_duration(max.timeout),
+            ));
         }
         for (what, v, m) in [
             ("memory", self.memory, max.memory),
@@ -451,7 +455,9 @@ impl Sandbox {
                     .instantiate_pre(&component)
                     .map_err(|e| reject(format!("it cannot be linked: {e:#}")))?;
                 let pre = CommandPre::new(pre).map_err(|e| {
-                    reject(format!("it is not a wasi:cli/command component (no `run` export): {e:#}"))
+                    reject(format!(
+                        "it is not a wasi:cli/command component (no `run` export): {e:#}"
+                    ))
                 })?;
                 (Pre::Component(pre), source)
             }
@@ -468,7 +474,9 @@ impl Sandbox {
     /// someone else while mapped would crash the process with SIGBUS).
     fn read_artifact(&self, path: &Path) -> Option<Vec<u8>> {
         std::fs::read(path)
-            .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot read cached module"))
+            .map_err(
+                |e| tracing::warn!(path = %path.display(), error = %e, "cannot read cached module"),
+            )
             .ok()
     }
 
@@ -501,12 +509,21 @@ impl Sandbox {
     /// [`Error::LimitAboveMaximum`] for limits above the provider's,
     /// [`Error::InvalidJob`] for missing or non-empty directories and
     /// oversized arguments, [`Error::Io`] if the logs files cannot be created.
-    pub async fn run(&self, module: &Prepared, spec: &JobSpec, stop: &StopHandle) -> Result<RunReport, Error> {
+    pub async fn run(
+        &self,
+        module: &Prepared,
+        spec: &JobSpec,
+        stop: &StopHandle,
+    ) -> Result<RunReport, Error> {
         let started = Instant::now();
         spec.limits.check_within(&self.config.max)?;
         let argv = spec.argv();
         let args_bytes: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
-            + spec.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+            + spec
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>();
         if args_bytes > MAX_ARGS_BYTES {
             return Err(Error::InvalidJob(format!(
                 "the arguments and environment take {}, more than the {} a guest may receive; pass large parameters in an input file",
@@ -515,8 +532,16 @@ impl Sandbox {
             )));
         }
         check_dirs(spec)?;
-        let out_budget = Budget::new(spec.output.clone(), spec.limits.output_quota, Outcome::OutputQuotaExceeded);
-        let log_budget = Budget::new(spec.logs.clone(), spec.limits.log_quota, Outcome::LogQuotaExceeded);
+        let out_budget = Budget::new(
+            spec.output.clone(),
+            spec.limits.output_quota,
+            Outcome::OutputQuotaExceeded,
+        );
+        let log_budget = Budget::new(
+            spec.logs.clone(),
+            spec.limits.log_quota,
+            Outcome::LogQuotaExceeded,
+        );
         let log_file = |name: &str| {
             let path = spec.logs.join(name);
             std::fs::File::create(&path).map_err(|e| Error::io("create", path, e))
@@ -533,7 +558,9 @@ impl Sandbox {
         let preopen = |b: &mut WasiCtxBuilder, host: &Path, guest: &str, perms| {
             b.preopened_dir(host, guest, perms)
                 .map(|_| ())
-                .map_err(|e| Error::InvalidJob(format!("cannot open {} for the guest: {e}", host.display())))
+                .map_err(|e| {
+                    Error::InvalidJob(format!("cannot open {} for the guest: {e}", host.display()))
+                })
         };
         for (i, input) in spec.inputs.iter().enumerate() {
             let guest = format!("{GUEST_INPUTS}/{}", i + 1);
@@ -580,7 +607,9 @@ impl Sandbox {
                 store.set_epoch_deadline(1);
             }
             Interruption::Fuel => {
-                store.set_fuel(u64::MAX).map_err(|e| Error::Engine(format!("{e:#}")))?;
+                store
+                    .set_fuel(u64::MAX)
+                    .map_err(|e| Error::Engine(format!("{e:#}")))?;
                 store
                     .fuel_async_yield_interval(Some(1_000_000))
                     .map_err(|e| Error::Engine(format!("{e:#}")))?;
@@ -623,13 +652,21 @@ impl Sandbox {
                     outcome = b.outcome();
                     error = Some(format!(
                         "{} exceeded after the guest ended: it holds {}",
-                        if outcome == Outcome::LogQuotaExceeded { "log quota" } else { "output quota" },
+                        if outcome == Outcome::LogQuotaExceeded {
+                            "log quota"
+                        } else {
+                            "output quota"
+                        },
                         format_size(usage.charged())
                     ));
                 }
             }
         }
-        let exit_code = if outcome == Outcome::Exited { exit_code } else { None };
+        let exit_code = if outcome == Outcome::Exited {
+            exit_code
+        } else {
+            None
+        };
         Ok(RunReport {
             status: outcome.status(exit_code),
             outcome,
@@ -659,7 +696,8 @@ fn check_dirs(spec: &JobSpec) -> Result<(), Error> {
         }
     }
     for (what, dir) in [("output", &spec.output), ("logs", &spec.logs)] {
-        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("open the directory", dir, e))?;
+        let mut entries =
+            std::fs::read_dir(dir).map_err(|e| Error::io("open the directory", dir, e))?;
         if entries.next().is_some() {
             return Err(Error::InvalidJob(format!(
                 "the {what} directory {} is not empty; give each run a new or empty directory so results never mix",
@@ -685,7 +723,9 @@ impl Wasi {
     fn p1(&mut self) -> &mut WasiP1Ctx {
         match self {
             Wasi::P1(ctx) => ctx,
-            Wasi::P2 { .. } => unreachable!("the core-module linker only runs with preview 1 stores"),
+            Wasi::P2 { .. } => {
+                unreachable!("the core-module linker only runs with preview 1 stores")
+            }
         }
     }
 }
@@ -771,10 +811,10 @@ impl JobState {
             }
         }
         let exit = err.downcast_ref::<I32Exit>().map(|e| e.0);
-        if let Some(denied) = &self.limiter.denied {
-            if exit != Some(0) {
-                return (Outcome::MemoryExceeded, None, Some(denied.clone()));
-            }
+        if let Some(denied) = &self.limiter.denied
+            && exit != Some(0)
+        {
+            return (Outcome::MemoryExceeded, None, Some(denied.clone()));
         }
         match exit {
             Some(code) => (
@@ -795,13 +835,16 @@ fn describe(err: &wasmtime::Error) -> String {
     };
     let frame = err
         .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().first().and_then(|f| f.func_name().map(str::to_string)));
+        .and_then(|bt| {
+            bt.frames()
+                .first()
+                .and_then(|f| f.func_name().map(str::to_string))
+        });
     match frame {
         Some(f) => format!("{what} (in {f})"),
         None => what,
     }
 }
-
 
 /// Counts linear memory across all of a store's memories; refuses growth past
 /// the job's limit and remembers that it did.
@@ -812,7 +855,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let grow = desired.saturating_sub(current);
         if self.memory_used.saturating_add(grow) > self.memory_max {
             self.denied = Some(format!(
@@ -827,7 +875,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > MAX_TABLE_ELEMENTS {
             self.denied = Some(format!(
                 "table limit of {MAX_TABLE_ELEMENTS} elements reached: the guest asked to grow a table from {current} to {desired}"

@@ -38,7 +38,8 @@ pub struct Usage {
 impl Usage {
     /// What the usage counts against a quota.
     pub fn charged(&self) -> u64 {
-        self.file_bytes.saturating_add(self.entries.saturating_mul(ENTRY_COST))
+        self.file_bytes
+            .saturating_add(self.entries.saturating_mul(ENTRY_COST))
     }
 }
 
@@ -48,7 +49,9 @@ pub fn scan(root: &Path) -> Usage {
     let mut usage = Usage::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             usage.entries += 1;
@@ -236,7 +239,11 @@ impl OutputStream for LogStream {
 }
 
 impl tokio::io::AsyncWrite for LogStream {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(
             self.write_charged(buf)
                 .map(|()| buf.len())
@@ -261,7 +268,11 @@ mod tests {
     #[test]
     fn charges_rescan_before_refusing() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Budget::new(dir.path().into(), 3 * ENTRY_COST, Outcome::OutputQuotaExceeded);
+        let b = Budget::new(
+            dir.path().into(),
+            3 * ENTRY_COST,
+            Outcome::OutputQuotaExceeded,
+        );
         let mut b = lock(&b);
         // Two files of 1 KiB: 2 * (4 KiB + 1 KiB) charged = 10 KiB < 12 KiB.
         b.charge(ENTRY_COST + 1024).unwrap();
@@ -282,6 +293,12 @@ mod tests {
         std::fs::write(dir.path().join("f"), [0u8; 100]).unwrap();
         std::os::unix::fs::symlink("/usr", dir.path().join("l")).unwrap();
         std::fs::create_dir(dir.path().join("d")).unwrap();
-        assert_eq!(scan(dir.path()), Usage { file_bytes: 100, entries: 3 });
+        assert_eq!(
+            scan(dir.path()),
+            Usage {
+                file_bytes: 100,
+                entries: 3
+            }
+        );
     }
 }

@@ -15,9 +15,19 @@ async fn attack(d: &Dirs, spec: &JobSpec) -> RunReport {
     let secret = std::fs::read(d.tmp.path().join("secret.txt")).unwrap();
     let r = run(HOSTILE_P1, spec).await;
     assert_eq!(fingerprint(&d.input), before, "the input changed");
-    assert_eq!(std::fs::read(d.tmp.path().join("secret.txt")).unwrap(), secret);
-    let names: Vec<_> = std::fs::read_dir(d.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names.len(), 4, "nothing appeared next to the mounts: {names:?}");
+    assert_eq!(
+        std::fs::read(d.tmp.path().join("secret.txt")).unwrap(),
+        secret
+    );
+    let names: Vec<_> = std::fs::read_dir(d.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        4,
+        "nothing appeared next to the mounts: {names:?}"
+    );
     r
 }
 
@@ -35,7 +45,15 @@ async fn no_path_escapes_any_mount() {
     let d = Dirs::new();
     let r = attack(&d, &d.spec("hostile", &["escape"])).await;
     let out = d.stdout();
-    assert_eq!(r.status, Status::Succeeded, "something was allowed:\n{}", out.lines().filter(|l| l.starts_with("ALLOWED")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        r.status,
+        Status::Succeeded,
+        "something was allowed:\n{}",
+        out.lines()
+            .filter(|l| l.starts_with("ALLOWED"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(out.lines().count(), 57, "every attempt reported:\n{out}");
     assert!(!out.contains("ALLOWED"));
 }
@@ -48,7 +66,13 @@ async fn symlinks_in_an_input_do_not_lead_outside() {
     std::os::unix::fs::symlink("/etc", d.input.join("dir-link")).unwrap();
     let spec = d.spec(
         "hostile",
-        &["read", "/data/inputs/1/abs-link", "/data/inputs/1/rel-link", "/data/inputs/1/dir-link/passwd", "/data/inputs/1/dir-link/"],
+        &[
+            "read",
+            "/data/inputs/1/abs-link",
+            "/data/inputs/1/rel-link",
+            "/data/inputs/1/dir-link/passwd",
+            "/data/inputs/1/dir-link/",
+        ],
     );
     let r = attack(&d, &spec).await;
     assert_eq!(r.status, Status::Succeeded, "{}", d.stdout());
@@ -75,7 +99,15 @@ async fn inputs_cannot_be_modified_in_any_way() {
     let d = Dirs::new();
     let r = attack(&d, &d.spec("hostile", &["modify-input"])).await;
     let out = d.stdout();
-    assert_eq!(r.status, Status::Succeeded, "allowed:\n{}", out.lines().filter(|l| l.starts_with("ALLOWED")).collect::<Vec<_>>().join("\n"));
+    assert_eq!(
+        r.status,
+        Status::Succeeded,
+        "allowed:\n{}",
+        out.lines()
+            .filter(|l| l.starts_with("ALLOWED"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(out.matches("denied").count(), 19, "{out}");
     assert!(!d.output.join("hard.txt").exists() && !d.output.join("moved.txt").exists());
 }
@@ -86,7 +118,11 @@ async fn infinite_loop_times_out() {
     let mut spec = d.spec("hostile", &["loop"]);
     spec.limits.timeout = Duration::from_millis(1000);
     let r = attack(&d, &spec).await;
-    assert_eq!((r.status, r.outcome, r.exit_code), (Status::Failed, Outcome::TimedOut, None), "{r:?}");
+    assert_eq!(
+        (r.status, r.outcome, r.exit_code),
+        (Status::Failed, Outcome::TimedOut, None),
+        "{r:?}"
+    );
     assert_eq!(r.error.as_deref(), Some("time limit of 1s reached"));
     assert!((1000..3000).contains(&r.duration_ms), "{}", r.duration_ms);
 }
@@ -97,7 +133,11 @@ async fn hour_long_sleep_times_out() {
     let mut spec = d.spec("hostile", &["sleep"]);
     spec.limits.timeout = Duration::from_millis(500);
     let r = attack(&d, &spec).await;
-    assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::TimedOut), "{r:?}");
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::TimedOut),
+        "{r:?}"
+    );
     assert!((500..3000).contains(&r.duration_ms), "{}", r.duration_ms);
 }
 
@@ -107,8 +147,16 @@ async fn allocation_bomb_hits_the_memory_limit() {
     let mut spec = d.spec("hostile", &["memory-bomb"]);
     spec.limits.memory = 64 << 20;
     let r = attack(&d, &spec).await;
-    assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::MemoryExceeded), "{r:?}");
-    assert!(r.error.unwrap().starts_with("memory limit of 64MiB reached"));
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::MemoryExceeded),
+        "{r:?}"
+    );
+    assert!(
+        r.error
+            .unwrap()
+            .starts_with("memory limit of 64MiB reached")
+    );
 }
 
 const GROW_BOMB: &str = r#"(module
@@ -125,12 +173,19 @@ const TABLE_BOMB: &str = r#"(module
 
 #[tokio::test]
 async fn memory_grow_and_table_grow_bombs_are_refused() {
-    for (wat, limit) in [(GROW_BOMB, "memory limit of 32MiB reached"), (TABLE_BOMB, "table limit of 100000 elements reached")] {
+    for (wat, limit) in [
+        (GROW_BOMB, "memory limit of 32MiB reached"),
+        (TABLE_BOMB, "table limit of 100000 elements reached"),
+    ] {
         let d = Dirs::new();
         let mut spec = d.spec("bomb", &[]);
         spec.limits.memory = 32 << 20;
         let r = run(&wat::parse_str(wat).unwrap(), &spec).await;
-        assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::MemoryExceeded), "{r:?}");
+        assert_eq!(
+            (r.status, r.outcome),
+            (Status::Failed, Outcome::MemoryExceeded),
+            "{r:?}"
+        );
         assert!(r.error.as_deref().unwrap().starts_with(limit), "{r:?}");
     }
 }
@@ -139,7 +194,11 @@ async fn memory_grow_and_table_grow_bombs_are_refused() {
 async fn unbounded_recursion_traps() {
     let d = Dirs::new();
     let r = attack(&d, &d.spec("hostile", &["recursion"])).await;
-    assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::Trapped), "{r:?}");
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::Trapped),
+        "{r:?}"
+    );
     assert!(r.error.unwrap().starts_with("the guest trapped"));
 }
 
@@ -149,10 +208,24 @@ async fn output_flood_is_stopped_at_the_quota() {
     let mut spec = d.spec("hostile", &["output-flood"]);
     spec.limits.output_quota = 8 << 20;
     let r = attack(&d, &spec).await;
-    assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::OutputQuotaExceeded), "{r:?}");
-    assert!(r.error.as_deref().unwrap().starts_with("output quota of 8MiB exceeded"), "{r:?}");
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::OutputQuotaExceeded),
+        "{r:?}"
+    );
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .starts_with("output quota of 8MiB exceeded"),
+        "{r:?}"
+    );
     assert!(r.output_bytes <= 8 << 20, "{}", r.output_bytes);
-    assert!(disk_usage(&d.output) <= 8 << 20, "{}", disk_usage(&d.output));
+    assert!(
+        disk_usage(&d.output) <= 8 << 20,
+        "{}",
+        disk_usage(&d.output)
+    );
 }
 
 #[tokio::test]
@@ -161,7 +234,11 @@ async fn stdout_flood_is_stopped_at_the_log_quota() {
     let mut spec = d.spec("hostile", &["stdout-flood"]);
     spec.limits.log_quota = 1 << 20;
     let r = attack(&d, &spec).await;
-    assert_eq!((r.status, r.outcome), (Status::Failed, Outcome::LogQuotaExceeded), "{r:?}");
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::LogQuotaExceeded),
+        "{r:?}"
+    );
     assert!(r.log_bytes <= 1 << 20, "{}", r.log_bytes);
     assert!(std::fs::metadata(d.logs.join("stdout.log")).unwrap().len() > 900 << 10);
 }
@@ -182,7 +259,10 @@ async fn sparse_files_and_file_floods_hit_the_output_quota() {
     let r = attack(&d, &spec).await;
     assert_eq!(r.outcome, Outcome::OutputQuotaExceeded, "{r:?}");
     let files = std::fs::read_dir(&d.output).unwrap().count();
-    assert!(files <= 256 && files > 200, "{files} files for 1 MiB at 4 KiB each");
+    assert!(
+        files <= 256 && files > 200,
+        "{files} files for 1 MiB at 4 KiB each"
+    );
 }
 
 /// A module that fails if its memory is not zero, then dirties it.
@@ -206,13 +286,32 @@ const DIRTY: &str = r#"(module
 #[tokio::test]
 async fn a_pooled_slot_reads_as_zero_for_the_next_job() {
     // One slot, so every job reuses the same memory and table.
-    let sandbox = Sandbox::new(SandboxConfig { concurrency: 1, ..SandboxConfig::default() }).unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        concurrency: 1,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let dirty = sandbox.prepare(&wat::parse_str(DIRTY).unwrap()).unwrap();
-    let other = sandbox.prepare(&wat::parse_str(DIRTY.replace("(global $g", "(global $h (mut i32) (i32.const 5)) (global $g")).unwrap()).unwrap();
+    let other = sandbox
+        .prepare(
+            &wat::parse_str(DIRTY.replace(
+                "(global $g",
+                "(global $h (mut i32) (i32.const 5)) (global $g",
+            ))
+            .unwrap(),
+        )
+        .unwrap();
     for module in [&dirty, &dirty, &other, &dirty] {
         let d = Dirs::new();
-        let r = sandbox.run(module, &d.spec("dirty", &[]), &StopHandle::default()).await.unwrap();
-        assert_eq!((r.status, r.exit_code), (Status::Succeeded, Some(0)), "state leaked between jobs: {r:?}");
+        let r = sandbox
+            .run(module, &d.spec("dirty", &[]), &StopHandle::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.exit_code),
+            (Status::Succeeded, Some(0)),
+            "state leaked between jobs: {r:?}"
+        );
     }
 }
 
@@ -220,12 +319,20 @@ async fn a_pooled_slot_reads_as_zero_for_the_next_job() {
 async fn limits_default_to_the_documented_values() {
     assert_eq!(
         Limits::default(),
-        Limits { timeout: Duration::from_secs(30), memory: 512 << 20, output_quota: 1 << 30, log_quota: 16 << 20 }
+        Limits {
+            timeout: Duration::from_secs(30),
+            memory: 512 << 20,
+            output_quota: 1 << 30,
+            log_quota: 16 << 20
+        }
     );
     // The shared sandbox keeps working after every attack above.
     let d = Dirs::new();
     let r = run(HOSTILE_P1, &d.spec("hostile", &["write-ok"])).await;
     assert_eq!(r.status, Status::Succeeded);
-    assert_eq!(std::fs::read_to_string(d.output.join("copy.txt")).unwrap(), "hello world\nHello insitu\n");
+    assert_eq!(
+        std::fs::read_to_string(d.output.join("copy.txt")).unwrap(),
+        "hello world\nHello insitu\n"
+    );
     let _ = sandbox();
 }

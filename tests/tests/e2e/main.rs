@@ -4,8 +4,8 @@
 mod contract;
 mod hostile;
 
-use insitu_runtime::sandbox::{JobSpec, Limits, Sandbox, SandboxConfig, StopHandle};
 use insitu_runtime::RunReport;
+use insitu_runtime::sandbox::{JobSpec, Limits, Sandbox, SandboxConfig, StopHandle};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -29,6 +29,7 @@ pub struct Dirs {
     pub logs: PathBuf,
 }
 
+#[allow(clippy::new_without_default)]
 impl Dirs {
     pub fn new() -> Dirs {
         let tmp = tempfile::tempdir().unwrap();
@@ -50,7 +51,8 @@ impl Dirs {
     }
 
     pub fn spec(&self, name: &str, args: &[&str]) -> JobSpec {
-        let mut spec = JobSpec::new(name, self.output.clone(), self.logs.clone()).input(self.input.clone());
+        let mut spec =
+            JobSpec::new(name, self.output.clone(), self.logs.clone()).input(self.input.clone());
         spec.args = args.iter().map(|s| s.to_string()).collect();
         spec
     }
@@ -67,7 +69,10 @@ impl Dirs {
 /// Prepares and runs `wasm` for `spec`.
 pub async fn run(wasm: &[u8], spec: &JobSpec) -> RunReport {
     let module = sandbox().prepare(wasm).expect("prepare");
-    sandbox().run(&module, spec, &StopHandle::default()).await.expect("run")
+    sandbox()
+        .run(&module, spec, &StopHandle::default())
+        .await
+        .expect("run")
 }
 
 pub fn limits() -> Limits {

@@ -14,7 +14,8 @@ use std::process::Command;
 /// # Panics
 /// When the build fails, with the remedy (usually: install the target).
 pub fn build(target: &str, packages: &[(&str, &str)]) -> Vec<PathBuf> {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
     let root = workspace_root(&manifest);
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("run from a build script"));
     let target_dir = root.join("target").join("wasm-build");
@@ -51,10 +52,14 @@ pub fn build(target: &str, packages: &[(&str, &str)]) -> Vec<PathBuf> {
     packages
         .iter()
         .map(|(name, _)| {
-            let built = target_dir.join(target).join("release").join(format!("{name}.wasm"));
+            let built = target_dir
+                .join(target)
+                .join("release")
+                .join(format!("{name}.wasm"));
             let dest = out.join(format!("{name}.{target}.wasm"));
-            std::fs::copy(&built, &dest)
-                .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", built.display(), dest.display()));
+            std::fs::copy(&built, &dest).unwrap_or_else(|e| {
+                panic!("cannot copy {} to {}: {e}", built.display(), dest.display())
+            });
             dest
         })
         .collect()

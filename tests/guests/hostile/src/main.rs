@@ -9,7 +9,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let extra: Vec<&str> = args.iter().skip(1).filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+    let extra: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
     let case = extra.first().copied().unwrap_or("");
     let mut probe = Probe::default();
     match case {
@@ -54,7 +59,11 @@ fn main() -> ExitCode {
                 File::create(format!("/data/outputs/f{i}")).expect("create");
             }
         }
-        "args" => println!("{} {}", args.len(), args.iter().map(|a| a.len()).sum::<usize>()),
+        "args" => println!(
+            "{} {}",
+            args.len(),
+            args.iter().map(|a| a.len()).sum::<usize>()
+        ),
         "env" => println!("{}", std::env::vars().count()),
         "write-ok" => {
             let data = fs::read("/data/inputs/1/data.txt").expect("read input");
@@ -87,7 +96,11 @@ impl Probe {
     }
 
     fn finish(self) -> ExitCode {
-        if self.allowed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) }
+        if self.allowed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        }
     }
 }
 
@@ -101,7 +114,14 @@ const MOUNTS: [&str; 3] = ["/data/inputs/1", "/data/outputs", "/data/logs"];
 
 fn escape(p: &mut Probe) {
     for m in MOUNTS {
-        for rel in ["..", "../..", "../../..", "../../../etc/passwd", "../inputs/1/data.txt", "../outputs"] {
+        for rel in [
+            "..",
+            "../..",
+            "../../..",
+            "../../../etc/passwd",
+            "../inputs/1/data.txt",
+            "../outputs",
+        ] {
             let path = format!("{m}/{rel}");
             p.attempt(&format!("read {path}"), || fs::read(&path).map(|_| ()));
             p.attempt(&format!("list {path}"), || fs::read_dir(&path).map(|_| ()));
@@ -110,12 +130,23 @@ fn escape(p: &mut Probe) {
             fs::write(format!("{m}/../escape.txt"), b"x")
         });
     }
-    for path in ["/", "/etc/passwd", "/proc/self/environ", "/proc/self/mem", "/proc/self/fd/0", "/tmp", "/data", "/data/inputs"] {
+    for path in [
+        "/",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "/proc/self/mem",
+        "/proc/self/fd/0",
+        "/tmp",
+        "/data",
+        "/data/inputs",
+    ] {
         p.attempt(&format!("read {path}"), || fs::read(path).map(|_| ()));
         p.attempt(&format!("list {path}"), || fs::read_dir(path).map(|_| ()));
     }
     p.attempt("create /escape.txt", || fs::write("/escape.txt", b"x"));
-    p.attempt("create /tmp/escape.txt", || fs::write("/tmp/escape.txt", b"x"));
+    p.attempt("create /tmp/escape.txt", || {
+        fs::write("/tmp/escape.txt", b"x")
+    });
 }
 
 fn symlinks(p: &mut Probe) {
@@ -137,11 +168,18 @@ fn symlinks(p: &mut Probe) {
                 let mut s = String::new();
                 File::open(&link)?.read_to_string(&mut s).map(|_| ())
             });
-            p.attempt(&format!("list through {link}/"), || fs::read_dir(format!("{link}/")).map(|_| ()));
-            p.attempt(&format!("write through {link}"), || {
-                OpenOptions::new().write(true).open(&link)?.write_all(b"pwned")
+            p.attempt(&format!("list through {link}/"), || {
+                fs::read_dir(format!("{link}/")).map(|_| ())
             });
-            p.attempt(&format!("create through {link}/x"), || fs::write(format!("{link}/x"), b"pwned"));
+            p.attempt(&format!("write through {link}"), || {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&link)?
+                    .write_all(b"pwned")
+            });
+            p.attempt(&format!("create through {link}/x"), || {
+                fs::write(format!("{link}/x"), b"pwned")
+            });
         }
     }
     fs::write("/data/outputs/real.txt", b"12345").expect("a normal output still works");
@@ -149,28 +187,55 @@ fn symlinks(p: &mut Probe) {
 
 fn modify_input(p: &mut Probe) {
     let f = "/data/inputs/1/data.txt";
-    p.attempt("open for write", || OpenOptions::new().write(true).open(f).map(|_| ()));
-    p.attempt("write", || OpenOptions::new().write(true).open(f)?.write_all(b"pwned"));
-    p.attempt("append", || OpenOptions::new().append(true).open(f)?.write_all(b"pwned"));
-    p.attempt("truncate on open", || OpenOptions::new().write(true).truncate(true).open(f).map(|_| ()));
+    p.attempt("open for write", || {
+        OpenOptions::new().write(true).open(f).map(|_| ())
+    });
+    p.attempt("write", || {
+        OpenOptions::new().write(true).open(f)?.write_all(b"pwned")
+    });
+    p.attempt("append", || {
+        OpenOptions::new().append(true).open(f)?.write_all(b"pwned")
+    });
+    p.attempt("truncate on open", || {
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(f)
+            .map(|_| ())
+    });
     p.attempt("create (truncate) existing", || File::create(f).map(|_| ()));
     p.attempt("set_len via read handle", || File::open(f)?.set_len(0));
     p.attempt("allocate (set_len up)", || File::open(f)?.set_len(1 << 20));
     p.attempt("set times", || {
         File::open(f)?.set_times(fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH))
     });
-    p.attempt("set modified", || File::open(f)?.set_modified(std::time::UNIX_EPOCH));
+    p.attempt("set modified", || {
+        File::open(f)?.set_modified(std::time::UNIX_EPOCH)
+    });
     p.attempt("unlink", || fs::remove_file(f));
-    p.attempt("rename within input", || fs::rename(f, "/data/inputs/1/moved.txt"));
-    p.attempt("rename into output", || fs::rename(f, "/data/outputs/moved.txt"));
+    p.attempt("rename within input", || {
+        fs::rename(f, "/data/inputs/1/moved.txt")
+    });
+    p.attempt("rename into output", || {
+        fs::rename(f, "/data/outputs/moved.txt")
+    });
     p.attempt("mkdir", || fs::create_dir("/data/inputs/1/newdir"));
     p.attempt("rmdir", || fs::remove_dir("/data/inputs/1/sub"));
-    p.attempt("create new file", || fs::write("/data/inputs/1/new.txt", b"x"));
-    p.attempt("symlink in input", || symlink("data.txt", "/data/inputs/1/l"));
-    p.attempt("hard link into output", || fs::hard_link(f, "/data/outputs/hard.txt"));
+    p.attempt("create new file", || {
+        fs::write("/data/inputs/1/new.txt", b"x")
+    });
+    p.attempt("symlink in input", || {
+        symlink("data.txt", "/data/inputs/1/l")
+    });
+    p.attempt("hard link into output", || {
+        fs::hard_link(f, "/data/outputs/hard.txt")
+    });
     // If the link was made anyway, writing through it must not reach the input.
     p.attempt("write through hard link", || {
-        OpenOptions::new().write(true).open("/data/outputs/hard.txt")?.write_all(b"pwned")
+        OpenOptions::new()
+            .write(true)
+            .open("/data/outputs/hard.txt")?
+            .write_all(b"pwned")
     });
     p.attempt("set permissions", || {
         let perms = fs::metadata(f)?.permissions();
