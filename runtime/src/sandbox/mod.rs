@@ -11,7 +11,9 @@
 //!   the limit; a guest that then fails ends `memory_exceeded`.
 //! - **Output and log quotas**: see [`quota`]; core modules are charged before
 //!   each write through [`guard`]; stdout/stderr of all guests through
-//!   [`quota::LogStream`]; components' files by a rescan every [`SCAN_INTERVAL`].
+//!   [`quota::LogStream`]; components' files by a rescan on every tick (backed
+//!   off to keep scanning under a tenth of the guest's time). Sparse growth of
+//!   core modules' files is caught by a rescan every [`SCAN_INTERVAL`].
 //! - **Isolation**: only the preopens of the job; inputs read-only; no
 //!   environment unless declared; no sockets (refused at load by [`inspect`]).
 
@@ -45,7 +47,8 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 /// How often the engine's epoch advances: the timeout's granularity.
 pub const TICK: Duration = Duration::from_millis(5);
-/// How often writable directories are rescanned for growth that no charge saw.
+/// How often core modules' writable directories are rescanned for growth that
+/// no charge saw (sparse files).
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(50);
 /// Largest total size of the guest's arguments and environment.
 pub const MAX_ARGS_BYTES: usize = 1 << 20;
@@ -247,6 +250,9 @@ impl StopHandle {
     async fn wait(&self) {
         loop {
             let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking the flag so a stop in between is not lost.
+            notified.as_mut().enable();
             if self.is_stopped() {
                 return;
             }
@@ -597,7 +603,7 @@ impl Sandbox {
             timeout: spec.limits.timeout,
             stop: stop.clone(),
             kill: None,
-            last_scan: started,
+            next_scan: started,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -742,7 +748,8 @@ pub struct JobState {
     stop: StopHandle,
     /// Set when the host ends the guest for a reason of its own.
     kill: Option<(Outcome, String)>,
-    last_scan: Instant,
+    /// When the writable directories are scanned next.
+    next_scan: Instant,
 }
 
 impl WasiView for JobState {
@@ -769,8 +776,7 @@ impl JobState {
             ));
             return Err(Trap::Interrupt.into());
         }
-        if now.duration_since(self.last_scan) >= SCAN_INTERVAL {
-            self.last_scan = now;
+        if now >= self.next_scan {
             for budget in &self.budgets {
                 let mut b = lock(budget);
                 if self.always_dirty {
@@ -781,6 +787,15 @@ impl JobState {
                     return Err(Trap::Interrupt.into());
                 }
             }
+            // Components are scanned every tick unless scanning gets costly;
+            // core modules' writes are charged, so they only need the sparse check.
+            let cost = now.elapsed() * 10;
+            let every = if self.always_dirty {
+                TICK
+            } else {
+                SCAN_INTERVAL
+            };
+            self.next_scan = now + every.max(cost);
         }
         Ok(UpdateDeadline::Continue(1))
     }

@@ -336,3 +336,24 @@ async fn limits_default_to_the_documented_values() {
     );
     let _ = sandbox();
 }
+
+#[tokio::test]
+async fn component_output_flood_is_stopped_near_the_quota() {
+    // Components' file writes are caught by the per-tick rescan, not charged
+    // per write: the disk may briefly hold more than the quota, never more than
+    // the quota plus 16 MiB.
+    let d = Dirs::new();
+    let mut spec = d.spec("hostile", &["output-flood"]);
+    spec.limits.output_quota = 8 << 20;
+    let r = run(insitu_tests::HOSTILE_P2, &spec).await;
+    assert_eq!(
+        (r.status, r.outcome),
+        (Status::Failed, Outcome::OutputQuotaExceeded),
+        "{r:?}"
+    );
+    assert!(
+        disk_usage(&d.output) <= (8 << 20) + (16 << 20),
+        "{}",
+        disk_usage(&d.output)
+    );
+}

@@ -26,7 +26,10 @@ pub fn build(target: &str, packages: &[(&str, &str)]) -> Vec<PathBuf> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
         .args(["build", "--release", "--target", target, "--target-dir"])
-        .arg(&target_dir);
+        .arg(&target_dir)
+        // Guests ship without DWARF (the name section stays for backtraces).
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     for (name, dir) in packages {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
         cmd.args(["-p", name]);
