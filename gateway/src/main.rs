@@ -1,7 +1,9 @@
 //! `insitu`: run algorithms next to the data. See `insitu --help`.
 
 use clap::{Args, Parser, Subcommand};
-use insitu_gateway::commands::{self, run::RunArgs};
+use insitu_gateway::commands::image::ImageArg;
+use insitu_gateway::commands::run::{ModuleArg, RunArgs};
+use insitu_gateway::commands::{self};
 use insitu_runtime::Status;
 use insitu_runtime::sandbox::Limits;
 use insitu_runtime::units::{parse_duration, parse_size};
@@ -23,15 +25,70 @@ struct Cli {
 enum Command {
     /// Run one stage locally; prints one line of JSON with the result.
     Run(RunCli),
+    /// Package a module as an OCI wasm artifact and push it (or write a layout); prints the manifest digest.
+    Push(PushCli),
+    /// Show what an image is (wasm artifact, compat, native) and its digests.
+    Inspect(InspectCli),
     /// Run the example algorithms on sample data through the sandbox.
     Demo,
 }
 
 #[derive(Args)]
+struct PushCli {
+    /// The module to package (wasm32-wasip1 module or wasm32-wasip2 component).
+    module: PathBuf,
+    /// Registry reference to push to: host[:port]/name:tag.
+    #[arg(required_unless_present = "layout", conflicts_with = "layout")]
+    reference: Option<String>,
+    /// Write an OCI image layout instead: DIR[:TAG] (tag defaults to latest).
+    #[arg(long, value_name = "DIR[:TAG]")]
+    layout: Option<String>,
+    /// Use plain HTTP for this registry host (loopback test registries); repeatable.
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+}
+
+#[derive(Args)]
+struct InspectCli {
+    /// Registry reference: host[:port]/name[:tag][@sha256:…] (tags are resolved).
+    #[arg(required_unless_present = "layout", conflicts_with = "layout")]
+    reference: Option<String>,
+    /// Inspect an OCI image layout: DIR[:TAG].
+    #[arg(long, value_name = "DIR[:TAG]")]
+    layout: Option<String>,
+    /// Use plain HTTP for this registry host; repeatable.
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+}
+
+fn image_arg(reference: Option<String>, layout: Option<String>, insecure: Vec<String>) -> ImageArg {
+    match layout {
+        Some(l) => ImageArg::Layout(l),
+        None => ImageArg::Registry {
+            reference: reference.unwrap_or_default(),
+            insecure,
+        },
+    }
+}
+
+#[derive(Args)]
 struct RunCli {
     /// The WebAssembly module (wasm32-wasip1) or component (wasm32-wasip2) to run.
-    #[arg(long, value_name = "FILE.wasm")]
-    module: PathBuf,
+    #[arg(long, value_name = "FILE.wasm", required_unless_present_any = ["image", "image_layout"], conflicts_with_all = ["image", "image_layout"])]
+    module: Option<PathBuf>,
+    /// An OCI image pinned by checksum: host[:port]/name[:tag]@sha256:<digest>.
+    #[arg(
+        long,
+        value_name = "REF@sha256:DIGEST",
+        conflicts_with = "image_layout"
+    )]
+    image: Option<String>,
+    /// An OCI image layout directory, optionally with a tag: DIR[:TAG].
+    #[arg(long, value_name = "DIR[:TAG]")]
+    image_layout: Option<String>,
+    /// Use plain HTTP for this registry host (loopback test registries); repeatable.
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
     /// An input directory, preopened read-only at /data/inputs/N (repeatable).
     #[arg(long = "input", value_name = "DIR")]
     inputs: Vec<PathBuf>,
@@ -53,10 +110,10 @@ struct RunCli {
     /// Logs quota (stdout + stderr + files in the logs dir).
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     log_quota: u64,
-    /// Where compiled modules are cached [default: ~/.cache/insitu/modules].
+    /// Cache root: compiled modules in DIR/modules, image blobs in DIR/blobs [default: ~/.cache/insitu].
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Do not read or write the compiled-module cache.
+    /// Do not read or write the caches.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
     /// Extra arguments passed to the algorithm after the contract's.
@@ -73,7 +130,12 @@ fn main() -> ExitCode {
             } else {
                 r.cache_dir.or_else(commands::default_cache_dir)
             },
-            module: r.module,
+            module: match (r.module, r.image, r.image_layout) {
+                (Some(m), _, _) => ModuleArg::File(m),
+                (None, image, layout) => {
+                    ModuleArg::Image(image_arg(image, layout, r.insecure_registry))
+                }
+            },
             inputs: r.inputs,
             output: r.output,
             logs: r.logs,
@@ -86,6 +148,32 @@ fn main() -> ExitCode {
             extra: r.extra,
         })
         .map(|report| report.status == Status::Succeeded),
+        Command::Push(p) => {
+            let target = image_arg(p.reference, p.layout, p.insecure_registry);
+            commands::runtime()
+                .and_then(|rt| rt.block_on(commands::image::push(&p.module, &target)))
+                .map(|digest| {
+                    println!("{digest}");
+                    true
+                })
+        }
+        Command::Inspect(i) => {
+            let arg = image_arg(i.reference, i.layout, i.insecure_registry);
+            commands::runtime()
+                .and_then(|rt| {
+                    rt.block_on(commands::image::inspect(
+                        &arg,
+                        commands::default_cache_dir(),
+                    ))
+                })
+                .map(|info| {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                    true
+                })
+        }
         Command::Demo => commands::demo::execute(),
     };
     match result {

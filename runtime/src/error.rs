@@ -43,6 +43,40 @@ pub enum Error {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(String),
 
+    /// Bytes did not hash to the digest they were expected to have.
+    #[error(
+        "{what} has digest {actual}, expected {expected}; the content changed or the checksum is wrong — nothing was stored"
+    )]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// A blob's size differs from its descriptor, or exceeds the provider's maximum.
+    #[error("{what}: {reason}")]
+    BlobSize { what: String, reason: String },
+
+    /// An image reference without a checksum, or malformed.
+    #[error("image reference `{reference}`: {reason}")]
+    Reference { reference: String, reason: String },
+
+    /// The registry or layout could not serve what was asked.
+    #[error("{source_name}: {reason}")]
+    Source { source_name: String, reason: String },
+
+    /// The image is not something insitu can run (media types, layers, platforms).
+    #[error("image {digest}: {reason}")]
+    BadImage { digest: String, reason: String },
+
+    /// A tar layer holds an entry that could escape or harm the extraction root.
+    #[error("layer {layer}: refusing unsafe entry `{entry}`: {reason}")]
+    UnsafeArchive {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+
     /// A size or duration could not be parsed.
     #[error("invalid {what} `{input}`: {hint}")]
     Parse {

@@ -5,6 +5,8 @@
 //!
 //! - [`sandbox`] owns the shared wasmtime engine, the compiled-module cache and
 //!   the per-job store: preopens, limits, quotas and outcome classification.
+//! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
+//!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
 //! - [`units`] parses and prints the sizes and durations users type.
 //!
@@ -21,6 +23,7 @@
 //! ```
 
 pub mod error;
+pub mod image;
 pub mod outcome;
 pub mod sandbox;
 pub mod units;

@@ -6,10 +6,17 @@ use insitu_runtime::{RunReport, Status};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// Where the module comes from.
+#[derive(Debug, Clone)]
+pub enum ModuleArg {
+    File(PathBuf),
+    Image(super::image::ImageArg),
+}
+
 /// What `insitu run` needs, already parsed.
 #[derive(Debug, Clone)]
 pub struct RunArgs {
-    pub module: PathBuf,
+    pub module: ModuleArg,
     pub inputs: Vec<PathBuf>,
     pub output: PathBuf,
     pub logs: Option<PathBuf>,
@@ -26,14 +33,23 @@ pub struct RunArgs {
 /// above the maximum). A module refused before running is a report with the
 /// `rejected` outcome, not an error.
 pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read the module {}", args.module.display()))?;
-    let name = args
-        .module
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("algorithm")
-        .to_string();
+    let rt = super::runtime()?;
+    let (bytes, name) = match &args.module {
+        ModuleArg::File(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the module {}", path.display()))?;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("algorithm")
+                .to_string();
+            (bytes, name)
+        }
+        ModuleArg::Image(image) => {
+            let bytes = rt.block_on(super::image::pull_module(image, args.cache_dir.as_deref()))?;
+            (bytes, image.algorithm_name())
+        }
+    };
     std::fs::create_dir_all(&args.output).with_context(|| {
         format!(
             "cannot create the output directory {}",
@@ -61,7 +77,7 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
         env: Vec::new(),
         limits: args.limits,
     };
-    let sandbox = super::local_sandbox(args.cache_dir.clone())?;
+    let sandbox = super::local_sandbox(args.cache_dir.as_deref())?;
     let started = std::time::Instant::now();
     let report = match sandbox.prepare(&bytes) {
         Ok(module) => {
