@@ -308,3 +308,157 @@ fn demo_runs_every_example() {
     assert!(text.contains("\"r2\""), "{text}");
     assert!(text.trim_end().ends_with("all examples succeeded"));
 }
+
+#[test]
+fn push_inspect_and_run_an_image_from_a_real_registry() {
+    let e = Env::new();
+    let reg = insitu_tests::registry::Registry::start();
+    let host = reg.host();
+    let repo = format!("{host}/algos/word-count");
+    let out = e.insitu(&[
+        "push",
+        &e.p("word-count.wasm"),
+        &format!("{repo}:v1"),
+        "--insecure-registry",
+        &host,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+
+    // skopeo, an independent client, sees the same manifest digest.
+    let raw = insitu_tests::registry::skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{repo}:v1"),
+    ]);
+    assert_eq!(
+        insitu_tests::sha256_hex(&raw),
+        digest.trim_start_matches("sha256:")
+    );
+
+    let out = e.insitu(&[
+        "inspect",
+        &format!("{repo}:v1"),
+        "--insecure-registry",
+        &host,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (info["digest"].as_str(), info["kind"].as_str()),
+        (Some(digest.as_str()), Some("wasm"))
+    );
+    assert_eq!(info["module_kind"], "core");
+
+    let out = e.insitu(&[
+        "run",
+        "--image",
+        &format!("{repo}:v1@{digest}"),
+        "--insecure-registry",
+        &host,
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("out"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report(&out)["status"], "succeeded");
+    assert!(
+        std::fs::read_to_string(e.tmp.path().join("out/counts.json"))
+            .unwrap()
+            .contains("\"three\": 3")
+    );
+
+    // A tag alone is refused: images run pinned by checksum.
+    let out = e.insitu(&[
+        "run",
+        "--image",
+        &format!("{repo}:v1"),
+        "--insecure-registry",
+        &host,
+        "--output",
+        &e.p("o2"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("a tag without a checksum is refused"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Cached: the same image runs with the registry gone.
+    drop(reg);
+    let out = e.insitu(&[
+        "run",
+        "--image",
+        &format!("{repo}:v1@{digest}"),
+        "--insecure-registry",
+        &host,
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("o3"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn layouts_written_by_push_run_locally_and_through_skopeo() {
+    let e = Env::new();
+    let layout = format!("{}:v2", e.p("layout"));
+    let out = e.insitu(&["push", &e.p("word-count.wasm"), "--layout", &layout]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = e.insitu(&[
+        "run",
+        "--image-layout",
+        &layout,
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("out"),
+        "--no-cache",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let reg = insitu_tests::registry::Registry::start();
+    let host = reg.host();
+    insitu_tests::registry::skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{layout}"),
+        &format!("docker://{host}/copied/wc:1"),
+    ]);
+    let out = e.insitu(&[
+        "run",
+        "--image",
+        &format!("{host}/copied/wc@{digest}"),
+        "--insecure-registry",
+        &host,
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("o2"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = e.insitu(&[
+        "run",
+        "--image-layout",
+        &format!("{}:nope", e.p("layout")),
+        "--output",
+        &e.p("o3"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no image tagged `nope`; tags: [\"v2\"]"),
+        "{}",
+        stderr(&out)
+    );
+}

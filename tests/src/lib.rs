@@ -1,6 +1,8 @@
 //! Fixtures shared by the end-to-end tests: guest modules built from source by
 //! this crate's build script, and a tree fingerprint to prove data untouched.
 
+pub mod registry;
+
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -60,4 +62,9 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
         out.insert(rel, format!("{kind} {common}"));
     }
     out
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }

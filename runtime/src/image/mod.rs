@@ -155,31 +155,11 @@ impl Puller {
 
     /// A manifest's JSON, from the store or fetched and verified.
     async fn manifest<S: ImageSource>(&self, source: &S, digest: &str) -> Result<Value, Error> {
-        let bytes = match self.store.read_if_present(digest)? {
-            Some(b) => b,
-            None => {
-                let bytes = source.manifest(digest).await?;
-                if bytes.len() as u64 > MAX_MANIFEST {
-                    return Err(Error::BlobSize {
-                        what: format!("manifest {digest}"),
-                        reason: format!(
-                            "{} bytes, more than the {MAX_MANIFEST} a manifest may have",
-                            bytes.len()
-                        ),
-                    });
-                }
-                let actual = sha256_digest(&bytes);
-                if actual != digest {
-                    return Err(Error::DigestMismatch {
-                        what: format!("the manifest from {}", source.name()),
-                        expected: digest.to_string(),
-                        actual,
-                    });
-                }
-                self.store.put_bytes(digest, &bytes)?;
-                bytes
-            }
-        };
+        let what = format!("the manifest {digest} from {}", source.name());
+        let bytes = self
+            .store
+            .fetch_bytes(digest, MAX_MANIFEST, &what, || source.manifest(digest))
+            .await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::BadImage {
             digest: digest.to_string(),
             reason: format!("the manifest is not JSON: {e}"),

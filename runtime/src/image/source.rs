@@ -179,9 +179,15 @@ impl RegistrySource {
     }
 
     fn error(&self, what: &str, e: oci_client::errors::OciDistributionError) -> Error {
+        let hint = match &e {
+            oci_client::errors::OciDistributionError::RequestError(_) => {
+                "; is the registry reachable at that address (plain-HTTP registries need --insecure-registry)?"
+            }
+            _ => "",
+        };
         Error::Source {
             source_name: self.name(),
-            reason: format!("{what}: {e}"),
+            reason: format!("{what}: {e}{hint}"),
         }
     }
 }
@@ -201,7 +207,17 @@ impl ImageSource for RegistrySource {
             .client
             .pull_manifest_raw(&r, &self.auth, media::ACCEPTED)
             .await
-            .map_err(|e| self.error(&format!("cannot fetch manifest {digest}"), e))?;
+            .map_err(|e| match e {
+                // The client checks the digest too; report it as ours.
+                oci_client::errors::OciDistributionError::DigestError(
+                    oci_client::errors::DigestError::VerificationError { expected, actual },
+                ) => Error::DigestMismatch {
+                    what: format!("the manifest {digest} from {}", self.name()),
+                    expected,
+                    actual,
+                },
+                e => self.error(&format!("cannot fetch manifest {digest}"), e),
+            })?;
         Ok(bytes.to_vec())
     }
 

@@ -109,6 +109,54 @@ impl BlobStore {
         Ok(())
     }
 
+    fn slot(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.entry(digest.to_string()).or_default().clone()
+    }
+
+    /// Returns the small blob `digest` (a manifest) from the store, or fetches
+    /// it with `open`, checks it is at most `max` bytes and hashes to `digest`,
+    /// and stores it. One fetch per digest at a time.
+    ///
+    /// # Errors
+    /// [`Error::BlobSize`], [`Error::DigestMismatch`] (naming `what`), the
+    /// source's errors, [`Error::Io`].
+    pub async fn fetch_bytes<F, Fut>(
+        &self,
+        digest: &str,
+        max: u64,
+        what: &str,
+        open: F,
+    ) -> Result<Vec<u8>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, Error>>,
+    {
+        let slot = self.slot(digest);
+        let _guard = slot.lock().await;
+        if let Some(bytes) = self.read_if_present(digest)? {
+            return Ok(bytes);
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let bytes = open().await?;
+        if bytes.len() as u64 > max {
+            return Err(Error::BlobSize {
+                what: what.to_string(),
+                reason: format!("{} bytes, more than the {max} it may have", bytes.len()),
+            });
+        }
+        let actual = super::sha256_digest(&bytes);
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                what: what.to_string(),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        self.put_bytes(digest, &bytes)?;
+        Ok(bytes)
+    }
+
     /// Fetches `digest` of `size` bytes from the stream `open` returns, unless
     /// it is already stored; verifies and stores it.
     ///
@@ -121,11 +169,8 @@ impl BlobStore {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<BlobStream, Error>>,
     {
-        let lock = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            inflight.entry(digest.to_string()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
+        let slot = self.slot(digest);
+        let _guard = slot.lock().await;
         if self.contains(digest) {
             return Ok(());
         }
@@ -138,10 +183,33 @@ impl BlobStore {
         let mut received: u64 = 0;
         let what = || format!("blob {digest}");
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::Source {
-                source_name: what(),
-                reason: format!("the transfer failed after {received} bytes: {e}"),
-            })?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                // The verdict comes from the bytes received, whatever the
+                // transport (which may verify too) says about them.
+                Err(e) if received < size => {
+                    return Err(Error::BlobSize {
+                        what: what(),
+                        reason: format!(
+                            "truncated: received {received} of the {size} bytes its descriptor declares ({e})"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    let actual = format!("sha256:{}", hex::encode(hasher.clone().finalize()));
+                    if actual != digest {
+                        return Err(Error::DigestMismatch {
+                            what: what(),
+                            expected: digest.to_string(),
+                            actual,
+                        });
+                    }
+                    return Err(Error::Source {
+                        source_name: what(),
+                        reason: format!("the transfer failed after {received} bytes: {e}"),
+                    });
+                }
+            };
             received += chunk.len() as u64;
             if received > size {
                 return Err(Error::BlobSize {

@@ -3,6 +3,7 @@
 
 mod contract;
 mod hostile;
+mod images;
 
 use insitu_runtime::RunReport;
 use insitu_runtime::sandbox::{JobSpec, Limits, Sandbox, SandboxConfig, StopHandle};
