@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
-//! insitu-bench [jobs|cli|native|compile|timeout|all]
+//! insitu-bench [jobs|cli|native|compile|timeout|images|all]
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
 //! the `insitu` binary next to this one; `native` needs the example binaries
@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "cli" {
         cli()?;
+    }
+    if all || what == "images" {
+        images()?;
     }
     Ok(())
 }
@@ -407,4 +410,126 @@ fn cli() -> anyhow::Result<()> {
         a.len()
     );
     Ok(())
+}
+
+/// Image verification and pull paths (issue #3).
+fn images() -> anyhow::Result<()> {
+    use insitu_runtime::image::{
+        self, BlobStore, LayoutSource, Puller, RegistryAuth, RegistrySource, package,
+    };
+    use sha2::Digest;
+    println!("## images");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    // sha256 of a 256 MiB blob: the hash alone, and the whole verified store path.
+    let blob: Vec<u8> = (0..256u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let t = Instant::now();
+    let digest = format!("sha256:{}", hex_encode(&sha2::Sha256::digest(&blob)));
+    let hash = t.elapsed();
+    let tmp = tempfile::tempdir()?;
+    let layout = tmp.path().join("layout/blobs/sha256");
+    std::fs::create_dir_all(&layout)?;
+    std::fs::write(layout.join(digest.trim_start_matches("sha256:")), &blob)?;
+    let store = BlobStore::open(tmp.path().join("store"))?;
+    let source = LayoutSource {
+        dir: tmp.path().join("layout"),
+    };
+    let t = Instant::now();
+    rt.block_on(store.fetch(&digest, blob.len() as u64, || {
+        image::ImageSource::blob(&source, &digest)
+    }))?;
+    let verified = t.elapsed();
+    let gbps = |d: Duration| blob.len() as f64 / d.as_secs_f64() / 1e9;
+    println!(
+        "sha256 of 256 MiB: {:.2} GB/s; stream + hash + write + rename into the store: {:.2} GB/s ({})",
+        gbps(hash),
+        gbps(verified),
+        tmp.path().display()
+    );
+    drop(blob);
+
+    // Cold and warm paths from a loopback registry.
+    let reg = insitu_tests::registry::Registry::start();
+    let wasm = insitu_tests::HOSTILE_P1;
+    let artifact = package::wasm_artifact(wasm)?;
+    let target = RegistrySource::new(
+        image::parse_reference(&format!("{}/bench/h:1", reg.host()))?,
+        &[reg.host()],
+        RegistryAuth::Anonymous,
+    );
+    rt.block_on(package::push(&target, &artifact))?;
+    let reference = format!("{}/bench/h@{}", reg.host(), artifact.manifest_digest);
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..5 {
+        let store = BlobStore::open(tmp.path().join(format!("cold{i}")))?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            concurrency: 0,
+            ..SandboxConfig::default()
+        })?;
+        let (out, logs) = (
+            tmp.path().join(format!("o{i}")),
+            tmp.path().join(format!("l{i}")),
+        );
+        std::fs::create_dir(&out)?;
+        std::fs::create_dir(&logs)?;
+        let t = Instant::now();
+        let (source, digest) = rt.block_on(image::registry(
+            &reference,
+            &[reg.host()],
+            RegistryAuth::Anonymous,
+            false,
+        ))?;
+        let pulled = rt.block_on(Puller::new(store.clone()).pull(&source, &digest))?;
+        let module = sandbox.prepare(pulled.wasm.as_deref().context("wasm")?)?;
+        let mut spec = JobSpec::new("hostile", out, logs);
+        spec.args = vec!["exit".into(), "0".into()];
+        let r = rt.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?;
+        anyhow::ensure!(r.status == Status::Succeeded, "{r:?}");
+        cold.push(t.elapsed());
+        // Warm: blobs stored, module compiled in memory.
+        let t = Instant::now();
+        let pulled = rt.block_on(Puller::new(store).pull(&source, &digest))?;
+        let _ready = sandbox.prepare(pulled.wasm.as_deref().context("wasm")?)?;
+        warm.push(t.elapsed());
+    }
+    cold.sort();
+    warm.sort();
+    println!(
+        "cold (pull {} KiB module from the loopback registry, verify, compile, first result): median {}  |  warm (cached) to a ready instance: median {}",
+        wasm.len() / 1024,
+        ms(cold[2]),
+        us(warm[2])
+    );
+
+    // 16 concurrent first requests for one uncached image.
+    let store = BlobStore::open(tmp.path().join("concurrent"))?;
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let fetched = multi.block_on(async {
+        let (source, digest) =
+            image::registry(&reference, &[reg.host()], RegistryAuth::Anonymous, false).await?;
+        let source = Arc::new(source);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, source, digest) = (store.clone(), source.clone(), digest.clone());
+                tokio::spawn(async move { Puller::new(store).pull(&*source, &digest).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        anyhow::Ok(store.fetch_count())
+    })?;
+    println!("16 concurrent first pulls of one image (3 blobs): {fetched} fetches\n");
+    Ok(())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -421,7 +421,7 @@ async fn registry_down_or_unknown_repository_is_a_clear_error() {
     let digest = sha(b"x");
     let (source, d) = image::registry(
         &format!("{host}/nobody/here@{digest}"),
-        &[host.clone()],
+        std::slice::from_ref(&host),
         RegistryAuth::Anonymous,
         false,
     )
