@@ -462,3 +462,61 @@ fn layouts_written_by_push_run_locally_and_through_skopeo() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_foreign_layout_pushed_by_skopeo_runs_through_run_image() {
+    use insitu_tests::sha256_hex;
+    let e = Env::new();
+    // Written by hand, not by insitu: older layer media type, its own config.
+    let dir = e.tmp.path().join("foreign");
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let wasm = insitu_tests::WORD_COUNT_P1;
+    let config = br#"{"architecture": "wasm", "os": "wasip1"}"#;
+    let manifest = format!(
+        r#"{{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "config": {{"mediaType": "application/vnd.wasm.config.v0+json", "digest": "sha256:{}", "size": {}}},
+  "layers": [{{"mediaType": "application/vnd.wasm.content.layer.v1+wasm", "digest": "sha256:{}", "size": {}}}]}}"#,
+        sha256_hex(config),
+        config.len(),
+        sha256_hex(wasm),
+        wasm.len()
+    );
+    for blob in [&config[..], wasm, manifest.as_bytes()] {
+        std::fs::write(dir.join("blobs/sha256").join(sha256_hex(blob)), blob).unwrap();
+    }
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
+    let digest = format!("sha256:{}", sha256_hex(manifest.as_bytes()));
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion": 2, "manifests": [{{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "{digest}", "size": {}, "annotations": {{"org.opencontainers.image.ref.name": "x"}}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .unwrap();
+    let reg = insitu_tests::registry::Registry::start();
+    let host = reg.host();
+    insitu_tests::registry::skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:x", dir.display()),
+        &format!("docker://{host}/foreign/wc:x"),
+    ]);
+    let out = e.insitu(&[
+        "run",
+        "--image",
+        &format!("{host}/foreign/wc:x@{digest}"),
+        "--insecure-registry",
+        &host,
+        "--input",
+        &e.p("in"),
+        "--output",
+        &e.p("out"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        report(&out)["module_digest"],
+        format!("sha256:{}", sha256_hex(wasm))
+    );
+}

@@ -69,8 +69,9 @@ pub enum Error {
     #[error("image {digest}: {reason}")]
     BadImage { digest: String, reason: String },
 
-    /// A tar layer holds an entry that could escape or harm the extraction root.
-    #[error("layer {layer}: refusing unsafe entry `{entry}`: {reason}")]
+    /// A tar layer or archive (`layer` names it: `layer sha256:…`, `archive PATH`)
+    /// holds an entry that could escape or harm the extraction root.
+    #[error("{layer}: refusing unsafe entry `{entry}`: {reason}")]
     UnsafeArchive {
         layer: String,
         entry: String,

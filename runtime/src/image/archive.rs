@@ -20,7 +20,6 @@ pub const MAX_RATIO: u64 = 100;
 struct Capped<R> {
     inner: R,
     left: u64,
-    layer: String,
     why: String,
 }
 
@@ -28,10 +27,7 @@ impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            return Err(std::io::Error::other(format!(
-                "layer {}: {}",
-                self.layer, self.why
-            )));
+            return Err(std::io::Error::other(self.why.clone()));
         }
         self.left -= n as u64;
         Ok(n)
@@ -57,18 +53,44 @@ fn walk<T>(
     bytes: &[u8],
     layer: &str,
     max: u64,
+    take: impl FnMut(&str, &mut dyn Read) -> std::io::Result<Option<T>>,
+) -> Result<Option<T>, Error> {
+    walk_reader(
+        bytes,
+        Some(bytes.len() as u64),
+        &format!("layer {layer}"),
+        max,
+        |_| Ok(()),
+        take,
+    )
+}
+
+/// As [`walk`] over any reader; `compressed_len` enables the ratio cap;
+/// `dir` is called for each directory entry.
+fn walk_reader<T>(
+    mut input: impl Read,
+    compressed_len: Option<u64>,
+    layer: &str,
+    max: u64,
+    mut dir: impl FnMut(&str) -> std::io::Result<()>,
     mut take: impl FnMut(&str, &mut dyn Read) -> std::io::Result<Option<T>>,
 ) -> Result<Option<T>, Error> {
-    let gz = bytes.starts_with(&[0x1f, 0x8b]);
-    let cap = if gz {
-        max.min((bytes.len() as u64).saturating_mul(MAX_RATIO))
-    } else {
-        max
+    let io = |e: std::io::Error| Error::BadImage {
+        digest: layer.to_string(),
+        reason: format!("unreadable tar: {e}"),
+    };
+    let mut magic = [0u8; 2];
+    let n = input.read(&mut magic).map_err(io)?;
+    let input = std::io::Cursor::new(magic[..n].to_vec()).chain(input);
+    let gz = n == 2 && magic == [0x1f, 0x8b];
+    let cap = match compressed_len {
+        Some(len) if gz => max.min(len.saturating_mul(MAX_RATIO)),
+        _ => max,
     };
     let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(bytes))
+        Box::new(flate2::read::GzDecoder::new(input))
     } else {
-        Box::new(bytes)
+        Box::new(input)
     };
     let why = if gz {
         format!(
@@ -80,12 +102,7 @@ fn walk<T>(
     let capped = Capped {
         inner: reader,
         left: cap,
-        layer: layer.to_string(),
         why,
-    };
-    let io = |e: std::io::Error| Error::BadImage {
-        digest: layer.to_string(),
-        reason: format!("unreadable tar layer: {e}"),
     };
     let mut archive = tar::Archive::new(capped);
     let mut found = None;
@@ -107,6 +124,11 @@ fn walk<T>(
                 "absolute path or `..` component",
             ));
         }
+        let clean: std::path::PathBuf = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        let clean = clean.display().to_string();
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             let target = entry
@@ -132,15 +154,44 @@ fn walk<T>(
                 &name,
                 "device files and FIFOs are not allowed",
             ));
+        } else if kind.is_dir() {
+            if !clean.is_empty() {
+                dir(&clean).map_err(io)?;
+            }
         } else if kind.is_file() && found.is_none() {
-            let clean: std::path::PathBuf = path
-                .components()
-                .filter(|c| matches!(c, Component::Normal(_)))
-                .collect();
-            found = take(&clean.display().to_string(), &mut entry).map_err(io)?;
+            found = take(&clean, &mut entry).map_err(io)?;
         }
     }
     Ok(found)
+}
+
+/// Unpacks the regular files and directories of the tar (optionally gzip)
+/// archive `path` under `dest`, with every check of this module; links are
+/// refused when they escape and otherwise skipped.
+///
+/// # Errors
+/// As [`contains`], and [`Error::Io`] when writing fails.
+pub fn unpack(path: &Path, dest: &Path, max: u64) -> Result<(), Error> {
+    let name = format!("archive {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| Error::io("open archive", path, e))?;
+    let len = file.metadata().map(|m| m.len()).ok();
+    let found: Option<()> = walk_reader(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        len,
+        &name,
+        max,
+        |d| std::fs::create_dir_all(dest.join(d)),
+        |p, r| {
+            let out = dest.join(p);
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::io::copy(r, &mut std::fs::File::create(out)?)?;
+            Ok(None)
+        },
+    )?;
+    debug_assert!(found.is_none());
+    Ok(())
 }
 
 /// True if joining `target` to `base` climbs above the root.

@@ -183,6 +183,10 @@ impl RegistrySource {
             oci_client::errors::OciDistributionError::RequestError(_) => {
                 "; is the registry reachable at that address (plain-HTTP registries need --insecure-registry)?"
             }
+            oci_client::errors::OciDistributionError::UnauthorizedError { .. }
+            | oci_client::errors::OciDistributionError::AuthenticationFailure(_) => {
+                "; the registry refused the credentials: set INSITU_REGISTRY_USERNAME and INSITU_REGISTRY_PASSWORD (or INSITU_REGISTRY_TOKEN)"
+            }
             _ => "",
         };
         Error::Source {
@@ -269,27 +273,29 @@ impl RegistrySource {
 pub enum AnySource {
     Registry(RegistrySource),
     Layout(LayoutSource),
+    /// An `oci-archive` tarball unpacked into a temporary layout.
+    Archive(LayoutSource, tempfile::TempDir),
 }
 
 impl ImageSource for AnySource {
     fn name(&self) -> String {
         match self {
             AnySource::Registry(s) => s.name(),
-            AnySource::Layout(s) => s.name(),
+            AnySource::Layout(s) | AnySource::Archive(s, _) => s.name(),
         }
     }
 
     async fn manifest(&self, digest: &str) -> Result<Vec<u8>, Error> {
         match self {
             AnySource::Registry(s) => s.manifest(digest).await,
-            AnySource::Layout(s) => s.manifest(digest).await,
+            AnySource::Layout(s) | AnySource::Archive(s, _) => s.manifest(digest).await,
         }
     }
 
     async fn blob(&self, digest: &str) -> Result<BlobStream, Error> {
         match self {
             AnySource::Registry(s) => s.blob(digest).await,
-            AnySource::Layout(s) => s.blob(digest).await,
+            AnySource::Layout(s) | AnySource::Archive(s, _) => s.blob(digest).await,
         }
     }
 }
@@ -325,15 +331,50 @@ pub async fn registry(
     Ok((AnySource::Registry(source), digest))
 }
 
-/// A layout source and the digest of `DIR[:TAG]`.
+/// Largest `oci-archive` unpacked.
+pub const MAX_ARCHIVE: u64 = 8 << 30;
+
+/// A layout source and the digest of `DIR[:TAG]`. When the path is a file it
+/// is an `oci-archive` tarball (optionally gzip; also what `docker save` writes
+/// since Docker 25), unpacked with every tar check into a temporary layout.
 ///
 /// # Errors
-/// [`Error::Source`] when the layout or tag cannot be read.
+/// [`Error::Source`] when the layout or tag cannot be read;
+/// [`Error::UnsafeArchive`] for hostile tarballs.
 pub fn layout(spec: &str) -> Result<(AnySource, String), Error> {
-    let (dir, tag) = split_layout(spec);
-    let source = LayoutSource { dir: dir.into() };
-    let digest = source.resolve(tag)?;
-    Ok((AnySource::Layout(source), digest))
+    let (path, tag) = split_layout(spec);
+    if !std::path::Path::new(path).is_file() {
+        let source = LayoutSource { dir: path.into() };
+        let digest = source.resolve(tag)?;
+        return Ok((AnySource::Layout(source), digest));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("insitu-archive-")
+        .tempdir()
+        .map_err(|e| Error::io("create a temporary dir for", path, e))?;
+    super::archive::unpack(std::path::Path::new(path), tmp.path(), MAX_ARCHIVE)?;
+    if !tmp.path().join("index.json").exists() {
+        let legacy = tmp.path().join("manifest.json").exists();
+        return Err(Error::Source {
+            source_name: format!("archive {path}"),
+            reason: if legacy {
+                "a docker-archive without index.json (saved by Docker before 25); convert it: skopeo copy docker-archive:FILE oci-archive:NEW.tar".into()
+            } else {
+                "not an OCI image archive (no index.json at its root)".into()
+            },
+        });
+    }
+    let source = LayoutSource {
+        dir: tmp.path().to_path_buf(),
+    };
+    let digest = source.resolve(tag).map_err(|e| match e {
+        Error::Source { reason, .. } => Error::Source {
+            source_name: format!("archive {path}"),
+            reason,
+        },
+        e => e,
+    })?;
+    Ok((AnySource::Archive(source, tmp), digest))
 }
 
 /// Splits `DIR[:TAG]`; a colon followed by a path separator belongs to DIR.

@@ -645,3 +645,179 @@ async fn concurrent_first_pulls_fetch_each_blob_once() {
         "one fetch each for manifest, config and layer"
     );
 }
+
+#[tokio::test]
+async fn registries_that_need_credentials_answer_401_without_them() {
+    use insitu_tests::registry::{AUTH_PASSWORD, AUTH_USER};
+    let reg = Registry::start_with_auth();
+    let basic = RegistryAuth::Basic(AUTH_USER.into(), AUTH_PASSWORD.into());
+    let artifact = package::wasm_artifact(WORD_COUNT_P1).unwrap();
+    let r = image::parse_reference(&format!("{}/private/wc:1", reg.host())).unwrap();
+    package::push(
+        &RegistrySource::new(r, &[reg.host()], basic.clone()),
+        &artifact,
+    )
+    .await
+    .unwrap();
+
+    let reference = format!("{}/private/wc@{}", reg.host(), artifact.manifest_digest);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, auth) in [
+        RegistryAuth::Anonymous,
+        RegistryAuth::Basic(AUTH_USER.into(), "wrong".into()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = BlobStore::open(tmp.path().join(format!("s{i}"))).unwrap();
+        let (source, d) = image::registry(&reference, &[reg.host()], auth, false)
+            .await
+            .unwrap();
+        let e = Puller::new(store.clone())
+            .pull(&source, &d)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "registry {}/private/wc: cannot fetch manifest",
+                reg.host()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("; the registry refused the credentials: set INSITU_REGISTRY_USERNAME and INSITU_REGISTRY_PASSWORD (or INSITU_REGISTRY_TOKEN)"),
+            "{e}"
+        );
+        assert_store_intact(&store);
+    }
+    let store = BlobStore::open(tmp.path().join("ok")).unwrap();
+    let (source, d) = image::registry(&reference, &[reg.host()], basic, false)
+        .await
+        .unwrap();
+    let pulled = Puller::new(store).pull(&source, &d).await.unwrap();
+    assert_eq!(pulled.wasm.as_deref(), Some(WORD_COUNT_P1));
+}
+
+#[tokio::test]
+async fn oci_archives_run_and_legacy_docker_archives_say_how_to_convert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let artifact = package::wasm_artifact(WORD_COUNT_P1).unwrap();
+    package::write_layout(&tmp.path().join("l"), "v1", &artifact).unwrap();
+    let layout = format!("oci:{}:v1", tmp.path().join("l").display());
+    let oci_tar = tmp.path().join("wc.oci.tar");
+    skopeo(&[
+        "copy",
+        "-q",
+        &layout,
+        &format!("oci-archive:{}:v1", oci_tar.display()),
+    ]);
+
+    let (source, digest) = image::layout(&format!("{}:v1", oci_tar.display())).unwrap();
+    assert_eq!(digest, artifact.manifest_digest);
+    let pulled = Puller::new(BlobStore::open(tmp.path().join("s")).unwrap())
+        .pull(&source, &digest)
+        .await
+        .unwrap();
+    run_word_count(&pulled.wasm.unwrap()).await;
+
+    let docker_tar = tmp.path().join("wc.docker.tar");
+    // docker-archive needs a config docker understands; a compat image is one.
+    let layer = tar_gz(&[("app/word-count.wasm", WORD_COUNT_P1)]);
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/app/word-count.wasm"]}, "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]}}))
+    .unwrap();
+    let manifest = serde_json::to_vec(&compat_manifest(&layer, &config)).unwrap();
+    layout_with(&tmp.path().join("c"), &manifest, &[&layer, &config]);
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("oci:{}:t", tmp.path().join("c").display()),
+        &format!("docker-archive:{}:c:1", docker_tar.display()),
+    ]);
+    let e = image::layout(&docker_tar.display().to_string())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "archive {}: a docker-archive without index.json (saved by Docker before 25); convert it: skopeo copy docker-archive:FILE oci-archive:NEW.tar",
+            docker_tar.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn hostile_archives_are_refused_before_anything_is_written_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.as_old_mut().name[..10].copy_from_slice(b"index.json");
+    h.set_link_name("../../../etc/passwd").unwrap();
+    h.set_cksum();
+    b.append(&h, &b""[..]).unwrap();
+    let path = tmp.path().join("evil.tar");
+    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+    let e = image::layout(&path.display().to_string())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "archive {}: refusing unsafe entry `index.json`: link to `../../../etc/passwd` points outside the layer",
+            path.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn redirects_to_another_host_cannot_substitute_bytes() {
+    // Registries serve blobs from other hosts (CDNs), so redirects are
+    // followed; what arrives is verified like anything else.
+    let reg = Registry::start();
+    let artifact = package::wasm_artifact(WORD_COUNT_P1).unwrap();
+    package::push(&registry_source(&reg, "algos/wc:1"), &artifact)
+        .await
+        .unwrap();
+    let redirector = insitu_tests::registry::Redirector::start(reg.port);
+    let front = format!("127.0.0.1:{}", redirector.port);
+    let reference = format!("{front}/algos/wc@{}", artifact.manifest_digest);
+    let tmp = tempfile::tempdir().unwrap();
+
+    let (source, d) = image::registry(
+        &reference,
+        std::slice::from_ref(&front),
+        RegistryAuth::Anonymous,
+        false,
+    )
+    .await
+    .unwrap();
+    let pulled = Puller::new(BlobStore::open(tmp.path().join("a")).unwrap())
+        .pull(&source, &d)
+        .await
+        .unwrap();
+    assert_eq!(pulled.wasm.as_deref(), Some(WORD_COUNT_P1));
+
+    // The other host serves different bytes: refused, nothing stored.
+    let layer_file = reg.blob_data(&artifact.layer_digest);
+    let mut bytes = std::fs::read(&layer_file).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&layer_file, &bytes).unwrap();
+    let store = BlobStore::open(tmp.path().join("b")).unwrap();
+    let e = Puller::new(store.clone())
+        .pull(&source, &d)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "blob {} has digest sha256:",
+            artifact.layer_digest
+        )),
+        "{e}"
+    );
+    assert!(!store.contains(&artifact.layer_digest));
+    assert_store_intact(&store);
+}
