@@ -417,7 +417,6 @@ fn images() -> anyhow::Result<()> {
     use insitu_runtime::image::{
         self, BlobStore, LayoutSource, Puller, RegistryAuth, RegistrySource, package,
     };
-    use sha2::Digest;
     println!("## images");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -428,7 +427,7 @@ fn images() -> anyhow::Result<()> {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let t = Instant::now();
-    let digest = format!("sha256:{}", hex_encode(&sha2::Sha256::digest(&blob)));
+    let digest = image::sha256_digest(&blob);
     let hash = t.elapsed();
     let tmp = tempfile::tempdir()?;
     let layout = tmp.path().join("layout/blobs/sha256");
@@ -528,8 +527,4 @@ fn images() -> anyhow::Result<()> {
     })?;
     println!("16 concurrent first pulls of one image (3 blobs): {fetched} fetches\n");
     Ok(())
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -78,6 +78,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A status change that [`crate::Status::transition`] does not allow.
+    #[error("execution status cannot go from `{}` to `{}`{}", from.as_str(), to.as_str(), if from.is_terminal() { format!("; {} is final", from.as_str()) } else { String::new() })]
+    Transition {
+        from: crate::Status,
+        to: crate::Status,
+    },
+
+    /// A workflow document is malformed; `path` is a JSON path into it.
+    #[error("workflow {path}: {reason}")]
+    Workflow { path: String, reason: String },
+
     /// A size or duration could not be parsed.
     #[error("invalid {what} `{input}`: {hint}")]
     Parse {

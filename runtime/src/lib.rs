@@ -9,6 +9,7 @@
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
 //! - [`units`] parses and prints the sizes and durations users type.
+//! - [`workflow`] parses and validates Nevermined compute workflows.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), insitu_runtime::Error> {
@@ -27,6 +28,7 @@ pub mod image;
 pub mod outcome;
 pub mod sandbox;
 pub mod units;
+pub mod workflow;
 
 pub use error::Error;
 pub use outcome::{Outcome, RunReport, Status};

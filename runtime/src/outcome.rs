@@ -22,6 +22,32 @@ impl Status {
         matches!(self, Status::Succeeded | Status::Failed | Status::Stopped)
     }
 
+    /// The one place that knows which status changes are allowed:
+    /// `pending → configuring → running → (configuring → running)* → publishing
+    /// → succeeded`, `failed` from any non-terminal status, `stopped` from any
+    /// non-terminal status. Terminal statuses never change.
+    ///
+    /// # Errors
+    /// [`crate::Error::Transition`] naming both statuses.
+    pub fn transition(self, to: Status) -> Result<Status, crate::Error> {
+        use Status::*;
+        let allowed = match (self, to) {
+            (from, _) if from.is_terminal() => false,
+            (_, Failed | Stopped) => true,
+            (Pending, Configuring) => true,
+            (Configuring, Running) => true,
+            // The next stage, or publishing the last one's results.
+            (Running, Configuring | Publishing) => true,
+            (Publishing, Succeeded) => true,
+            _ => false,
+        };
+        if allowed {
+            Ok(to)
+        } else {
+            Err(crate::Error::Transition { from: self, to })
+        }
+    }
+
     /// The lowercase name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,5 +132,35 @@ mod tests {
         assert_eq!(Outcome::Exited.status(Some(3)), Status::Failed);
         assert_eq!(Outcome::Stopped.status(None), Status::Stopped);
         assert_eq!(Outcome::TimedOut.status(None), Status::Failed);
+    }
+
+    #[test]
+    fn transitions() {
+        use Status::*;
+        let mut s = Pending;
+        for next in [
+            Configuring,
+            Running,
+            Configuring,
+            Running,
+            Publishing,
+            Succeeded,
+        ] {
+            s = s.transition(next).unwrap();
+        }
+        assert_eq!(s, Succeeded);
+        for from in [Pending, Configuring, Running, Publishing] {
+            assert_eq!(from.transition(Stopped).unwrap(), Stopped);
+            assert_eq!(from.transition(Failed).unwrap(), Failed);
+        }
+        assert_eq!(
+            Succeeded.transition(Running).unwrap_err().to_string(),
+            "execution status cannot go from `succeeded` to `running`; succeeded is final"
+        );
+        assert_eq!(
+            Pending.transition(Succeeded).unwrap_err().to_string(),
+            "execution status cannot go from `pending` to `succeeded`"
+        );
+        assert!(Stopped.transition(Failed).is_err());
     }
 }

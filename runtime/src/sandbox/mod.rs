@@ -31,7 +31,6 @@ use crate::units::{format_duration, format_size};
 use cache::ModuleCache;
 use guard::Guard;
 use quota::{Budget, LogStream, SharedBudget, lock, scan};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,11 +301,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// sha256 of `bytes` as `sha256:<hex>`.
-pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 impl Sandbox {
     /// Builds the engine and linkers and starts the epoch ticker.
     ///
@@ -389,7 +383,7 @@ impl Sandbox {
     /// [`inspect::inspect`]), fails to compile or link, or is not a command
     /// (no `_start`).
     pub fn prepare(&self, bytes: &[u8]) -> Result<Arc<Prepared>, Error> {
-        let digest = digest_of(bytes);
+        let digest = crate::image::sha256_digest(bytes);
         let (prepared, hit) = self
             .cache
             .get_or_prepare(&digest, || self.prepare_uncached(bytes, &digest))?;
