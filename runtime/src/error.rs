@@ -85,6 +85,26 @@ pub enum Error {
         to: crate::Status,
     },
 
+    /// The state database failed.
+    #[error("database {}: {reason}", path.display())]
+    Store { path: PathBuf, reason: String },
+
+    /// Something asked for by identifier does not exist.
+    #[error("unknown {what} `{id}`{hint}")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        hint: &'static str,
+    },
+
+    /// A value given by a user is malformed.
+    #[error("invalid {what} `{value}`: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+
     /// A workflow document is malformed; `path` is a JSON path into it.
     #[error("workflow {path}: {reason}")]
     Workflow { path: String, reason: String },

@@ -8,6 +8,8 @@
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`store`] keeps the provider's state in SQLite: catalog, local
+//!   agreements, executions (status changes through [`Status::transition`]).
 //! - [`units`] parses and prints the sizes and durations users type.
 //! - [`workflow`] parses and validates Nevermined compute workflows.
 //!
@@ -27,6 +29,7 @@ pub mod error;
 pub mod image;
 pub mod outcome;
 pub mod sandbox;
+pub mod store;
 pub mod units;
 pub mod workflow;
 

@@ -1,0 +1,717 @@
+//! The provider's state in SQLite (`<data-dir>/insitu.db`, WAL mode): the
+//! catalog of assets (datasets, workflows, algorithms, results) with their
+//! DDOs, local agreements, and executions.
+//!
+//! DDOs are public (served by the gateway); a dataset's local path is kept in
+//! its own column and never appears in a DDO. Every status change goes through
+//! [`Status::transition`] inside a transaction. When the store is opened, any
+//! execution left non-terminal by a crash is marked `failed` with the reason.
+
+use crate::Error;
+use crate::outcome::Status;
+use crate::workflow::{Did, Workflow};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Kinds of catalog entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetKind {
+    Dataset,
+    Workflow,
+    Algorithm,
+    Result,
+}
+
+impl AssetKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AssetKind::Dataset => "dataset",
+            AssetKind::Workflow => "workflow",
+            AssetKind::Algorithm => "algorithm",
+            AssetKind::Result => "result",
+        }
+    }
+}
+
+/// A dataset the provider computes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    pub did: Did,
+    pub name: String,
+    /// The local directory (never published).
+    pub path: PathBuf,
+    /// Image checksums its compute service allows; empty allows none.
+    pub allowed_images: Vec<String>,
+}
+
+/// A local agreement: `consumer` may run `workflow` on `dataset` until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Agreement {
+    pub id: String,
+    /// Lowercase `0x` address.
+    pub consumer: String,
+    pub dataset: Did,
+    pub workflow: Did,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// An execution's row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Execution {
+    pub id: String,
+    pub agreement: String,
+    pub consumer: String,
+    pub workflow: Did,
+    pub status: Status,
+    pub reason: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// See the module documentation.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 32 random bytes as lowercase hex.
+fn random_hex32() -> Result<String, Error> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)
+        .map_err(|e| Error::Engine(format!("no randomness from the OS: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// Checks and lowercases an Ethereum address.
+///
+/// # Errors
+/// [`Error::Invalid`] unless it is `0x` followed by 40 hex digits.
+pub fn parse_address(a: &str) -> Result<String, Error> {
+    let ok = a.len() == 42 && a.starts_with("0x") && a[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if !ok {
+        return Err(Error::Invalid {
+            what: "address",
+            value: a.to_string(),
+            reason: "expected 0x followed by 40 hex digits",
+        });
+    }
+    Ok(a.to_ascii_lowercase())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS assets (
+    did TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('dataset', 'workflow', 'algorithm', 'result')),
+    ddo TEXT NOT NULL,
+    path TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agreements (
+    id TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    dataset TEXT NOT NULL REFERENCES assets(did),
+    workflow TEXT NOT NULL REFERENCES assets(did),
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    agreement TEXT NOT NULL REFERENCES agreements(id),
+    consumer TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_by_consumer ON executions(consumer, created_at);
+";
+
+fn status_from(s: &str) -> Status {
+    serde_json::from_value(Value::String(s.to_string())).unwrap_or(Status::Failed)
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`, and fails executions a crash
+    /// left unfinished.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when SQLite cannot open or migrate it.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Store, Error> {
+        let path = path.into();
+        let e = |err: rusqlite::Error| Error::Store {
+            path: path.clone(),
+            reason: err.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(e)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(e)?;
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        let store = Store {
+            path,
+            conn: Mutex::new(conn),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks every non-terminal execution `failed`: nothing can still be
+    /// running when the store is opened. Returns how many there were.
+    fn recover(&self) -> Result<usize, Error> {
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "UPDATE executions SET reason = 'insitu stopped while the execution was ' || status || '; marked failed when it restarted', status = 'failed', updated_at = ?1
+                 WHERE status NOT IN ('succeeded', 'failed', 'stopped')",
+                params![now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    fn insert_asset(
+        &self,
+        did: &Did,
+        kind: AssetKind,
+        ddo: &Value,
+        path: Option<&Path>,
+    ) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO assets (did, kind, ddo, path, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    did.as_str(),
+                    kind.as_str(),
+                    ddo.to_string(),
+                    path.map(|p| p.display().to_string()),
+                    now_ms() as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Registers a local dataset directory with a compute service allowing
+    /// `allowed_images` (image manifest checksums). Returns its DID.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] when `path` is not a directory; [`Error::Reference`]
+    /// for a malformed checksum; [`Error::Store`].
+    pub fn add_dataset(
+        &self,
+        name: &str,
+        path: &Path,
+        allowed_images: &[String],
+        timeout_secs: u64,
+    ) -> Result<Did, Error> {
+        let path = std::fs::canonicalize(path).map_err(|e| Error::io("open dataset", path, e))?;
+        if !path.is_dir() {
+            return Err(Error::InvalidJob(format!(
+                "dataset {} is not a directory",
+                path.display()
+            )));
+        }
+        for c in allowed_images {
+            crate::image::check_digest(c)?;
+        }
+        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let ddo = json!({
+            "@context": "https://w3id.org/did/v1",
+            "id": did,
+            "service": [
+                {"type": "metadata", "index": 0, "attributes": {"main": {"type": "dataset", "name": name}}},
+                {"type": "compute", "index": 1, "attributes": {"main": {
+                    "name": "compute", "timeout": timeout_secs,
+                    "provider": {"environment": {
+                        "supportedContainers": allowed_images.iter().map(|c| json!({"checksum": c})).collect::<Vec<_>>(),
+                    }},
+                }}},
+            ],
+        });
+        self.insert_asset(&did, AssetKind::Dataset, &ddo, Some(&path))?;
+        Ok(did)
+    }
+
+    /// Registers a workflow (validated); returns its DID.
+    ///
+    /// # Errors
+    /// [`Error::Workflow`] for invalid documents; [`Error::NotFound`] when a
+    /// stage reads a dataset the catalog does not have; [`Error::Store`].
+    pub fn add_workflow(&self, doc: &Value) -> Result<Did, Error> {
+        let workflow = Workflow::from_value(doc)?;
+        for d in workflow.datasets() {
+            self.dataset(d)?;
+        }
+        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let main = doc.get("main").cloned().unwrap_or_else(|| {
+            doc.get("service")
+                .and_then(Value::as_array)
+                .and_then(|s| {
+                    s.iter().find_map(|s| {
+                        s.pointer("/attributes/main")
+                            .filter(|m| m["type"] == "workflow")
+                    })
+                })
+                .cloned()
+                .unwrap_or(Value::Null)
+        });
+        let ddo = json!({
+            "@context": "https://w3id.org/did/v1",
+            "id": did,
+            "service": [{"type": "metadata", "index": 0, "attributes": {"main": main}}],
+        });
+        self.insert_asset(&did, AssetKind::Workflow, &ddo, None)?;
+        Ok(did)
+    }
+
+    /// The DDO and kind of any asset.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    pub fn ddo(&self, did: &Did) -> Result<(AssetKind, Value), Error> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT kind, ddo FROM assets WHERE did = ?1",
+                params![did.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let (kind, ddo) = row.ok_or_else(|| Error::NotFound {
+            what: "DID",
+            id: did.to_string(),
+            hint: "; register it first (insitu asset add / insitu workflow add)",
+        })?;
+        let kind = match kind.as_str() {
+            "dataset" => AssetKind::Dataset,
+            "workflow" => AssetKind::Workflow,
+            "algorithm" => AssetKind::Algorithm,
+            _ => AssetKind::Result,
+        };
+        let ddo = serde_json::from_str(&ddo).map_err(|e| Error::Store {
+            path: self.path.clone(),
+            reason: format!("the DDO of {did} is not JSON: {e}"),
+        })?;
+        Ok((kind, ddo))
+    }
+
+    fn expect_kind(&self, did: &Did, want: AssetKind) -> Result<Value, Error> {
+        let (kind, ddo) = self.ddo(did)?;
+        if kind != want {
+            return Err(Error::NotFound {
+                what: match want {
+                    AssetKind::Dataset => "dataset",
+                    AssetKind::Workflow => "workflow",
+                    AssetKind::Algorithm => "algorithm",
+                    AssetKind::Result => "result",
+                },
+                id: did.to_string(),
+                hint: "; the DID names an asset of another kind",
+            });
+        }
+        Ok(ddo)
+    }
+
+    /// A registered dataset.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `did` is not a dataset; [`Error::Store`].
+    pub fn dataset(&self, did: &Did) -> Result<Dataset, Error> {
+        let ddo = self.expect_kind(did, AssetKind::Dataset)?;
+        let path: String = self
+            .conn()
+            .query_row(
+                "SELECT path FROM assets WHERE did = ?1",
+                params![did.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let allowed_images = ddo
+            .pointer("/service/1/attributes/main/provider/environment/supportedContainers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["checksum"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Dataset {
+            did: did.clone(),
+            name: ddo
+                .pointer("/service/0/attributes/main/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            path: PathBuf::from(path),
+            allowed_images,
+        })
+    }
+
+    /// A registered workflow, parsed.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Workflow`] if it no longer validates.
+    pub fn workflow(&self, did: &Did) -> Result<Workflow, Error> {
+        Workflow::from_value(&self.expect_kind(did, AssetKind::Workflow)?)
+    }
+
+    /// Grants `consumer` the right to run `workflow` on `dataset` for
+    /// `timeout_secs` from now; returns the agreement id (`0x` + 64 hex).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for the address; [`Error::NotFound`] for the DIDs.
+    pub fn grant(
+        &self,
+        consumer: &str,
+        dataset: &Did,
+        workflow: &Did,
+        timeout_secs: u64,
+    ) -> Result<String, Error> {
+        let consumer = parse_address(consumer)?;
+        self.dataset(dataset)?;
+        self.workflow(workflow)?;
+        let id = format!("0x{}", random_hex32()?);
+        let now = now_ms();
+        self.conn()
+            .execute(
+                "INSERT INTO agreements (id, consumer, dataset, workflow, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, consumer, dataset.as_str(), workflow.as_str(), (now / 1000 + timeout_secs) as i64, now as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// A local agreement.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    pub fn agreement(&self, id: &str) -> Result<Agreement, Error> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT consumer, dataset, workflow, expires_at FROM agreements WHERE id = ?1",
+                params![id.to_ascii_lowercase()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let (consumer, dataset, workflow, expires_at) = row.ok_or_else(|| Error::NotFound {
+            what: "agreement",
+            id: id.to_string(),
+            hint: "",
+        })?;
+        let did = |s: &str| {
+            Did::parse(s).map_err(|reason| Error::Store {
+                path: self.path.clone(),
+                reason,
+            })
+        };
+        Ok(Agreement {
+            id: id.to_ascii_lowercase(),
+            consumer,
+            dataset: did(&dataset)?,
+            workflow: did(&workflow)?,
+            expires_at: expires_at as u64,
+        })
+    }
+
+    /// Records a new `pending` execution; returns its id.
+    ///
+    /// # Errors
+    /// [`Error::Store`] (including an unknown agreement).
+    pub fn create_execution(&self, agreement: &Agreement) -> Result<String, Error> {
+        let id = format!("nv-{}", &random_hex32()?[..32]);
+        let now = now_ms() as i64;
+        self.conn()
+            .execute(
+                "INSERT INTO executions (id, agreement, consumer, workflow, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+                params![id, agreement.id, agreement.consumer, agreement.workflow.as_str(), now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Moves execution `id` to `to` if [`Status::transition`] allows it,
+    /// atomically; `reason` is kept for failures and stops.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Transition`], [`Error::Store`].
+    pub fn set_status(&self, id: &str, to: Status, reason: Option<&str>) -> Result<Status, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let from: Option<String> = tx
+            .query_row(
+                "SELECT status FROM executions WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let from = status_from(&from.ok_or_else(|| Error::NotFound {
+            what: "execution",
+            id: id.to_string(),
+            hint: "",
+        })?);
+        let to = from.transition(to)?;
+        tx.execute(
+            "UPDATE executions SET status = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+            params![id, to.as_str(), reason, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(to)
+    }
+
+    /// One execution.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    pub fn execution(&self, id: &str) -> Result<Execution, Error> {
+        self.executions_where("id = ?1", id)?
+            .pop()
+            .ok_or_else(|| Error::NotFound {
+                what: "execution",
+                id: id.to_string(),
+                hint: "",
+            })
+    }
+
+    /// The executions of `consumer`, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn executions_of(&self, consumer: &str) -> Result<Vec<Execution>, Error> {
+        self.executions_where("consumer = ?1", &consumer.to_ascii_lowercase())
+    }
+
+    fn executions_where(&self, cond: &str, arg: &str) -> Result<Vec<Execution>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at FROM executions WHERE {cond} ORDER BY created_at, id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![arg], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, agreement, consumer, workflow, status, reason, created, updated) =
+                row.map_err(|e| self.err(e))?;
+            out.push(Execution {
+                id,
+                agreement,
+                consumer,
+                workflow: Did::parse(&workflow).map_err(|reason| Error::Store {
+                    path: self.path.clone(),
+                    reason,
+                })?,
+                status: status_from(&status),
+                reason,
+                created_at: created as u64,
+                updated_at: updated as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// SQLite's own consistency check (`PRAGMA integrity_check`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] with SQLite's findings when it is not `ok`.
+    pub fn integrity_check(&self) -> Result<(), Error> {
+        let r: String = self
+            .conn()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if r == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Store {
+                path: self.path.clone(),
+                reason: format!("integrity check failed: {r}"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUM: &str = "sha256:cb57ecfa6ebbefd8ffc7f75c0f00e57a7fa739578a429b6f72a0df19315deadc";
+    const ALICE: &str = "0x5B38Da6a701c568545dCfcB03FcB875f56beddC4";
+
+    fn workflow_on(dataset: &Did) -> Value {
+        json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "r/x", "tag": "1", "checksum": SUM}},
+             "input": [{"index": 0, "id": dataset}]}]}}})
+    }
+
+    #[test]
+    fn catalog_agreements_and_executions_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let db = dir.path().join("insitu.db");
+        let (ds, wf, agreement, exec) = {
+            let store = Store::open(&db).unwrap();
+            let ds = store
+                .add_dataset("weather", &data, &[SUM.into()], 3600)
+                .unwrap();
+            let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
+            let id = store.grant(ALICE, &ds, &wf, 60).unwrap();
+            let a = store.agreement(&id).unwrap();
+            assert_eq!(a.consumer, ALICE.to_ascii_lowercase());
+            let exec = store.create_execution(&a).unwrap();
+            store.set_status(&exec, Status::Configuring, None).unwrap();
+            (ds, wf, id, exec)
+        };
+        // Reopened as after a crash: the unfinished execution is failed, with a reason.
+        let store = Store::open(&db).unwrap();
+        let e = store.execution(&exec).unwrap();
+        assert_eq!(e.status, Status::Failed);
+        assert_eq!(
+            e.reason.as_deref(),
+            Some(
+                "insitu stopped while the execution was configuring; marked failed when it restarted"
+            )
+        );
+        assert_eq!(store.executions_of(ALICE).unwrap().len(), 1);
+        let d = store.dataset(&ds).unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.allowed_images.as_slice()),
+            ("weather", &[SUM.to_string()][..])
+        );
+        assert_eq!(d.path, std::fs::canonicalize(&data).unwrap());
+        assert!(
+            !store
+                .ddo(&ds)
+                .unwrap()
+                .1
+                .to_string()
+                .contains(&data.display().to_string()),
+            "local paths never appear in DDOs"
+        );
+        assert_eq!(store.workflow(&wf).unwrap().stages.len(), 1);
+        assert_eq!(store.agreement(&agreement).unwrap().workflow, wf);
+        store.integrity_check().unwrap();
+    }
+
+    #[test]
+    fn refusals_are_precise_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let ghost = Did::parse(&format!("did:nv:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(
+            store
+                .add_workflow(&workflow_on(&ghost))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "unknown DID `{ghost}`; register it first (insitu asset add / insitu workflow add)"
+            )
+        );
+        assert_eq!(
+            store
+                .grant("0x123", &ghost, &ghost, 1)
+                .unwrap_err()
+                .to_string(),
+            "invalid address `0x123`: expected 0x followed by 40 hex digits"
+        );
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let ds = store.add_dataset("d", &data, &[], 1).unwrap();
+        assert_eq!(
+            store.grant(ALICE, &ds, &ds, 1).unwrap_err().to_string(),
+            format!("unknown workflow `{ds}`; the DID names an asset of another kind")
+        );
+        let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
+        let a = store
+            .agreement(&store.grant(ALICE, &ds, &wf, 1).unwrap())
+            .unwrap();
+        let exec = store.create_execution(&a).unwrap();
+        assert_eq!(
+            store
+                .set_status(&exec, Status::Succeeded, None)
+                .unwrap_err()
+                .to_string(),
+            "execution status cannot go from `pending` to `succeeded`"
+        );
+        assert_eq!(store.execution(&exec).unwrap().status, Status::Pending);
+        store
+            .set_status(&exec, Status::Stopped, Some("stopped by the consumer"))
+            .unwrap();
+        assert!(store.set_status(&exec, Status::Running, None).is_err());
+        assert_eq!(
+            store.execution(&exec).unwrap().reason.as_deref(),
+            Some("stopped by the consumer")
+        );
+        assert!(matches!(
+            store.execution("nv-nope"),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(
+            store
+                .add_dataset("x", &dir.path().join("missing"), &[], 1)
+                .is_err()
+        );
+        assert!(
+            store
+                .add_dataset("x", &data, &["sha256:bad".into()], 1)
+                .is_err()
+        );
+    }
+}
