@@ -29,8 +29,67 @@ enum Command {
     Push(PushCli),
     /// Show what an image is (wasm artifact, compat, native) and its digests.
     Inspect(InspectCli),
+    /// Register datasets (the provider's catalog).
+    #[command(subcommand)]
+    Asset(AssetCmd),
+    /// Register workflows.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// Grant local agreements.
+    #[command(subcommand)]
+    Agreement(AgreementCmd),
     /// Run the example algorithms on sample data through the sandbox.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum AssetCmd {
+    /// Register a local dataset directory; prints its DID.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The dataset's directory (stays on this machine; never published).
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// An image its compute service allows: REF@sha256:DIGEST or sha256:DIGEST (repeatable).
+        #[arg(long = "allow-image", value_name = "REF@sha256:D")]
+        allow_images: Vec<String>,
+        /// The compute service's time-out, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCmd {
+    /// Register a workflow (its metadata, or a DDO holding it); prints its DID.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "WORKFLOW.json")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgreementCmd {
+    /// Grant a consumer a local agreement; prints its id.
+    Grant {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The consumer's address (0x + 40 hex).
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        workflow: String,
+        /// Seconds the agreement stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+    },
 }
 
 #[derive(Args)]
@@ -121,6 +180,13 @@ struct RunCli {
     extra: Vec<String>,
 }
 
+fn print_line(line: anyhow::Result<String>) -> anyhow::Result<bool> {
+    line.map(|l| {
+        println!("{l}");
+        true
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -174,6 +240,31 @@ fn main() -> ExitCode {
                     true
                 })
         }
+        Command::Asset(AssetCmd::Add {
+            data_dir,
+            path,
+            name,
+            allow_images,
+            timeout,
+        }) => print_line(commands::catalog::add_dataset(
+            &data_dir,
+            &path,
+            &name,
+            &allow_images,
+            timeout,
+        )),
+        Command::Workflow(WorkflowCmd::Add { data_dir, file }) => {
+            print_line(commands::catalog::add_workflow(&data_dir, &file))
+        }
+        Command::Agreement(AgreementCmd::Grant {
+            data_dir,
+            consumer,
+            dataset,
+            workflow,
+            timeout,
+        }) => print_line(commands::catalog::grant(
+            &data_dir, &consumer, &dataset, &workflow, timeout,
+        )),
         Command::Demo => commands::demo::execute(),
     };
     match result {

@@ -520,3 +520,131 @@ fn a_foreign_layout_pushed_by_skopeo_runs_through_run_image() {
         format!("sha256:{}", sha256_hex(wasm))
     );
 }
+
+fn last_word(out: &Output) -> String {
+    assert!(out.status.success(), "{}", stderr(out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn catalog_verbs_register_datasets_workflows_and_agreements() {
+    let e = Env::new();
+    let data = e.p("data");
+    let sum = format!("sha256:{}", "cb".repeat(32));
+    let ds = last_word(&e.insitu(&[
+        "asset",
+        "add",
+        "--data-dir",
+        &data,
+        "--path",
+        &e.p("in"),
+        "--name",
+        "words",
+        "--allow-image",
+        &format!("r.example/wc:1@{sum}"),
+    ]));
+    assert!(ds.starts_with("did:nv:") && ds.len() == 71, "{ds}");
+    let workflow = serde_json::json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
+        {"index": 0, "requirements": {"container": {"image": "r.example/wc", "tag": "1", "checksum": sum}},
+         "input": [{"index": 0, "id": ds}]}]}}});
+    std::fs::write(e.tmp.path().join("wf.json"), workflow.to_string()).unwrap();
+    let wf = last_word(&e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &data,
+        "--file",
+        &e.p("wf.json"),
+    ]));
+    assert!(wf.starts_with("did:nv:") && wf != ds);
+    let consumer = "0x5B38Da6a701c568545dCfcB03FcB875f56beddC4";
+    let id = last_word(&e.insitu(&[
+        "agreement",
+        "grant",
+        "--data-dir",
+        &data,
+        "--consumer",
+        consumer,
+        "--dataset",
+        &ds,
+        "--workflow",
+        &wf,
+        "--timeout",
+        "60",
+    ]));
+    assert!(id.starts_with("0x") && id.len() == 66, "{id}");
+
+    // Refusals: one clear line, exit 2, nothing registered.
+    let mut bad = workflow.clone();
+    bad["main"]["workflow"]["stages"][0]["input"][0]["id"] = "did:nv:12345".into();
+    std::fs::write(e.tmp.path().join("bad.json"), bad.to_string()).unwrap();
+    let out = e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &data,
+        "--file",
+        &e.p("bad.json"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: workflow $.main.workflow.stages[0].input[0].id: `did:nv:12345` is not a DID: expected did:nv: followed by 64 hex digits"
+    );
+    std::fs::write(e.tmp.path().join("broken.json"), "{\"main\": ").unwrap();
+    let out = e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &data,
+        "--file",
+        &e.p("broken.json"),
+    ]);
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: workflow {}: not valid JSON: EOF",
+            e.p("broken.json")
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let ghost = format!("did:nv:{}", "ab".repeat(32));
+    let out = e.insitu(&[
+        "agreement",
+        "grant",
+        "--data-dir",
+        &data,
+        "--consumer",
+        consumer,
+        "--dataset",
+        &ghost,
+        "--workflow",
+        &wf,
+    ]);
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: unknown DID `{ghost}`; register it first (insitu asset add / insitu workflow add)"
+        )
+    );
+    let out = e.insitu(&[
+        "agreement",
+        "grant",
+        "--data-dir",
+        &data,
+        "--consumer",
+        "alice",
+        "--dataset",
+        &ds,
+        "--workflow",
+        &wf,
+    ]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: invalid address `alice`: expected 0x followed by 40 hex digits"
+    );
+}

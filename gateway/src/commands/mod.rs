@@ -1,5 +1,6 @@
 //! One module per `insitu` subcommand.
 
+pub mod catalog;
 pub mod demo;
 pub mod image;
 pub mod run;

@@ -1,0 +1,76 @@
+//! `insitu asset add`, `insitu workflow add`, `insitu agreement grant`: the
+//! provider's catalog and local agreements in `<data-dir>/insitu.db`. Each
+//! prints one line whose last word is the new identifier.
+
+use anyhow::Context;
+use insitu_runtime::store::Store;
+use insitu_runtime::workflow::Did;
+use std::path::Path;
+
+/// Opens the store in `data_dir`, creating the directory.
+///
+/// # Errors
+/// When the directory or the database cannot be created.
+pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    Ok(Store::open(data_dir.join("insitu.db"))?)
+}
+
+/// The checksum of `REF@sha256:…` or of a bare `sha256:…`.
+fn checksum(image: &str) -> &str {
+    image.rsplit_once('@').map_or(image, |(_, d)| d)
+}
+
+/// Registers a dataset; returns the line to print.
+///
+/// # Errors
+/// Bad path, malformed checksums, database errors.
+pub fn add_dataset(
+    data_dir: &Path,
+    path: &Path,
+    name: &str,
+    allow: &[String],
+    timeout_secs: u64,
+) -> anyhow::Result<String> {
+    let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
+    let did = open(data_dir)?.add_dataset(name, path, &allowed, timeout_secs)?;
+    Ok(format!("dataset `{name}` registered as {did}"))
+}
+
+/// Registers a workflow from a JSON file; returns the line to print.
+///
+/// # Errors
+/// Unreadable file, invalid workflow (with its JSON path), unknown datasets.
+pub fn add_workflow(data_dir: &Path, file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read(file)
+        .with_context(|| format!("cannot read the workflow {}", file.display()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| anyhow::anyhow!("workflow {}: not valid JSON: {e}", file.display()))?;
+    let workflow = insitu_runtime::workflow::Workflow::from_value(&doc)?;
+    let did = open(data_dir)?.add_workflow(&doc)?;
+    Ok(format!(
+        "workflow `{}` ({} stages) registered as {did}",
+        workflow.name,
+        workflow.stages.len()
+    ))
+}
+
+/// Grants a local agreement; returns the line to print.
+///
+/// # Errors
+/// Malformed address or DIDs, unknown assets.
+pub fn grant(
+    data_dir: &Path,
+    consumer: &str,
+    dataset: &str,
+    workflow: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<String> {
+    let parse = |what: &str, s: &str| Did::parse(s).map_err(|r| anyhow::anyhow!("--{what}: {r}"));
+    let (dataset, workflow) = (parse("dataset", dataset)?, parse("workflow", workflow)?);
+    let id = open(data_dir)?.grant(consumer, &dataset, &workflow, timeout_secs)?;
+    Ok(format!(
+        "agreement for {consumer} valid {timeout_secs} s: {id}"
+    ))
+}
