@@ -105,6 +105,10 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The agreement or a dataset's compute service does not permit this.
+    #[error("not permitted: {0}")]
+    Denied(String),
+
     /// A workflow document is malformed; `path` is a JSON path into it.
     #[error("workflow {path}: {reason}")]
     Workflow { path: String, reason: String },

@@ -8,6 +8,8 @@
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`resolve`] turns an agreement's workflow into digest-pinned, permitted
+//!   stages before any backend sees them.
 //! - [`store`] keeps the provider's state in SQLite: catalog, local
 //!   agreements, executions (status changes through [`Status::transition`]).
 //! - [`units`] parses and prints the sizes and durations users type.
@@ -28,6 +30,7 @@
 pub mod error;
 pub mod image;
 pub mod outcome;
+pub mod resolve;
 pub mod sandbox;
 pub mod store;
 pub mod units;

@@ -1,0 +1,192 @@
+//! Resolve before you run: an agreement's workflow becomes a list of stages
+//! whose images are pinned by checksum, whose datasets are local directories,
+//! and which the agreement and the datasets' compute services permit. Backends
+//! only ever see a [`Resolved`] execution.
+
+use crate::Error;
+use crate::store::{Agreement, Store};
+use crate::workflow::{Did, Input, Workflow};
+use std::path::PathBuf;
+
+/// Where a resolved stage reads an input from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedInput {
+    /// A dataset's local directory.
+    Dataset { did: Did, path: PathBuf },
+    /// The output of an earlier stage of the same execution.
+    PreviousStage(u32),
+}
+
+/// One stage, ready for a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedStage {
+    pub index: u32,
+    /// `image:tag@sha256:…`
+    pub reference: String,
+    /// `sha256:…` of the image manifest.
+    pub checksum: String,
+    pub inputs: Vec<ResolvedInput>,
+}
+
+/// An execution ready to run.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub agreement: Agreement,
+    pub workflow: Workflow,
+    pub stages: Vec<ResolvedStage>,
+}
+
+/// Resolves `agreement`'s workflow at time `now` (unix seconds).
+///
+/// Every dataset the workflow reads must be the agreement's; every stage's
+/// image must be allowed (by checksum) by the compute service of every dataset
+/// the workflow reads, since later stages process data derived from them.
+///
+/// # Errors
+/// [`Error::Denied`] for an expired agreement, a dataset it does not cover, or
+/// an image a compute service does not allow; [`Error::NotFound`] for unknown
+/// assets; [`Error::InvalidJob`] when a dataset's directory has gone.
+pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolved, Error> {
+    if now > agreement.expires_at {
+        return Err(Error::Denied(format!(
+            "agreement {} expired {} s ago; ask the provider for a new agreement",
+            agreement.id,
+            now - agreement.expires_at
+        )));
+    }
+    let workflow = store.workflow(&agreement.workflow)?;
+    let mut datasets = Vec::new();
+    for did in workflow.datasets() {
+        if *did != agreement.dataset {
+            return Err(Error::Denied(format!(
+                "the workflow reads dataset {did}, which agreement {} does not cover (it covers {})",
+                agreement.id, agreement.dataset
+            )));
+        }
+        let ds = store.dataset(did)?;
+        if !ds.path.is_dir() {
+            return Err(Error::InvalidJob(format!(
+                "dataset {did}'s directory {} is missing on the provider",
+                ds.path.display()
+            )));
+        }
+        datasets.push(ds);
+    }
+    let mut stages = Vec::with_capacity(workflow.stages.len());
+    for stage in &workflow.stages {
+        let checksum = &stage.container.checksum;
+        for ds in &datasets {
+            if !ds.allowed_images.contains(checksum) {
+                return Err(Error::Denied(format!(
+                    "stage {}'s image {} is not allowed by the compute service of dataset {} (allowed: {:?}); the provider can allow it with insitu asset add --allow-image",
+                    stage.index,
+                    stage.container.reference(),
+                    ds.did,
+                    ds.allowed_images
+                )));
+            }
+        }
+        let inputs = stage
+            .inputs
+            .iter()
+            .map(|i| match i {
+                Input::Dataset(did) => {
+                    let ds = datasets
+                        .iter()
+                        .find(|d| &d.did == did)
+                        .expect("checked above");
+                    ResolvedInput::Dataset {
+                        did: did.clone(),
+                        path: ds.path.clone(),
+                    }
+                }
+                Input::PreviousStage(n) => ResolvedInput::PreviousStage(*n),
+            })
+            .collect();
+        stages.push(ResolvedStage {
+            index: stage.index,
+            reference: stage.container.reference(),
+            checksum: checksum.clone(),
+            inputs,
+        });
+    }
+    Ok(Resolved {
+        agreement: agreement.clone(),
+        workflow,
+        stages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const OK: &str = "sha256:cb57ecfa6ebbefd8ffc7f75c0f00e57a7fa739578a429b6f72a0df19315deadc";
+    const OTHER: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    const ALICE: &str = "0x5b38da6a701c568545dcfcb03fcb875f56beddc4";
+
+    fn setup(second_image: &str) -> (tempfile::TempDir, Store, Agreement) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let ds = store.add_dataset("d", &data, &[OK.into()], 60).unwrap();
+        let wf = store
+            .add_workflow(&json!({"main": {"type": "workflow", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "r/a", "tag": "1", "checksum": OK}}, "input": [{"index": 0, "id": ds}]},
+                {"index": 1, "requirements": {"container": {"image": "r/b", "tag": "", "checksum": second_image}}, "input": [{"index": 0, "previousStage": 0}]}]}}}))
+            .unwrap();
+        let a = store
+            .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
+            .unwrap();
+        (dir, store, a)
+    }
+
+    #[test]
+    fn stages_are_pinned_and_wired() {
+        let (dir, store, a) = setup(OK);
+        let r = resolve(&store, &a, a.expires_at).unwrap();
+        assert_eq!(r.stages[0].reference, format!("r/a:1@{OK}"));
+        assert_eq!(
+            r.stages[0].inputs,
+            vec![ResolvedInput::Dataset {
+                did: a.dataset.clone(),
+                path: std::fs::canonicalize(dir.path().join("data")).unwrap()
+            }]
+        );
+        assert_eq!(r.stages[1].inputs, vec![ResolvedInput::PreviousStage(0)]);
+    }
+
+    #[test]
+    fn refusals() {
+        let (dir, store, a) = setup(OTHER);
+        let e = resolve(&store, &a, a.expires_at).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "not permitted: stage 1's image r/b@{OTHER} is not allowed by the compute service of dataset {} (allowed: [\"{OK}\"]); the provider can allow it with insitu asset add --allow-image",
+                a.dataset
+            )
+        );
+        let e = resolve(&store, &a, a.expires_at + 5)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "not permitted: agreement {} expired 5 s ago; ask the provider for a new agreement",
+                a.id
+            )
+        );
+        let (dir2, store2, a2) = setup(OK);
+        std::fs::remove_dir(dir2.path().join("data")).unwrap();
+        assert!(
+            resolve(&store2, &a2, a2.expires_at)
+                .unwrap_err()
+                .to_string()
+                .ends_with("is missing on the provider")
+        );
+        drop(dir);
+    }
+}
