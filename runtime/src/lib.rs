@@ -8,6 +8,8 @@
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`pipeline`] runs a resolved execution stage by stage and publishes the
+//!   result asset.
 //! - [`resolve`] turns an agreement's workflow into digest-pinned, permitted
 //!   stages before any backend sees them.
 //! - [`store`] keeps the provider's state in SQLite: catalog, local
@@ -30,6 +32,7 @@
 pub mod error;
 pub mod image;
 pub mod outcome;
+pub mod pipeline;
 pub mod resolve;
 pub mod sandbox;
 pub mod store;

@@ -69,6 +69,10 @@ pub struct Execution {
     pub workflow: Did,
     pub status: Status,
     pub reason: Option<String>,
+    /// Per-stage records (JSON array), as the pipeline wrote them.
+    pub stages: Value,
+    /// The result asset's DID once published.
+    pub result: Option<String>,
     /// Unix milliseconds.
     pub created_at: u64,
     pub updated_at: u64,
@@ -139,6 +143,8 @@ CREATE TABLE IF NOT EXISTS executions (
     workflow TEXT NOT NULL,
     status TEXT NOT NULL,
     reason TEXT,
+    stages TEXT NOT NULL DEFAULT '[]',
+    result TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -503,6 +509,42 @@ impl Store {
         Ok(to)
     }
 
+    /// Replaces the per-stage records of execution `id`.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn record_stages(&self, id: &str, stages: &Value) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "UPDATE executions SET stages = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, stages.to_string(), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Registers a result asset (its files at `path`) and links it to
+    /// execution `id`; returns its DID.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn add_result(&self, id: &str, ddo_main: &Value, path: &Path) -> Result<Did, Error> {
+        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let ddo = json!({
+            "@context": "https://w3id.org/did/v1",
+            "id": did,
+            "service": [{"type": "metadata", "index": 0, "attributes": {"main": ddo_main}}],
+        });
+        self.insert_asset(&did, AssetKind::Result, &ddo, Some(path))?;
+        self.conn()
+            .execute(
+                "UPDATE executions SET result = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, did.as_str(), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(did)
+    }
+
     /// One execution.
     ///
     /// # Errors
@@ -529,7 +571,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at FROM executions WHERE {cond} ORDER BY created_at, id"
+                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at, stages, result FROM executions WHERE {cond} ORDER BY created_at, id"
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -543,13 +585,25 @@ impl Store {
                     r.get::<_, Option<String>>(5)?,
                     r.get::<_, i64>(6)?,
                     r.get::<_, i64>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, agreement, consumer, workflow, status, reason, created, updated) =
-                row.map_err(|e| self.err(e))?;
+            let (
+                id,
+                agreement,
+                consumer,
+                workflow,
+                status,
+                reason,
+                created,
+                updated,
+                stages,
+                result,
+            ) = row.map_err(|e| self.err(e))?;
             out.push(Execution {
                 id,
                 agreement,
@@ -560,6 +614,8 @@ impl Store {
                 })?,
                 status: status_from(&status),
                 reason,
+                stages: serde_json::from_str(&stages).unwrap_or(Value::Null),
+                result,
                 created_at: created as u64,
                 updated_at: updated as u64,
             });

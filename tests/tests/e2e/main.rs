@@ -4,6 +4,7 @@
 mod contract;
 mod hostile;
 mod images;
+mod pipeline;
 
 use insitu_runtime::RunReport;
 use insitu_runtime::sandbox::{JobSpec, Limits, Sandbox, SandboxConfig, StopHandle};
