@@ -10,6 +10,7 @@
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
 //! - [`pipeline`] runs a resolved execution stage by stage and publishes the
 //!   result asset.
+//! - [`receipt`] signs execution receipts with the provider's secp256k1 key.
 //! - [`resolve`] turns an agreement's workflow into digest-pinned, permitted
 //!   stages before any backend sees them.
 //! - [`store`] keeps the provider's state in SQLite: catalog, local
@@ -33,6 +34,7 @@ pub mod error;
 pub mod image;
 pub mod outcome;
 pub mod pipeline;
+pub mod receipt;
 pub mod resolve;
 pub mod sandbox;
 pub mod store;

@@ -5,10 +5,14 @@
 //! guest made are never followed — and register the result as an asset owned by
 //! the consumer, with its provenance). Every status change is persisted through
 //! [`Store::set_status`]; per-stage records through [`Store::record_stages`].
+//! A succeeded execution gets a signed [`receipt`]: inputs (a digest of each
+//! dataset's file listing), stages (image and module digests, outcomes, exit
+//! codes, times, bytes), outputs (each file's sha256) and the result DID.
 
 use crate::Error;
 use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, RegistrySource};
 use crate::outcome::{Outcome, Status};
+use crate::receipt::{self, ProviderKey};
 use crate::resolve::{Resolved, ResolvedInput, ResolvedStage};
 use crate::sandbox::{JobSpec, Limits, Prepared, Sandbox, StopHandle};
 use crate::store::Store;
@@ -60,6 +64,8 @@ pub struct Pipeline {
     /// Per-execution working directories: `<root>/<execution>/stage-N/{outputs,logs}`.
     pub root: PathBuf,
     pub limits: Limits,
+    /// Signs receipts.
+    pub key: ProviderKey,
 }
 
 fn now_ms() -> u64 {
@@ -189,7 +195,35 @@ impl Pipeline {
                 "stages": records,
             },
         });
-        self.store.add_result(id, &main, &results)?;
+        let result = self.store.add_result(id, &main, &results)?;
+        let mut inputs = Vec::new();
+        for stage in &resolved.stages {
+            for input in &stage.inputs {
+                if let ResolvedInput::Dataset { did, path } = input {
+                    let (listing, _) = collect(path)?;
+                    let digest = format!(
+                        "sha256:{}",
+                        hex::encode(Sha256::digest(receipt::canonical(&Value::Array(listing))))
+                    );
+                    inputs.push(json!({"stage": stage.index, "did": did, "digest": digest}));
+                }
+            }
+        }
+        let body = json!({
+            "version": 1,
+            "execution": id,
+            "agreement": resolved.agreement.id,
+            "workflow": resolved.agreement.workflow,
+            "consumer": resolved.agreement.consumer,
+            "provider": self.key.address(),
+            "result": result,
+            "inputs": inputs,
+            "outputs": main["files"],
+            "stages": records,
+            "finished_at": now_ms(),
+        });
+        self.store
+            .set_receipt(id, &receipt::sign(&self.key, body)?)?;
         self.store.set_status(id, Status::Succeeded, None)?;
         Ok(Status::Succeeded)
     }

@@ -73,6 +73,8 @@ pub struct Execution {
     pub stages: Value,
     /// The result asset's DID once published.
     pub result: Option<String>,
+    /// The signed receipt once published.
+    pub receipt: Option<Value>,
     /// Unix milliseconds.
     pub created_at: u64,
     pub updated_at: u64,
@@ -145,6 +147,7 @@ CREATE TABLE IF NOT EXISTS executions (
     reason TEXT,
     stages TEXT NOT NULL DEFAULT '[]',
     result TEXT,
+    receipt TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -545,6 +548,24 @@ impl Store {
         Ok(did)
     }
 
+    /// Stores the signed receipt of execution `id`.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn set_receipt(&self, id: &str, receipt: &crate::receipt::Receipt) -> Result<(), Error> {
+        let text = serde_json::to_string(receipt).map_err(|e| Error::Store {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.conn()
+            .execute(
+                "UPDATE executions SET receipt = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, text, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// One execution.
     ///
     /// # Errors
@@ -571,56 +592,36 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at, stages, result FROM executions WHERE {cond} ORDER BY created_at, id"
+                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at, stages, result, receipt
+                 FROM executions WHERE {cond} ORDER BY created_at, id"
             ))
             .map_err(|e| self.err(e))?;
+        let json = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
         let rows = stmt
             .query_map(params![arg], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                ))
+                let workflow: String = r.get(3)?;
+                Ok(Execution {
+                    id: r.get(0)?,
+                    agreement: r.get(1)?,
+                    consumer: r.get(2)?,
+                    workflow: Did::parse(&workflow).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            3,
+                            rusqlite::types::Type::Text,
+                            e.into(),
+                        )
+                    })?,
+                    status: status_from(&r.get::<_, String>(4)?),
+                    reason: r.get(5)?,
+                    created_at: r.get::<_, i64>(6)? as u64,
+                    updated_at: r.get::<_, i64>(7)? as u64,
+                    stages: json(r.get(8)?).unwrap_or(Value::Null),
+                    result: r.get(9)?,
+                    receipt: json(r.get(10)?),
+                })
             })
             .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (
-                id,
-                agreement,
-                consumer,
-                workflow,
-                status,
-                reason,
-                created,
-                updated,
-                stages,
-                result,
-            ) = row.map_err(|e| self.err(e))?;
-            out.push(Execution {
-                id,
-                agreement,
-                consumer,
-                workflow: Did::parse(&workflow).map_err(|reason| Error::Store {
-                    path: self.path.clone(),
-                    reason,
-                })?,
-                status: status_from(&status),
-                reason,
-                stages: serde_json::from_str(&stages).unwrap_or(Value::Null),
-                result,
-                created_at: created as u64,
-                updated_at: updated as u64,
-            });
-        }
-        Ok(out)
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// SQLite's own consistency check (`PRAGMA integrity_check`).

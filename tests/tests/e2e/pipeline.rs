@@ -4,6 +4,7 @@
 use insitu_runtime::Status;
 use insitu_runtime::image::{BlobStore, Puller, package};
 use insitu_runtime::pipeline::{ImageResolver, Pipeline, collect};
+use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
 use insitu_runtime::resolve::resolve;
 use insitu_runtime::sandbox::{Limits, Sandbox, SandboxConfig, StopHandle};
 use insitu_runtime::store::{Agreement, Store};
@@ -47,6 +48,7 @@ fn world() -> World {
         },
         root: tmp.path().join("executions"),
         limits: Limits::default(),
+        key: ProviderKey::load_or_create(&tmp.path().join("provider.key")).unwrap(),
     };
     World {
         tmp,
@@ -145,6 +147,23 @@ async fn a_two_stage_workflow_chains_outputs_and_publishes_a_result_asset() {
         !ddo.to_string().contains(w.tmp.path().to_str().unwrap()),
         "no provider path in the DDO"
     );
+
+    // The receipt verifies against the provider's address and covers it all.
+    let receipt: Receipt = serde_json::from_value(e.receipt.clone().unwrap()).unwrap();
+    assert_eq!(
+        verify(&receipt).unwrap().to_checksum(None),
+        w.pipeline.key.address()
+    );
+    assert_eq!(receipt.body["result"], result.to_string());
+    assert_eq!(receipt.body["outputs"], main["files"]);
+    assert_eq!(receipt.body["stages"].as_array().unwrap().len(), 2);
+    assert_eq!(receipt.body["inputs"][0]["did"], a.dataset.to_string());
+    assert!(
+        receipt.body["inputs"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
 }
 
 #[tokio::test]
@@ -160,7 +179,7 @@ async fn failures_end_the_execution_failed_with_the_reason() {
         e.reason.as_deref(),
         Some("stage 0: the guest exited with code 64")
     );
-    assert_eq!(e.result, None);
+    assert_eq!((e.result, e.receipt), (None, None));
 
     // The image is allowed but nowhere to be found.
     let w = world();
