@@ -1,4 +1,6 @@
-//! The `insitu` command line. `main.rs` only parses arguments; each command
-//! lives in [`commands`].
+//! The `insitu` command line and (growing) HTTP gateway. `main.rs` only parses
+//! arguments; each command lives in [`commands`]; [`auth`] verifies Nevermined
+//! JWT grants and issues access tokens.
 
+pub mod auth;
 pub mod commands;
