@@ -38,8 +38,27 @@ enum Command {
     /// Grant local agreements.
     #[command(subcommand)]
     Agreement(AgreementCmd),
+    /// Run the HTTP gateway (Nevermined-compatible compute API).
+    Serve(ServeCli),
     /// Run the example algorithms on sample data through the sandbox.
     Demo,
+}
+
+#[derive(Args)]
+struct ServeCli {
+    #[arg(long, default_value = "insitu-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8030")]
+    listen: std::net::SocketAddr,
+    /// A local OCI layout searched for stage images by checksum (repeatable).
+    #[arg(long, value_name = "DIR")]
+    layout: Vec<PathBuf>,
+    /// Use plain HTTP for this registry host; repeatable.
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+    /// Worker threads [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -180,6 +199,28 @@ struct RunCli {
     extra: Vec<String>,
 }
 
+fn serve(s: ServeCli) -> anyhow::Result<bool> {
+    let mut config = insitu_gateway::server::ServeConfig::new(s.data_dir);
+    config.layouts = s.layout;
+    config.insecure_registries = s.insecure_registry;
+    if let Some(w) = s.workers {
+        config.workers = w;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (router, _gateway) = insitu_gateway::server::build(&config)?;
+        let listener = tokio::net::TcpListener::bind(s.listen).await?;
+        eprintln!(
+            "insitu gateway listening on http://{}",
+            listener.local_addr()?
+        );
+        axum::serve(listener, router).await?;
+        anyhow::Ok(true)
+    })
+}
+
 fn print_line(line: anyhow::Result<String>) -> anyhow::Result<bool> {
     line.map(|l| {
         println!("{l}");
@@ -265,6 +306,7 @@ fn main() -> ExitCode {
         }) => print_line(commands::catalog::grant(
             &data_dir, &consumer, &dataset, &workflow, timeout,
         )),
+        Command::Serve(s) => serve(s),
         Command::Demo => commands::demo::execute(),
     };
     match result {

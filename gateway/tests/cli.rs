@@ -1,6 +1,8 @@
 //! The `insitu` command line as users run it: one JSON line on stdout, exit
 //! codes, clear errors on stderr.
 
+mod api;
+
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
