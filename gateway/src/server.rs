@@ -10,6 +10,7 @@
 //! [`ApiError`]'s `IntoResponse`.
 
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, AuthError, Tokens, verify_grant};
+use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -90,7 +91,21 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     BadRequest(String),
+    /// A body the extractors refused (malformed, wrong type, too large), with its status.
+    Body(StatusCode, String),
     Busy,
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Body(r.status(), r.body_text())
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        ApiError::Body(r.status(), r.body_text())
+    }
 }
 
 impl From<AuthError> for ApiError {
@@ -117,6 +132,14 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Body(status, m) => {
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+                    _ => "bad_request",
+                };
+                (status, code, m)
+            }
             ApiError::Busy => {
                 let mut r = (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -208,6 +231,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     }
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/node/services/oauth/token", post(token))
         .route(
             "/api/v1/node/services/compute/execute/{agreement}",
@@ -255,7 +279,11 @@ struct TokenForm {
     client_assertion: String,
 }
 
-async fn token(State(g): State<Arc<Gateway>>, Form(f): Form<TokenForm>) -> ApiResult<Json<Value>> {
+async fn token(
+    State(g): State<Arc<Gateway>>,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> ApiResult<Json<Value>> {
+    let Form(f) = form?;
     if f.client_assertion_type != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
         return Err(ApiError::BadRequest(
             "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -277,9 +305,10 @@ async fn execute(
     State(g): State<Arc<Gateway>>,
     Path(agreement_id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<ExecuteBody>,
+    body: Result<Json<ExecuteBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let grant = g.tokens.check(bearer(&headers)?, AUD_EXECUTE, now())?;
+    let Json(body) = body?;
     let agreement_id = agreement_id.to_ascii_lowercase();
     if grant.agreement != agreement_id {
         return Err(ApiError::Forbidden(format!(
@@ -476,6 +505,28 @@ async fn download(
         source: err,
     })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Prometheus text format: executions by status, queue depth, blob fetches.
+async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
+    let mut out = String::from(
+        "# HELP insitu_executions Executions by status.\n# TYPE insitu_executions gauge\n",
+    );
+    for (status, n) in g.store.count_by_status()? {
+        out.push_str(&format!(
+            "insitu_executions{{status=\"{}\"}} {n}\n",
+            status.as_str()
+        ));
+    }
+    let depth = g.queue.max_capacity() - g.queue.capacity();
+    out.push_str(&format!(
+        "# HELP insitu_queue_depth Executions waiting for a worker.\n# TYPE insitu_queue_depth gauge\ninsitu_queue_depth {depth}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP insitu_blob_fetches_total Blobs fetched from image sources (cache misses).\n# TYPE insitu_blob_fetches_total counter\ninsitu_blob_fetches_total {}\n",
+        g.pipeline.puller.store.fetch_count()
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 async fn ddo(State(g): State<Arc<Gateway>>, Path(did): Path<String>) -> ApiResult<Json<Value>> {

@@ -624,6 +624,28 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// How many executions are in each status.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn count_by_status(&self) -> Result<Vec<(Status, u64)>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT status, COUNT(*) FROM executions GROUP BY status ORDER BY status",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    status_from(&r.get::<_, String>(0)?),
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// SQLite's own consistency check (`PRAGMA integrity_check`).
     ///
     /// # Errors

@@ -328,14 +328,14 @@ async fn refusals_have_precise_statuses_and_messages() {
         assert_eq!(code, 404, "{evil}: {body}");
         assert!(body.contains("has no result file"), "{evil}: {body}");
     }
-    // Unknown DIDs and oversized bodies.
+    // Unknown DIDs and oversized bodies (fresh clients: the server may close a
+    // connection whose body it refused, so it must not be reused).
     let ghost = format!("did:nv:{}", "ab".repeat(32));
     let (code, body) = api
         .get(&format!("/api/v1/metadata/assets/ddo/{ghost}"), &t)
         .await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
-    let r = api
-        .http
+    let r = reqwest::Client::new()
         .post(format!(
             "{}/api/v1/node/services/compute/execute/{}",
             api.base, api.agreement
@@ -347,6 +347,25 @@ async fn refusals_have_precise_statuses_and_messages() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/node/services/compute/execute/{}",
+            api.base, api.agreement
+        ))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"workflowDid\": 7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["error"], "invalid");
+    assert!(
+        body["message"].as_str().unwrap().contains("workflowDid"),
+        "{body}"
+    );
 }
 
 /// `GET path` over a raw TCP connection: the request line goes out unchanged.
