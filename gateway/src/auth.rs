@@ -9,11 +9,19 @@
 //! Nevermined JS SDK makes it. The access token binds consumer, audience,
 //! agreement (and execution) and expires; it is HMAC-SHA256 signed with a
 //! secret of this provider.
+//!
+//! The SDK's EIP-712 variant is accepted too: the claims carry `eip712Data
+//! {message, chainId}` and the signature is over the typed data
+//! `Nevermined(address from,string message,string token)` in domain
+//! `{name: "Nevermined", version: "1", chainId}`, with `from` = `iss` and
+//! `token` = the signing input.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
-use insitu_runtime::receipt::recover_personal;
+use alloy_primitives::Address;
+use alloy_sol_types::{SolStruct, eip712_domain};
+use insitu_runtime::receipt::{recover_hash, recover_personal};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
@@ -78,6 +86,26 @@ fn b64_json(part: &str, what: &str) -> Result<Value, AuthError> {
         .map_err(|_| AuthError::Malformed(format!("the {what} is not JSON")))
 }
 
+alloy_sol_types::sol! {
+    /// The typed data of EIP-712 grants.
+    struct Nevermined {
+        address from;
+        string message;
+        string token;
+    }
+}
+
+/// The EIP-712 signing hash of a grant whose signing input is `token`.
+fn eip712_hash(from: Address, message: &str, chain_id: u64, token: &str) -> [u8; 32] {
+    let domain = eip712_domain! { name: "Nevermined", version: "1", chain_id: chain_id, };
+    let value = Nevermined {
+        from,
+        message: message.to_string(),
+        token: token.to_string(),
+    };
+    value.eip712_signing_hash(&domain).0
+}
+
 /// Verifies a grant at time `now` (unix seconds).
 ///
 /// # Errors
@@ -110,7 +138,8 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
     };
     let issuer =
         insitu_runtime::store::parse_address(s("iss")?).map_err(|_| AuthError::Claim("iss"))?;
-    if claims.get("eths").and_then(Value::as_str) != Some("personal") {
+    let eip712 = claims.get("eip712Data");
+    if eip712.is_none() && claims.get("eths").and_then(Value::as_str) != Some("personal") {
         return Err(AuthError::Claim("eths"));
     }
     let sig = B64
@@ -123,8 +152,25 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
         )));
     }
     let signing_input = &jwt.trim()[..header.len() + 1 + payload.len()];
-    let signer = recover_personal(signing_input.as_bytes(), &hex::encode(&sig))
-        .map_err(|_| AuthError::Malformed("the signature does not recover to an address".into()))?;
+    let unrecoverable =
+        |_| AuthError::Malformed("the signature does not recover to an address".into());
+    let signer = match eip712 {
+        None => recover_personal(signing_input.as_bytes(), &hex::encode(&sig))
+            .map_err(unrecoverable)?,
+        Some(data) => {
+            let message = data
+                .get("message")
+                .and_then(Value::as_str)
+                .ok_or(AuthError::Claim("eip712Data.message"))?;
+            let chain_id = data
+                .get("chainId")
+                .and_then(Value::as_u64)
+                .ok_or(AuthError::Claim("eip712Data.chainId"))?;
+            let from: Address = issuer.parse().map_err(|_| AuthError::Claim("iss"))?;
+            let hash = eip712_hash(from, message, chain_id, signing_input);
+            recover_hash(&hash, &hex::encode(&sig)).map_err(unrecoverable)?
+        }
+    };
     let signer = format!("{signer:#x}");
     if signer != issuer {
         return Err(AuthError::WrongSigner { signer, issuer });
@@ -235,6 +281,28 @@ pub fn make_grant(
     Ok(format!("{signing_input}.{}", B64.encode(sig)))
 }
 
+/// Builds an EIP-712 grant the way the Nevermined JS SDK does: `claims` get
+/// `eip712Data {message, chainId}` and the signature is over the typed data.
+///
+/// # Errors
+/// When signing fails or `claims` has no valid `iss`.
+pub fn make_grant_eip712(
+    key: &insitu_runtime::receipt::ProviderKey,
+    claims: &Value,
+    message: &str,
+    chain_id: u64,
+) -> Result<String, insitu_runtime::Error> {
+    let mut claims = claims.clone();
+    claims["eip712Data"] = serde_json::json!({"message": message, "chainId": chain_id});
+    let header = B64.encode(br#"{"alg":"ES256K"}"#);
+    let payload = B64.encode(serde_json::to_vec(&claims).expect("JSON"));
+    let signing_input = format!("{header}.{payload}");
+    let from: Address = key.address().parse().expect("an address");
+    let sig = key.sign_hash(&eip712_hash(from, message, chain_id, &signing_input))?;
+    let sig = hex::decode(sig.trim_start_matches("0x")).expect("hex from sign_hash");
+    Ok(format!("{signing_input}.{}", B64.encode(sig)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +358,67 @@ mod tests {
             tokens.check(&forged, AUD_EXECUTE, NOW).unwrap_err(),
             AuthError::BadToken
         );
+    }
+
+    #[test]
+    fn eip712_grants_verify_and_bind_their_typed_data() {
+        let key = ProviderKey::from_hex(KEY).unwrap();
+        let mut c = claims(&key);
+        c.as_object_mut().unwrap().remove("eths");
+        let jwt = make_grant_eip712(&key, &c, "Sign this message to log in", 1).unwrap();
+        let grant = verify_grant(&jwt, NOW).unwrap();
+        assert_eq!(grant.consumer, key.address().to_ascii_lowercase());
+        // The EIP-712 signature is not a personal_sign one: the same JWT with
+        // eip712Data removed fails, and so does another chain id.
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let mut other = c.clone();
+        other["eip712Data"] = json!({"message": "Sign this message to log in", "chainId": 5});
+        let swapped = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_vec(&other).unwrap()),
+            parts[2]
+        );
+        assert!(matches!(
+            verify_grant(&swapped, NOW).unwrap_err(),
+            AuthError::WrongSigner { .. }
+        ));
+        c["eip712Data"] = json!({"message": "hi"});
+        let bad = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
+        assert_eq!(
+            verify_grant(&bad, NOW).unwrap_err(),
+            AuthError::Claim("eip712Data.chainId")
+        );
+    }
+
+    /// The typed-data hash against an independent computation of EIP-712's
+    /// formula with keccak256 alone.
+    #[test]
+    fn eip712_hash_follows_the_standard() {
+        use alloy_primitives::keccak256;
+        let from: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap();
+        let (message, token, chain) = ("hello", "a.b", 80001u64);
+        let mut domain = Vec::new();
+        domain.extend(keccak256("EIP712Domain(string name,string version,uint256 chainId)"));
+        domain.extend(keccak256("Nevermined"));
+        domain.extend(keccak256("1"));
+        domain.extend([0u8; 24]);
+        domain.extend(chain.to_be_bytes());
+        let mut data = Vec::new();
+        data.extend(keccak256("Nevermined(address from,string message,string token)"));
+        data.extend([0u8; 12]);
+        data.extend(from.as_slice());
+        data.extend(keccak256(message));
+        data.extend(keccak256(token));
+        let mut all = vec![0x19, 0x01];
+        all.extend(keccak256(&domain));
+        all.extend(keccak256(&data));
+        assert_eq!(eip712_hash(from, message, chain, token), keccak256(&all).0);
     }
 
     #[test]

@@ -4,4 +4,5 @@
 
 pub mod auth;
 pub mod commands;
+pub mod config;
 pub mod server;

@@ -46,10 +46,15 @@ enum Command {
 
 #[derive(Args)]
 struct ServeCli {
-    #[arg(long, default_value = "insitu-data")]
-    data_dir: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:8030")]
-    listen: std::net::SocketAddr,
+    /// A TOML config file; `INSITU_*` variables override it and flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database, blobs, module cache, executions and keys [default: insitu-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8030].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
     /// A local OCI layout searched for stage images by checksum (repeatable).
     #[arg(long, value_name = "DIR")]
     layout: Vec<PathBuf>,
@@ -59,6 +64,12 @@ struct ServeCli {
     /// Worker threads [default: the number of cores].
     #[arg(long)]
     workers: Option<usize>,
+    /// The provider's secp256k1 key file (hex) [default: DATA_DIR/provider.key, created].
+    #[arg(long, value_name = "FILE")]
+    provider_key_file: Option<PathBuf>,
+    /// `text` or `json` log lines on stderr [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -200,23 +211,42 @@ struct RunCli {
 }
 
 fn serve(s: ServeCli) -> anyhow::Result<bool> {
-    let mut config = insitu_gateway::server::ServeConfig::new(s.data_dir);
-    config.layouts = s.layout;
-    config.insecure_registries = s.insecure_registry;
-    if let Some(w) = s.workers {
-        config.workers = w;
+    use insitu_gateway::config::{Layer, LogFormat, Settings};
+    let mut layers = Vec::new();
+    if let Some(file) = &s.config {
+        layers.push(Layer::from_file(file)?);
     }
+    layers.push(Layer::from_env(|k| std::env::var(k).ok())?);
+    layers.push(Layer {
+        listen: s.listen,
+        data_dir: s.data_dir,
+        workers: s.workers,
+        layouts: s.layout,
+        insecure_registries: s.insecure_registry,
+        provider_key_file: s.provider_key_file,
+        log_format: match s.log_format.as_deref() {
+            None => None,
+            Some("json") => Some(LogFormat::Json),
+            Some("text") => Some(LogFormat::Text),
+            Some(other) => anyhow::bail!("--log-format must be `text` or `json`, not `{other}`"),
+        },
+        origin: "flags".into(),
+        ..Layer::default()
+    });
+    let settings = Settings::resolve(&layers)?;
+    commands::init_logs(settings.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (router, _gateway) = insitu_gateway::server::build(&config)?;
-        let listener = tokio::net::TcpListener::bind(s.listen).await?;
-        eprintln!(
-            "insitu gateway listening on http://{}",
-            listener.local_addr()?
-        );
-        axum::serve(listener, router).await?;
+        let (router, gateway) = insitu_gateway::server::build(&settings.serve)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, data_dir = %settings.serve.data_dir.display(), workers = settings.serve.workers, "gateway listening");
+        eprintln!("insitu gateway listening on http://{addr}");
+        insitu_gateway::server::serve(listener, router, gateway, settings.shutdown_grace, commands::shutdown_signal()).await?;
         anyhow::Ok(true)
     })
 }

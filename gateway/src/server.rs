@@ -7,29 +7,38 @@
 //! touches its executions. Executions wait in a bounded queue ([`ServeConfig::queue`])
 //! for a worker thread ([`ServeConfig::workers`]); a full queue answers 429 with
 //! `Retry-After`. Errors become `{"error", "message"}` responses in one place,
-//! [`ApiError`]'s `IntoResponse`.
+//! [`ApiError`]'s `IntoResponse`. The API is described by the OpenAPI
+//! document `gateway/openapi.json`, served at `/api/v1/openapi.json`.
+//!
+//! One process owns a data dir: [`build`] takes an exclusive lock on
+//! `<data_dir>/insitu.lock` and fails executions a previous process left
+//! unfinished. [`Gateway::shutdown`] stops taking executions, lets running
+//! ones finish within a grace period, stops the rest, and fails queued ones
+//! with a reason.
 
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, AuthError, Tokens, verify_grant};
 use axum::extract::rejection::{FormRejection, JsonRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Form, Json, Router};
 use insitu_runtime::Status;
 use insitu_runtime::image::{BlobStore, Puller};
 use insitu_runtime::pipeline::{ImageResolver, Pipeline};
-use insitu_runtime::receipt::ProviderKey;
+use insitu_runtime::receipt::{ProviderKey, recover_personal};
 use insitu_runtime::resolve::{Resolved, resolve};
 use insitu_runtime::sandbox::{Limits, Sandbox, SandboxConfig, StopHandle};
-use insitu_runtime::store::Store;
+use insitu_runtime::store::{Store, parse_address};
 use insitu_runtime::workflow::Did;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// How the gateway is set up.
@@ -44,7 +53,12 @@ pub struct ServeConfig {
     /// Local OCI layouts searched for images by checksum before registries.
     pub layouts: Vec<PathBuf>,
     pub insecure_registries: Vec<String>,
+    /// Limits of each stage.
     pub limits: Limits,
+    /// The provider's maxima. Default: [`Limits::ceiling`].
+    pub max: Limits,
+    /// Signs receipts. Default: `<data_dir>/provider.key`, created on first use.
+    pub provider_key: Option<ProviderKey>,
 }
 
 impl ServeConfig {
@@ -57,6 +71,8 @@ impl ServeConfig {
             layouts: Vec::new(),
             insecure_registries: Vec::new(),
             limits: Limits::default(),
+            max: Limits::ceiling(),
+            provider_key: None,
         }
     }
 }
@@ -74,6 +90,114 @@ pub struct Gateway {
     tokens: Tokens,
     queue: mpsc::Sender<Job>,
     stops: Mutex<HashMap<String, StopHandle>>,
+    /// Set by [`Gateway::shutdown`]: no new executions; queued ones fail.
+    closing: AtomicBool,
+    /// Executions queued or running.
+    active: AtomicUsize,
+    stage_seconds: Histogram,
+    /// Held for the gateway's life: one process per data dir.
+    _lock: std::fs::File,
+}
+
+/// Upper bounds (seconds) of the stage-duration histogram's buckets.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
+
+/// A Prometheus histogram of durations.
+#[derive(Default)]
+struct Histogram {
+    /// Per bucket (not cumulative), the last one for +Inf.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        let i = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {total}\n"));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!("{name}_sum {sum}\n{name}_count {total}\n"));
+    }
+}
+
+impl Gateway {
+    /// Runs one dequeued execution to its end and records its stage durations.
+    async fn run_job(&self, job: Job) {
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = self.store.set_status(
+                &job.id,
+                Status::Failed,
+                Some("the provider shut down before this execution started; execute it again"),
+            );
+        } else if let Err(e) = self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
+            tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
+            let _ = self.store.set_status(
+                &job.id,
+                Status::Failed,
+                Some(&format!("provider error: {e}")),
+            );
+        }
+        if let Ok(e) = self.store.execution(&job.id) {
+            for stage in e.stages.as_array().into_iter().flatten() {
+                if let (Some(a), Some(b)) = (stage["started_at"].as_u64(), stage["finished_at"].as_u64()) {
+                    self.stage_seconds.observe(b.saturating_sub(a) as f64 / 1e3);
+                }
+            }
+            tracing::info!(execution = %job.id, status = e.status.as_str(), "execution finished");
+        }
+        self.stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Stops taking executions (execute answers 503), fails those still
+    /// queued, lets running ones finish for up to `grace`, then stops them and
+    /// waits for them to end. Returns how many had to be stopped.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.closing.store(true, Ordering::SeqCst);
+        let idle = || self.active.load(Ordering::SeqCst) == 0;
+        let deadline = Instant::now() + grace;
+        while !idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if idle() {
+            return 0;
+        }
+        let stops: Vec<StopHandle> = self
+            .stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        tracing::warn!(executions = stops.len(), "grace period over; stopping running executions");
+        for s in &stops {
+            s.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stops.len()
+    }
 }
 
 fn now() -> u64 {
@@ -94,6 +218,8 @@ pub enum ApiError {
     /// A body the extractors refused (malformed, wrong type, too large), with its status.
     Body(StatusCode, String),
     Busy,
+    /// The gateway is shutting down.
+    Unavailable(String),
 }
 
 impl From<JsonRejection> for ApiError {
@@ -132,6 +258,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Body(status, m) => {
                 let code = match status {
                     StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -169,23 +296,45 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Builds the gateway: opens the store (failing executions a crash left),
-/// loads or creates the keys, starts the workers.
+/// Builds the gateway: locks the data dir, opens the store (failing
+/// executions a crash left), loads or creates the keys, starts the workers.
 ///
 /// # Errors
-/// When the data dir, database, keys or sandbox cannot be set up.
+/// When the data dir is locked by another process, or the database, keys or
+/// sandbox cannot be set up.
 pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir)?;
+    let lock_path = dir.join("insitu.lock");
+    let lock = std::fs::File::create(&lock_path)?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "data dir {} is in use by another insitu server (lock {}); stop it or choose another --data-dir",
+            dir.display(),
+            lock_path.display()
+        );
+    }
     let store = Arc::new(Store::open(dir.join("insitu.db"))?);
-    let key = ProviderKey::load_or_create(&dir.join("provider.key"))?;
+    let failed = store.recover()?;
+    if failed > 0 {
+        tracing::warn!(
+            executions = failed,
+            "executions left unfinished by the previous run were marked failed"
+        );
+    }
+    let key = match &config.provider_key {
+        Some(k) => k.clone(),
+        None => ProviderKey::load_or_create(&dir.join("provider.key"))?,
+    };
     let token_key = ProviderKey::load_or_create(&dir.join("token.key"))?;
     let tokens = Tokens::new(
         token_key
             .personal_sign(b"insitu access tokens")?
             .into_bytes(),
     );
+    config.limits.check_within(&config.max)?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        max: config.max,
         concurrency: config.workers as u32 * 2,
         cache_dir: Some(dir.join("modules")),
         ..SandboxConfig::default()
@@ -211,6 +360,10 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         tokens,
         queue: tx,
         stops: Mutex::new(HashMap::new()),
+        closing: AtomicBool::new(false),
+        active: AtomicUsize::new(0),
+        stage_seconds: Histogram::default(),
+        _lock: lock,
     });
     for n in 0..config.workers.max(1) {
         let (rx, g) = (rx.clone(), Arc::downgrade(&gateway));
@@ -220,11 +373,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
                 loop {
                     let Some(job) = rx.lock().await.recv().await else { return };
                     let Some(g) = g.upgrade() else { return };
-                    if let Err(e) = g.pipeline.run(&job.id, &job.resolved, &job.stop).await {
-                        tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
-                        let _ = g.store.set_status(&job.id, Status::Failed, Some(&format!("provider error: {e}")));
-                    }
-                    g.stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&job.id);
+                    g.run_job(job).await;
                 }
             });
         })?;
@@ -232,6 +381,16 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
+        .route("/api/v1/gateway/services/exec", post(exec))
         .route("/api/v1/node/services/oauth/token", post(token))
         .route(
             "/api/v1/node/services/compute/execute/{agreement}",
@@ -260,6 +419,42 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         .with_state(gateway.clone());
     Ok((router, gateway))
 }
+
+/// Serves `router` on `listener` until `signal` completes, then shuts down
+/// gracefully: the gateway stops taking executions and drains (see
+/// [`Gateway::shutdown`]) while the listener stops accepting and open
+/// requests (including followed logs, which end with their execution)
+/// finish. Returns how many executions had to be stopped.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    gateway: Arc<Gateway>,
+    grace: Duration,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<usize> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let g = gateway.clone();
+    let draining = tokio::spawn(async move {
+        signal.await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
+        let _ = tx.send(());
+        g.shutdown(grace).await
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .await?;
+    let stopped = draining.await.unwrap_or(0);
+    tracing::info!(stopped, "gateway stopped");
+    Ok(stopped)
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
     headers
@@ -323,15 +518,33 @@ async fn execute(
             "workflowDid and consumer must be those the grant was signed for".into(),
         ));
     }
-    let agreement = g.store.agreement(&agreement_id)?;
-    if agreement.consumer != grant.consumer {
+    let id = start_execution(&g, &grant.consumer, &agreement_id, &body.workflow_did)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
+}
+
+/// Queues an execution of `workflow_did` under `agreement_id` for `consumer`
+/// (lowercase address) once the agreement and the datasets' compute services
+/// allow it; returns its id.
+fn start_execution(
+    g: &Gateway,
+    consumer: &str,
+    agreement_id: &str,
+    workflow_did: &str,
+) -> ApiResult<String> {
+    if g.closing.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable(
+            "the provider is shutting down and takes no new executions; retry when it is back".into(),
+        ));
+    }
+    let agreement = g.store.agreement(agreement_id)?;
+    if agreement.consumer != consumer {
         return Err(ApiError::Forbidden(format!(
             "agreement {agreement_id} belongs to another consumer"
         )));
     }
-    if agreement.workflow.as_str() != body.workflow_did {
+    if agreement.workflow.as_str() != workflow_did {
         return Err(ApiError::Forbidden(format!(
-            "agreement {agreement_id} is for workflow {}",
+            "agreement {agreement_id} is for workflow {}, not {workflow_did}",
             agreement.workflow
         )));
     }
@@ -343,11 +556,52 @@ async fn execute(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), stop.clone());
+    g.active.fetch_add(1, Ordering::SeqCst);
     permit.send(Job {
         id: id.clone(),
         resolved,
         stop,
     });
+    tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
+    Ok(id)
+}
+
+/// The seed spec's form: `serviceAgreementId`, `consumerAddress`,
+/// `signature` (personal_sign of the agreement id), `workflowDID`.
+#[derive(Deserialize)]
+struct ExecForm {
+    #[serde(rename = "serviceAgreementId")]
+    agreement: String,
+    #[serde(rename = "consumerAddress")]
+    consumer: String,
+    signature: String,
+    #[serde(rename = "workflowDID")]
+    workflow: String,
+}
+
+async fn exec(
+    State(g): State<Arc<Gateway>>,
+    form: Result<Form<ExecForm>, FormRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Form(f) = form?;
+    let consumer = parse_address(&f.consumer).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "consumerAddress `{}` is not an address (0x + 40 hex)",
+            f.consumer
+        ))
+    })?;
+    let signer = recover_personal(f.agreement.as_bytes(), &f.signature).map_err(|_| {
+        ApiError::Unauthorized(
+            "signature must be the 65-byte hex personal_sign of serviceAgreementId".into(),
+        )
+    })?;
+    let signer = format!("{signer:#x}");
+    if signer != consumer {
+        return Err(ApiError::Unauthorized(format!(
+            "the signature is from {signer}, not from consumerAddress {consumer}; sign serviceAgreementId with the consumer's key"
+        )));
+    }
+    let id = start_execution(&g, &consumer, &f.agreement.to_ascii_lowercase(), &f.workflow)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
 }
 
@@ -397,23 +651,132 @@ async fn status(
     })))
 }
 
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+const LOG_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+
 async fn logs(
     State(g): State<Arc<Gateway>>,
     Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let e = owned(&g, &headers, &id)?;
-    let stages = e.stages.as_array().map_or(0, |a| a.len() as u32);
+) -> ApiResult<Response> {
+    owned(&g, &headers, &id)?;
+    if q.follow {
+        return Ok(follow_logs(g, id).into_response());
+    }
     let mut out = Vec::new();
-    for n in 0..stages {
+    for n in 0..stage_dirs(&g, &id) {
         let dir = g.pipeline.logs(&id, n);
         let mut content = String::new();
-        for f in ["stdout.log", "stderr.log"] {
+        for f in LOG_FILES {
             content.push_str(&std::fs::read_to_string(dir.join(f)).unwrap_or_default());
         }
         out.push(json!({"stage": n, "podName": format!("{id}-stage-{n}"), "content": content}));
     }
-    Ok(Json(json!({"logs": out})))
+    Ok(Json(json!({"logs": out})).into_response())
+}
+
+/// How many stages of execution `id` have started (have a working directory).
+fn stage_dirs(g: &Gateway, id: &str) -> u32 {
+    (0..).take_while(|n| g.pipeline.logs(id, *n).is_dir()).count() as u32
+}
+
+/// Where a follower is in each stage's log files.
+struct Tail {
+    g: Arc<Gateway>,
+    id: String,
+    /// (stage, file index) → bytes sent, plus bytes held back (an incomplete UTF-8 sequence).
+    offsets: HashMap<(u32, usize), (u64, Vec<u8>)>,
+    pending: std::collections::VecDeque<Event>,
+    done: bool,
+}
+
+impl Tail {
+    /// Reads what was appended since the last poll into `pending`.
+    fn poll(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        for n in 0..stage_dirs(&self.g, &self.id) {
+            let dir = self.g.pipeline.logs(&self.id, n);
+            for (i, name) in LOG_FILES.iter().enumerate() {
+                let (offset, held) = self.offsets.entry((n, i)).or_default();
+                let Ok(mut f) = std::fs::File::open(dir.join(name)) else {
+                    continue;
+                };
+                let mut buf = std::mem::take(held);
+                if f.seek(SeekFrom::Start(*offset)).is_err() {
+                    continue;
+                }
+                let read = f.take(1 << 20).read_to_end(&mut buf).unwrap_or(0);
+                *offset += read as u64;
+                let valid = match std::str::from_utf8(&buf) {
+                    Ok(_) => buf.len(),
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(_) => buf.len(),
+                };
+                *held = buf.split_off(valid);
+                if buf.is_empty() {
+                    continue;
+                }
+                let content = String::from_utf8_lossy(&buf);
+                self.pending.push_back(
+                    Event::default().event("log").data(
+                        json!({"stage": n, "podName": format!("{}-stage-{n}", self.id),
+                               "stream": name.trim_end_matches(".log"), "content": content})
+                        .to_string(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Server-sent events: `log` events (`{"stage", "podName", "stream",
+/// "content"}`) as the guest writes, then one `end` event (`{"status",
+/// "reason"}`) once the execution is over and everything was sent.
+fn follow_logs(
+    g: Arc<Gateway>,
+    id: String,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let tail = Tail {
+        g,
+        id,
+        offsets: HashMap::new(),
+        pending: Default::default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(tail, |mut t| async move {
+        loop {
+            if let Some(e) = t.pending.pop_front() {
+                return Some((Ok(e), t));
+            }
+            if t.done {
+                return None;
+            }
+            // The status is read before the files, so a terminal status means
+            // everything the guest wrote is on disk when they are read.
+            let execution = t.g.store.execution(&t.id).ok();
+            t.poll();
+            match execution {
+                Some(e) if e.status.is_terminal() => {
+                    t.pending.push_back(Event::default().event("end").data(
+                        json!({"status": e.status, "reason": e.reason}).to_string(),
+                    ));
+                    t.done = true;
+                }
+                None => t.done = true,
+                Some(_) if t.pending.is_empty() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(_) => {}
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn stop(
@@ -507,7 +870,8 @@ async fn download(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-/// Prometheus text format: executions by status, queue depth, blob fetches.
+/// Prometheus text format: executions by status, queue depth, active
+/// executions, blob fetches, module cache hits, stage durations.
 async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
     let mut out = String::from(
         "# HELP insitu_executions Executions by status.\n# TYPE insitu_executions gauge\n",
@@ -526,6 +890,20 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
         "# HELP insitu_blob_fetches_total Blobs fetched from image sources (cache misses).\n# TYPE insitu_blob_fetches_total counter\ninsitu_blob_fetches_total {}\n",
         g.pipeline.puller.store.fetch_count()
     ));
+    let c = g.pipeline.sandbox.cache_stats();
+    out.push_str("# HELP insitu_modules_prepared_total Modules prepared for a run, by where the compiled code came from (memory and disk are cache hits).\n# TYPE insitu_modules_prepared_total counter\n");
+    for (source, n) in [("memory", c.memory), ("disk", c.disk), ("compiled", c.compiled)] {
+        out.push_str(&format!("insitu_modules_prepared_total{{source=\"{source}\"}} {n}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",
+        g.active.load(Ordering::Relaxed)
+    ));
+    g.stage_seconds.render(
+        "insitu_stage_duration_seconds",
+        "Stage durations from configuring to the end of running.",
+        &mut out,
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 

@@ -81,6 +81,35 @@ impl ProviderKey {
             .map_err(|e| Error::Engine(format!("signing failed: {e}")))?;
         Ok(format!("0x{}", hex::encode(sig.as_bytes())))
     }
+
+    /// Signs a 32-byte digest as it is (no prefix; for EIP-712 signing hashes):
+    /// 65 bytes r‖s‖v as `0x` hex.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if signing fails (it does not for valid keys).
+    pub fn sign_hash(&self, hash: &[u8; 32]) -> Result<String, Error> {
+        let sig = self
+            .0
+            .sign_hash_sync(&B256::from(*hash))
+            .map_err(|e| Error::Engine(format!("signing failed: {e}")))?;
+        Ok(format!("0x{}", hex::encode(sig.as_bytes())))
+    }
+}
+
+/// The address that signed the 32-byte digest `hash` (as [`ProviderKey::sign_hash`] does).
+///
+/// # Errors
+/// [`Error::Invalid`] for malformed or unrecoverable signatures.
+pub fn recover_hash(hash: &[u8; 32], signature: &str) -> Result<Address, Error> {
+    let invalid = || Error::Invalid {
+        what: "signature",
+        value: signature.to_string(),
+        reason: "expected 65 bytes r||s||v as hex",
+    };
+    let bytes = hex::decode(signature.trim_start_matches("0x")).map_err(|_| invalid())?;
+    let sig = Signature::from_raw(&bytes).map_err(|_| invalid())?;
+    sig.recover_address_from_prehash(&B256::from(*hash))
+        .map_err(|_| invalid())
 }
 
 /// The address that `personal_sign`ed `message` with `signature` (65 bytes hex).

@@ -159,8 +159,9 @@ fn status_from(s: &str) -> Status {
 }
 
 impl Store {
-    /// Opens (creating) the database at `path`, and fails executions a crash
-    /// left unfinished.
+    /// Opens (creating) the database at `path`. Several processes may open it
+    /// (the CLI's catalog verbs while the server runs); only the process that
+    /// runs executions calls [`Store::recover`].
     ///
     /// # Errors
     /// [`Error::Store`] when SQLite cannot open or migrate it.
@@ -178,7 +179,6 @@ impl Store {
             path,
             conn: Mutex::new(conn),
         };
-        store.recover()?;
         Ok(store)
     }
 
@@ -197,9 +197,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks every non-terminal execution `failed`: nothing can still be
-    /// running when the store is opened. Returns how many there were.
-    fn recover(&self) -> Result<usize, Error> {
+    /// Marks every non-terminal execution `failed` with the reason: call it
+    /// once, when the process that runs executions starts (holding the data
+    /// dir's lock), since nothing can still be running then. Returns how many
+    /// there were.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the update fails.
+    pub fn recover(&self) -> Result<usize, Error> {
         let conn = self.conn();
         let n = conn
             .execute(
@@ -698,8 +703,12 @@ mod tests {
             store.set_status(&exec, Status::Configuring, None).unwrap();
             (ds, wf, id, exec)
         };
-        // Reopened as after a crash: the unfinished execution is failed, with a reason.
+        // A second process (the CLI) opening it changes nothing.
+        let other = Store::open(&db).unwrap();
+        assert_eq!(other.execution(&exec).unwrap().status, Status::Configuring);
+        // Reopened by the server as after a crash: the unfinished execution is failed, with a reason.
         let store = Store::open(&db).unwrap();
+        assert_eq!(store.recover().unwrap(), 1);
         let e = store.execution(&exec).unwrap();
         assert_eq!(e.status, Status::Failed);
         assert_eq!(

@@ -33,7 +33,7 @@ use guard::Guard;
 use quota::{Budget, LogStream, SharedBudget, lock, scan};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
@@ -293,6 +293,19 @@ pub struct Sandbox {
     cache: ModuleCache<Prepared>,
     config: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// Modules prepared, by where they came from: memory, disk, compiled.
+    prepared: [AtomicU64; 3],
+}
+
+/// How modules were prepared since the sandbox started (see [`Sandbox::cache_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Already compiled and linked in this process.
+    pub memory: u64,
+    /// Loaded from the on-disk cache.
+    pub disk: u64,
+    /// Compiled.
+    pub compiled: u64,
 }
 
 impl Drop for Sandbox {
@@ -365,6 +378,7 @@ impl Sandbox {
             cache,
             config,
             ticker_stop,
+            prepared: Default::default(),
         })
     }
 
@@ -387,6 +401,8 @@ impl Sandbox {
         let (prepared, hit) = self
             .cache
             .get_or_prepare(&digest, || self.prepare_uncached(bytes, &digest))?;
+        let source = if hit { CacheHit::Memory } else { prepared.source };
+        self.prepared[source as usize].fetch_add(1, Ordering::Relaxed);
         if hit {
             return Ok(Arc::new(Prepared {
                 digest: prepared.digest.clone(),
@@ -399,6 +415,16 @@ impl Sandbox {
             }));
         }
         Ok(prepared)
+    }
+
+    /// How many modules were prepared from memory, from disk, and by compiling.
+    pub fn cache_stats(&self) -> CacheStats {
+        let n = |s: CacheHit| self.prepared[s as usize].load(Ordering::Relaxed);
+        CacheStats {
+            memory: n(CacheHit::Memory),
+            disk: n(CacheHit::Disk),
+            compiled: n(CacheHit::Compiled),
+        }
     }
 
     /// Forgets the modules prepared in memory; the disk cache stays.

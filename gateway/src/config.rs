@@ -1,0 +1,424 @@
+//! `insitu serve` settings: a TOML file (`--config`), then `INSITU_*`
+//! environment variables, then flags, each overriding the one before; what
+//! none of them sets keeps its default ([`ServeConfig::new`]).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8030"
+//! data_dir = "/var/lib/insitu"
+//! workers = 2                 # default: the number of cores
+//! queue = 64
+//! layouts = ["/srv/algorithms"]
+//! insecure_registries = ["127.0.0.1:5000"]
+//! provider_key_file = "/etc/insitu/provider.key"   # default: <data_dir>/provider.key
+//! log_format = "json"         # or "text" (default)
+//! shutdown_grace = "30s"
+//!
+//! [limits]                    # per-stage defaults
+//! timeout = "30s"
+//! memory = "512MiB"
+//! output_quota = "1GiB"
+//! log_quota = "16MiB"
+//!
+//! [max]                       # the provider's maxima (same keys)
+//! timeout = "1h"
+//! ```
+//!
+//! Environment: `INSITU_LISTEN`, `INSITU_DATA_DIR`, `INSITU_WORKERS`,
+//! `INSITU_QUEUE`, `INSITU_LAYOUTS` and `INSITU_INSECURE_REGISTRIES`
+//! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
+//! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
+//! `INSITU_TIMEOUT`, `INSITU_MEMORY`, `INSITU_OUTPUT_QUOTA`, `INSITU_LOG_QUOTA`
+//! and `INSITU_MAX_*` for the maxima.
+
+use crate::server::ServeConfig;
+use insitu_runtime::receipt::ProviderKey;
+use insitu_runtime::sandbox::Limits;
+use insitu_runtime::units::{parse_duration, parse_size};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the settings could not be loaded; each names where the bad value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("{origin}: `{value}` is not a valid {what}: {reason}")]
+    Value {
+        origin: String,
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Limits(String),
+}
+
+/// Output format of the server's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Optional limits, as text (`"30s"`, `"512MiB"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsText {
+    pub timeout: Option<String>,
+    pub memory: Option<String>,
+    pub output_quota: Option<String>,
+    pub log_quota: Option<String>,
+}
+
+/// One layer of settings (the file, the environment or the flags).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub queue: Option<usize>,
+    #[serde(default)]
+    pub layouts: Vec<PathBuf>,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    pub provider_key_file: Option<PathBuf>,
+    /// Hex private key; only from the environment (`INSITU_PROVIDER_KEY`).
+    #[serde(skip)]
+    pub provider_key: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsText,
+    #[serde(default)]
+    pub max: LimitsText,
+    /// Where this layer came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// Everything `insitu serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub serve: ServeConfig,
+    pub log_format: LogFormat,
+    /// How long in-flight executions may run on after a shutdown signal
+    /// before they are stopped. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Layer {
+    /// The layer in the TOML file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Syntax`] (with line and column).
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut layer: Layer = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })?;
+        layer.origin = format!("config file {}", path.display());
+        Ok(layer)
+    }
+
+    /// The layer in `INSITU_*` variables, read through `var`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Value`] for numbers that do not parse.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
+        let list = |name: &str| -> Vec<String> {
+            var(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let number = |name: &'static str| -> Result<Option<usize>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    v.trim().parse().map_err(|e: std::num::ParseIntError| {
+                        ConfigError::Value {
+                            origin: format!("environment variable {name}"),
+                            what: "number",
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        }
+                    })
+                })
+                .transpose()
+        };
+        let log_format = match var("INSITU_LOG_FORMAT").as_deref().map(str::trim) {
+            None => None,
+            Some("json") => Some(LogFormat::Json),
+            Some("text") => Some(LogFormat::Text),
+            Some(other) => {
+                return Err(ConfigError::Value {
+                    origin: "environment variable INSITU_LOG_FORMAT".into(),
+                    what: "log format",
+                    value: other.into(),
+                    reason: "use `text` or `json`".into(),
+                });
+            }
+        };
+        Ok(Layer {
+            listen: var("INSITU_LISTEN"),
+            data_dir: var("INSITU_DATA_DIR").map(PathBuf::from),
+            workers: number("INSITU_WORKERS")?,
+            queue: number("INSITU_QUEUE")?,
+            layouts: list("INSITU_LAYOUTS")
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            insecure_registries: list("INSITU_INSECURE_REGISTRIES"),
+            provider_key_file: var("INSITU_PROVIDER_KEY_FILE").map(PathBuf::from),
+            provider_key: var("INSITU_PROVIDER_KEY"),
+            log_format,
+            shutdown_grace: var("INSITU_SHUTDOWN_GRACE"),
+            limits: LimitsText {
+                timeout: var("INSITU_TIMEOUT"),
+                memory: var("INSITU_MEMORY"),
+                output_quota: var("INSITU_OUTPUT_QUOTA"),
+                log_quota: var("INSITU_LOG_QUOTA"),
+            },
+            max: LimitsText {
+                timeout: var("INSITU_MAX_TIMEOUT"),
+                memory: var("INSITU_MAX_MEMORY"),
+                output_quota: var("INSITU_MAX_OUTPUT_QUOTA"),
+                log_quota: var("INSITU_MAX_LOG_QUOTA"),
+            },
+            origin: "environment".into(),
+        })
+    }
+}
+
+fn apply_limits(
+    limits: &mut Limits,
+    text: &LimitsText,
+    origin: &str,
+    section: &str,
+) -> Result<(), ConfigError> {
+    let bad = |key: &str, value: &str, e: insitu_runtime::Error| ConfigError::Value {
+        origin: format!("{origin}, {section}.{key}"),
+        what: if key == "timeout" {
+            "duration"
+        } else {
+            "size"
+        },
+        value: value.to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(v) = &text.timeout {
+        limits.timeout = parse_duration(v).map_err(|e| bad("timeout", v, e))?;
+    }
+    for (key, value, slot) in [
+        ("memory", &text.memory, &mut limits.memory),
+        ("output_quota", &text.output_quota, &mut limits.output_quota),
+        ("log_quota", &text.log_quota, &mut limits.log_quota),
+    ] {
+        if let Some(v) = value {
+            *slot = parse_size(v).map_err(|e| bad(key, v, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Applies `layers` in order (later ones win) over the defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the layer and key of the first bad value, or
+    /// limits above the maxima.
+    pub fn resolve(layers: &[Layer]) -> Result<Settings, ConfigError> {
+        let data_dir = layers
+            .iter()
+            .rev()
+            .find_map(|l| l.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("insitu-data"));
+        let mut serve = ServeConfig::new(data_dir);
+        let mut settings = Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8030)),
+            serve: serve.clone(),
+            log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(30),
+        };
+        let mut key_file = None;
+        for l in layers {
+            if let Some(v) = &l.listen {
+                settings.listen = v.parse().map_err(|e: std::net::AddrParseError| {
+                    ConfigError::Value {
+                        origin: format!("{}, listen", l.origin),
+                        what: "listen address",
+                        value: v.clone(),
+                        reason: format!("{e}; use HOST:PORT, e.g. 127.0.0.1:8030"),
+                    }
+                })?;
+            }
+            if let Some(n) = l.workers {
+                serve.workers = n.max(1);
+            }
+            if let Some(n) = l.queue {
+                serve.queue = n.max(1);
+            }
+            if !l.layouts.is_empty() {
+                serve.layouts = l.layouts.clone();
+            }
+            if !l.insecure_registries.is_empty() {
+                serve.insecure_registries = l.insecure_registries.clone();
+            }
+            if let Some(f) = &l.provider_key_file {
+                key_file = Some((f.clone(), l.origin.clone()));
+            }
+            if let Some(hex) = &l.provider_key {
+                serve.provider_key =
+                    Some(
+                        ProviderKey::from_hex(hex.trim()).map_err(|e| ConfigError::Value {
+                            origin: format!("{}, provider key", l.origin),
+                            what: "secp256k1 private key",
+                            value: "(hidden)".into(),
+                            reason: e.to_string(),
+                        })?,
+                    );
+                key_file = None;
+            }
+            if let Some(f) = l.log_format {
+                settings.log_format = f;
+            }
+            if let Some(g) = &l.shutdown_grace {
+                settings.shutdown_grace = parse_duration(g).map_err(|e| ConfigError::Value {
+                    origin: format!("{}, shutdown_grace", l.origin),
+                    what: "duration",
+                    value: g.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            apply_limits(&mut serve.limits, &l.limits, &l.origin, "limits")?;
+            apply_limits(&mut serve.max, &l.max, &l.origin, "max")?;
+        }
+        if let Some((file, origin)) = key_file {
+            serve.provider_key =
+                Some(
+                    ProviderKey::load_or_create(&file).map_err(|e| ConfigError::Value {
+                        origin: format!("{origin}, provider_key_file"),
+                        what: "key file",
+                        value: file.display().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                );
+        }
+        serve
+            .max
+            .check_within(&Limits::ceiling())
+            .map_err(|e| ConfigError::Limits(format!("max: {e}")))?;
+        serve.limits.check_within(&serve.max).map_err(|e| {
+            ConfigError::Limits(format!(
+                "limits: {e}; raise [max] or lower [limits]"
+            ))
+        })?;
+        settings.serve = serve;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Layer {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Layer::from_env(|k| map.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("insitu.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nworkers = 3\nlog_format = \"json\"\ninsecure_registries = [\"a:5000\"]\n[limits]\ntimeout = \"10s\"\nmemory = \"64MiB\"\n[max]\ntimeout = \"1h\"\n",
+        )
+        .unwrap();
+        let flags = Layer {
+            workers: Some(5),
+            origin: "flags".into(),
+            ..Layer::default()
+        };
+        let s = Settings::resolve(&[
+            Layer::from_file(&file).unwrap(),
+            env(&[
+                ("INSITU_LISTEN", "127.0.0.1:9100"),
+                ("INSITU_WORKERS", "4"),
+                ("INSITU_TIMEOUT", "20s"),
+            ]),
+            flags,
+        ])
+        .unwrap();
+        assert_eq!(s.listen.port(), 9100);
+        assert_eq!(s.serve.workers, 5);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.serve.insecure_registries, ["a:5000"]);
+        assert_eq!(s.serve.limits.timeout, Duration::from_secs(20));
+        assert_eq!(s.serve.limits.memory, 64 << 20);
+        assert_eq!(s.serve.max.timeout, Duration::from_secs(3600));
+        assert_eq!(s.serve.data_dir, PathBuf::from("insitu-data"));
+    }
+
+    #[test]
+    fn bad_values_name_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("insitu.toml");
+        std::fs::write(&file, "listen = \"here\"\n").unwrap();
+        let err = Settings::resolve(&[Layer::from_file(&file).unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "config file {}, listen: `here` is not a valid listen address",
+                file.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&file, "workers = 2\nlisten_on = 3\n").unwrap();
+        let err = Layer::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("unknown field `listen_on`"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = Settings::resolve(&[env(&[("INSITU_MEMORY", "lots")])]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("environment, limits.memory: `lots` is not a valid size"),
+            "{err}"
+        );
+        let err = Settings::resolve(&[env(&[("INSITU_MAX_TIMEOUT", "5s")])]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("limits: ") && err.to_string().contains("raise [max]"),
+            "{err}"
+        );
+        assert!(
+            Layer::from_env(|k| (k == "INSITU_WORKERS").then(|| "two".to_string()))
+                .unwrap_err()
+                .to_string()
+                .starts_with("environment variable INSITU_WORKERS: `two` is not a valid number")
+        );
+    }
+}
