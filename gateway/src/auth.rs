@@ -16,11 +16,11 @@
 //! `{name: "Nevermined", version: "1", chainId}`, with `from` = `iss` and
 //! `token` = the signing input.
 
+use alloy_primitives::Address;
+use alloy_sol_types::{SolStruct, eip712_domain};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
-use alloy_primitives::Address;
-use alloy_sol_types::{SolStruct, eip712_domain};
 use insitu_runtime::receipt::{recover_hash, recover_personal};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -155,8 +155,9 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
     let unrecoverable =
         |_| AuthError::Malformed("the signature does not recover to an address".into());
     let signer = match eip712 {
-        None => recover_personal(signing_input.as_bytes(), &hex::encode(&sig))
-            .map_err(unrecoverable)?,
+        None => {
+            recover_personal(signing_input.as_bytes(), &hex::encode(&sig)).map_err(unrecoverable)?
+        }
         Some(data) => {
             let message = data
                 .get("message")
@@ -401,16 +402,22 @@ mod tests {
     #[test]
     fn eip712_hash_follows_the_standard() {
         use alloy_primitives::keccak256;
-        let from: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".parse().unwrap();
+        let from: Address = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+            .parse()
+            .unwrap();
         let (message, token, chain) = ("hello", "a.b", 80001u64);
         let mut domain = Vec::new();
-        domain.extend(keccak256("EIP712Domain(string name,string version,uint256 chainId)"));
+        domain.extend(keccak256(
+            "EIP712Domain(string name,string version,uint256 chainId)",
+        ));
         domain.extend(keccak256("Nevermined"));
         domain.extend(keccak256("1"));
         domain.extend([0u8; 24]);
         domain.extend(chain.to_be_bytes());
         let mut data = Vec::new();
-        data.extend(keccak256("Nevermined(address from,string message,string token)"));
+        data.extend(keccak256(
+            "Nevermined(address from,string message,string token)",
+        ));
         data.extend([0u8; 12]);
         data.extend(from.as_slice());
         data.extend(keccak256(message));

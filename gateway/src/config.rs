@@ -156,14 +156,14 @@ impl Layer {
         let number = |name: &'static str| -> Result<Option<usize>, ConfigError> {
             var(name)
                 .map(|v| {
-                    v.trim().parse().map_err(|e: std::num::ParseIntError| {
-                        ConfigError::Value {
+                    v.trim()
+                        .parse()
+                        .map_err(|e: std::num::ParseIntError| ConfigError::Value {
                             origin: format!("environment variable {name}"),
                             what: "number",
                             value: v.clone(),
                             reason: e.to_string(),
-                        }
-                    })
+                        })
                 })
                 .transpose()
         };
@@ -219,11 +219,7 @@ fn apply_limits(
 ) -> Result<(), ConfigError> {
     let bad = |key: &str, value: &str, e: insitu_runtime::Error| ConfigError::Value {
         origin: format!("{origin}, {section}.{key}"),
-        what: if key == "timeout" {
-            "duration"
-        } else {
-            "size"
-        },
+        what: if key == "timeout" { "duration" } else { "size" },
         value: value.to_string(),
         reason: e.to_string(),
     };
@@ -264,14 +260,14 @@ impl Settings {
         let mut key_file = None;
         for l in layers {
             if let Some(v) = &l.listen {
-                settings.listen = v.parse().map_err(|e: std::net::AddrParseError| {
-                    ConfigError::Value {
-                        origin: format!("{}, listen", l.origin),
-                        what: "listen address",
-                        value: v.clone(),
-                        reason: format!("{e}; use HOST:PORT, e.g. 127.0.0.1:8030"),
-                    }
-                })?;
+                settings.listen =
+                    v.parse()
+                        .map_err(|e: std::net::AddrParseError| ConfigError::Value {
+                            origin: format!("{}, listen", l.origin),
+                            what: "listen address",
+                            value: v.clone(),
+                            reason: format!("{e}; use HOST:PORT, e.g. 127.0.0.1:8030"),
+                        })?;
             }
             if let Some(n) = l.workers {
                 serve.workers = n.max(1);
@@ -330,9 +326,7 @@ impl Settings {
             .check_within(&Limits::ceiling())
             .map_err(|e| ConfigError::Limits(format!("max: {e}")))?;
         serve.limits.check_within(&serve.max).map_err(|e| {
-            ConfigError::Limits(format!(
-                "limits: {e}; raise [max] or lower [limits]"
-            ))
+            ConfigError::Limits(format!("limits: {e}; raise [max] or lower [limits]"))
         })?;
         settings.serve = serve;
         Ok(settings)

@@ -155,7 +155,9 @@ impl Gateway {
         }
         if let Ok(e) = self.store.execution(&job.id) {
             for stage in e.stages.as_array().into_iter().flatten() {
-                if let (Some(a), Some(b)) = (stage["started_at"].as_u64(), stage["finished_at"].as_u64()) {
+                if let (Some(a), Some(b)) =
+                    (stage["started_at"].as_u64(), stage["finished_at"].as_u64())
+                {
                     self.stage_seconds.observe(b.saturating_sub(a) as f64 / 1e3);
                 }
             }
@@ -188,7 +190,12 @@ impl Gateway {
             .values()
             .cloned()
             .collect();
-        tracing::warn!(executions = stops.len(), "grace period over; stopping running executions");
+        let queued = self.queue.max_capacity() - self.queue.capacity();
+        let running = self.active.load(Ordering::SeqCst).saturating_sub(queued);
+        tracing::warn!(
+            executions = running,
+            "grace period over; stopping running executions"
+        );
         for s in &stops {
             s.stop();
         }
@@ -196,7 +203,7 @@ impl Gateway {
         while !idle() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stops.len()
+        running
     }
 }
 
@@ -367,28 +374,30 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     });
     for n in 0..config.workers.max(1) {
         let (rx, g) = (rx.clone(), Arc::downgrade(&gateway));
-        std::thread::Builder::new().name(format!("insitu-worker-{n}")).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("worker runtime");
-            rt.block_on(async move {
-                loop {
-                    let Some(job) = rx.lock().await.recv().await else { return };
-                    let Some(g) = g.upgrade() else { return };
-                    g.run_job(job).await;
-                }
-            });
-        })?;
+        std::thread::Builder::new()
+            .name(format!("insitu-worker-{n}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                rt.block_on(async move {
+                    loop {
+                        let Some(job) = rx.lock().await.recv().await else {
+                            return;
+                        };
+                        let Some(g) = g.upgrade() else { return };
+                        g.run_job(job).await;
+                    }
+                });
+            })?;
     }
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/openapi.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    OPENAPI,
-                )
-            }),
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route("/api/v1/gateway/services/exec", post(exec))
         .route("/api/v1/node/services/oauth/token", post(token))
@@ -533,7 +542,8 @@ fn start_execution(
 ) -> ApiResult<String> {
     if g.closing.load(Ordering::SeqCst) {
         return Err(ApiError::Unavailable(
-            "the provider is shutting down and takes no new executions; retry when it is back".into(),
+            "the provider is shutting down and takes no new executions; retry when it is back"
+                .into(),
         ));
     }
     let agreement = g.store.agreement(agreement_id)?;
@@ -601,7 +611,12 @@ async fn exec(
             "the signature is from {signer}, not from consumerAddress {consumer}; sign serviceAgreementId with the consumer's key"
         )));
     }
-    let id = start_execution(&g, &consumer, &f.agreement.to_ascii_lowercase(), &f.workflow)?;
+    let id = start_execution(
+        &g,
+        &consumer,
+        &f.agreement.to_ascii_lowercase(),
+        &f.workflow,
+    )?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
 }
 
@@ -683,7 +698,9 @@ async fn logs(
 
 /// How many stages of execution `id` have started (have a working directory).
 fn stage_dirs(g: &Gateway, id: &str) -> u32 {
-    (0..).take_while(|n| g.pipeline.logs(id, *n).is_dir()).count() as u32
+    (0..)
+        .take_while(|n| g.pipeline.logs(id, *n).is_dir())
+        .count() as u32
 }
 
 /// Where a follower is in each stage's log files.
@@ -763,9 +780,11 @@ fn follow_logs(
             t.poll();
             match execution {
                 Some(e) if e.status.is_terminal() => {
-                    t.pending.push_back(Event::default().event("end").data(
-                        json!({"status": e.status, "reason": e.reason}).to_string(),
-                    ));
+                    t.pending.push_back(
+                        Event::default()
+                            .event("end")
+                            .data(json!({"status": e.status, "reason": e.reason}).to_string()),
+                    );
                     t.done = true;
                 }
                 None => t.done = true,
@@ -892,8 +911,14 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
     ));
     let c = g.pipeline.sandbox.cache_stats();
     out.push_str("# HELP insitu_modules_prepared_total Modules prepared for a run, by where the compiled code came from (memory and disk are cache hits).\n# TYPE insitu_modules_prepared_total counter\n");
-    for (source, n) in [("memory", c.memory), ("disk", c.disk), ("compiled", c.compiled)] {
-        out.push_str(&format!("insitu_modules_prepared_total{{source=\"{source}\"}} {n}\n"));
+    for (source, n) in [
+        ("memory", c.memory),
+        ("disk", c.disk),
+        ("compiled", c.compiled),
+    ] {
+        out.push_str(&format!(
+            "insitu_modules_prepared_total{{source=\"{source}\"}} {n}\n"
+        ));
     }
     out.push_str(&format!(
         "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",

@@ -68,3 +68,20 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// A guest that writes `started` to stdout, then computes forever: for
+/// stop, timeout, followed-logs, shutdown and crash tests.
+pub const SPINNER_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "started\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop (br 0))))"#;
+
+/// [`SPINNER_WAT`] as a binary module.
+pub fn spinner() -> Vec<u8> {
+    wat::parse_str(SPINNER_WAT).expect("valid WAT")
+}

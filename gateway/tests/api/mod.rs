@@ -1,21 +1,31 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
-use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
-use insitu_gateway::server::{Gateway, ServeConfig, build};
+use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
+use insitu_gateway::server::{Gateway, ServeConfig, build, serve};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
+use insitu_runtime::workflow::Did;
 use serde_json::{Value, json};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 struct Api {
     base: String,
-    gateway: Arc<Gateway>,
+    gateway: Option<Arc<Gateway>>,
     tmp: tempfile::TempDir,
     http: reqwest::Client,
     consumer: ProviderKey,
     agreement: String,
     workflow: String,
+    dataset: Did,
+    /// Manifest digests of the word-count and spinner images in the layout.
+    wc: String,
+    spin: String,
+    halt: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<std::io::Result<usize>>>,
 }
 
 fn now() -> u64 {
@@ -25,51 +35,127 @@ fn now() -> u64 {
         .as_secs()
 }
 
-async fn start() -> Api {
-    let tmp = tempfile::tempdir().unwrap();
-    let artifact = package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
-    package::write_layout(&tmp.path().join("layout"), "wc", &artifact).unwrap();
-    let mut config = ServeConfig::new(tmp.path().join("data"));
-    config.layouts = vec![tmp.path().join("layout")];
+/// Starts a gateway on `dir/data` (layouts `dir/layout`), served on a random
+/// loopback port until the returned sender fires.
+async fn serve_on(
+    dir: &Path,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (
+    String,
+    Arc<Gateway>,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<usize>>,
+) {
+    let mut config = ServeConfig::new(dir.join("data"));
+    config.layouts = vec![dir.join("layout")];
     config.workers = 2;
+    tweak(&mut config);
     let (router, gateway) = build(&config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (tx, rx) = oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        listener,
+        router,
+        gateway.clone(),
+        Duration::from_millis(300),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    (base, gateway, tx, served)
+}
+
+async fn start() -> Api {
+    start_with(|_| {}).await
+}
+
+async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Api {
+    let tmp = tempfile::tempdir().unwrap();
+    let wc = package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
+    package::write_layout(&tmp.path().join("layout"), "wc", &wc).unwrap();
+    let spin = package::wasm_artifact(&insitu_tests::spinner()).unwrap();
+    package::write_layout(&tmp.path().join("layout"), "spin", &spin).unwrap();
+    let (base, gateway, halt, served) = serve_on(tmp.path(), tweak).await;
 
     let input = tmp.path().join("input");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("a.txt"), "red green green blue blue blue\n").unwrap();
-    let store = &gateway.store;
-    let ds = store
+    let ds = gateway
+        .store
         .add_dataset(
             "colours",
             &input,
-            std::slice::from_ref(&artifact.manifest_digest),
+            &[wc.manifest_digest.clone(), spin.manifest_digest.clone()],
             60,
         )
         .unwrap();
-    let wf = store
-        .add_workflow(&json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
-            {"index": 0, "requirements": {"container": {"image": "example.invalid/wc", "tag": "1", "checksum": artifact.manifest_digest}},
-             "input": [{"index": 0, "id": ds}]}]}}}))
-        .unwrap();
     let consumer = ProviderKey::load_or_create(&tmp.path().join("consumer.key")).unwrap();
-    let agreement = store.grant(&consumer.address(), &ds, &wf, 600).unwrap();
-    Api {
+    let mut api = Api {
         base,
-        gateway,
+        gateway: Some(gateway),
         tmp,
         http: reqwest::Client::new(),
         consumer,
-        agreement,
-        workflow: wf.to_string(),
-    }
+        agreement: String::new(),
+        workflow: String::new(),
+        dataset: ds,
+        wc: wc.manifest_digest,
+        spin: spin.manifest_digest,
+        halt: Some(halt),
+        served: Some(served),
+    };
+    let (wf, agreement) = api.grant(&api.wc.clone(), 600);
+    (api.workflow, api.agreement) = (wf, agreement);
+    api
 }
 
 impl Api {
+    /// A one-stage workflow running `image` on the dataset, and an agreement
+    /// for it valid `secs`: (workflow DID, agreement id).
+    fn grant(&self, image: &str, secs: u64) -> (String, String) {
+        let store = &self.g().store;
+        let wf = store
+            .add_workflow(&json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "example.invalid/alg", "tag": "1", "checksum": image}},
+                 "input": [{"index": 0, "id": self.dataset}]}]}}}))
+            .unwrap();
+        let agreement = store
+            .grant(&self.consumer.address(), &self.dataset, &wf, secs)
+            .unwrap();
+        (wf.to_string(), agreement)
+    }
+
+    fn g(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    /// Shuts the server down gracefully, drops the gateway (releasing the
+    /// data dir) and starts a new one on the same data dir.
+    async fn restart(&mut self) {
+        assert_eq!(self.halt().await, 0);
+        let weak = Arc::downgrade(self.gateway.as_ref().unwrap());
+        self.gateway = None;
+        assert!(
+            weak.upgrade().is_none(),
+            "the old gateway is still referenced"
+        );
+        let (base, gateway, halt, served) = serve_on(self.tmp.path(), |_| {}).await;
+        (self.base, self.gateway) = (base, Some(gateway));
+        (self.halt, self.served) = (Some(halt), Some(served));
+    }
+
+    /// Shuts the server down gracefully; returns how many executions it stopped.
+    async fn halt(&mut self) -> usize {
+        self.halt.take().unwrap().send(()).unwrap();
+        self.served.take().unwrap().await.unwrap().unwrap()
+    }
+
     async fn token(&self, key: &ProviderKey, claims: Value) -> reqwest::Response {
-        let jwt = make_grant(key, &claims).unwrap();
+        self.token_jwt(&make_grant(key, &claims).unwrap()).await
+    }
+
+    async fn token_jwt(&self, jwt: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/api/v1/node/services/oauth/token", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -93,6 +179,13 @@ impl Api {
             .to_string()
     }
 
+    /// A compute token for execution `id`.
+    async fn compute_token(&self, id: &str) -> String {
+        let mut c = self.claims(&self.consumer, AUD_COMPUTE);
+        c["execution_id"] = json!(id);
+        self.access(c).await
+    }
+
     async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         let r = self
             .http
@@ -106,18 +199,48 @@ impl Api {
     }
 
     async fn execute(&self, token: &str) -> (u16, Value) {
+        self.execute_under(token, &self.agreement, &self.workflow)
+            .await
+    }
+
+    async fn execute_under(&self, token: &str, agreement: &str, workflow: &str) -> (u16, Value) {
         let r = self
             .http
             .post(format!(
-                "{}/api/v1/node/services/compute/execute/{}",
-                self.base, self.agreement
+                "{}/api/v1/node/services/compute/execute/{agreement}",
+                self.base
             ))
             .bearer_auth(token)
-            .json(&json!({"workflowDid": self.workflow, "consumer": self.consumer.address()}))
+            .json(&json!({"workflowDid": workflow, "consumer": self.consumer.address()}))
             .send()
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Executes the default workflow; returns the execution id.
+    async fn run(&self) -> String {
+        let token = self.access(self.claims(&self.consumer, AUD_EXECUTE)).await;
+        let (code, body) = self.execute(&token).await;
+        assert_eq!(code, 202, "{body}");
+        body["workflowId"].as_str().unwrap().to_string()
+    }
+
+    /// Polls the store until execution `id` is in one of `statuses`.
+    async fn wait_for(&self, id: &str, statuses: &[&str]) -> insitu_runtime::store::Execution {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let e = self.g().store.execution(id).unwrap();
+            if statuses.contains(&e.status.as_str()) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} still {}",
+                e.status.as_str()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -203,6 +326,37 @@ async fn a_consumer_executes_watches_and_downloads_over_http() {
         ddo["service"][0]["attributes"]["main"]["owner"],
         api.consumer.address().to_ascii_lowercase()
     );
+    // The worker records durations just after the status turns terminal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("insitu_executions_active 0") || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for line in [
+        "insitu_executions{status=\"succeeded\"} 1",
+        "insitu_modules_prepared_total{source=\"compiled\"} 1",
+        "insitu_modules_prepared_total{source=\"memory\"} 0",
+        "insitu_stage_duration_seconds_count 1",
+        "insitu_stage_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "insitu_executions_active 0",
+        "insitu_queue_depth 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,14 +456,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     c["execution_id"] = json!(id);
     let t = api.access(c).await;
     for _ in 0..500 {
-        if api
-            .gateway
-            .store
-            .execution(&id)
-            .unwrap()
-            .status
-            .is_terminal()
-        {
+        if api.g().store.execution(&id).unwrap().status.is_terminal() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -378,4 +525,534 @@ fn raw_get(base: &str, path: &str, token: &str) -> (u16, String) {
     s.read_to_string(&mut out).unwrap();
     let code = out[9..12].parse().unwrap();
     (code, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_exec_form_and_eip712_grants_execute_too() {
+    let api = start().await;
+    let form = |signature: &str| {
+        format!(
+            "serviceAgreementId={}&consumerAddress={}&signature={signature}&workflowDID={}",
+            api.agreement,
+            api.consumer.address(),
+            api.workflow.replace(':', "%3A")
+        )
+    };
+    let post = |body: String| {
+        api.http
+            .post(format!("{}/api/v1/gateway/services/exec", api.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // Signed by someone else: refused, nothing queued.
+    let stranger = ProviderKey::load_or_create(&api.tmp.path().join("stranger.key")).unwrap();
+    let r = post(form(
+        &stranger.personal_sign(api.agreement.as_bytes()).unwrap(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        format!(
+            "the signature is from {}, not from consumerAddress {}; sign serviceAgreementId with the consumer's key",
+            stranger.address().to_ascii_lowercase(),
+            api.consumer.address().to_ascii_lowercase()
+        )
+    );
+    assert!(
+        api.g()
+            .store
+            .executions_of(&api.consumer.address())
+            .unwrap()
+            .is_empty()
+    );
+    let r = post(form("0x1234")).await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let r = post(form(
+        &api.consumer
+            .personal_sign(api.agreement.as_bytes())
+            .unwrap(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["workflowId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api.wait_for(&id, &["succeeded", "failed"])
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+
+    // An EIP-712 grant (as the SDK signs with a typed-data wallet) for its status.
+    let mut c = api.claims(&api.consumer, AUD_COMPUTE);
+    c["execution_id"] = json!(id);
+    c.as_object_mut().unwrap().remove("eths");
+    let jwt = make_grant_eip712(&api.consumer, &c, "Nevermined login", 31337).unwrap();
+    let r = api.token_jwt(&jwt).await;
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, status) = api
+        .get(
+            &format!("/api/v1/node/services/compute/status/{id}"),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (code, status["workflowStatus"]["status"].as_str()),
+        (200, Some("succeeded"))
+    );
+}
+
+/// Reads server-sent events from `r` until the `end` event; returns them as
+/// (event, data, status of the execution when the event arrived).
+async fn events(api: &Api, id: &str, mut r: reqwest::Response) -> Vec<(String, Value, String)> {
+    let (mut buf, mut out) = (String::new(), Vec::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if event.is_empty() {
+                continue; // keep-alive comment
+            }
+            let status = api
+                .g()
+                .store
+                .execution(id)
+                .unwrap()
+                .status
+                .as_str()
+                .to_string();
+            out.push((event.clone(), serde_json::from_str(&data).unwrap(), status));
+            if event == "end" {
+                return out;
+            }
+        }
+    }
+    panic!("the stream ended without an end event: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_followed_live_until_the_execution_ends() {
+    let mut api = start_with(|c| c.limits.timeout = Duration::from_millis(1500)).await;
+    (api.workflow, api.agreement) = api.grant(&api.spin.clone(), 600);
+    let id = api.run().await;
+    let token = api.compute_token(&id).await;
+    let r = api
+        .http
+        .get(format!(
+            "{}/api/v1/node/services/compute/logs/{id}?follow=true",
+            api.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let seen = events(&api, &id, r).await;
+    let (kind, data, status_then) = &seen[0];
+    assert_eq!(kind, "log");
+    assert_eq!(
+        (
+            data["stage"].as_u64(),
+            data["stream"].as_str(),
+            data["content"].as_str()
+        ),
+        (Some(0), Some("stdout"), Some("started\n"))
+    );
+    assert_eq!(
+        status_then, "running",
+        "the log line arrived while the guest ran"
+    );
+    let (kind, data, _) = seen.last().unwrap();
+    assert_eq!(kind, "end");
+    assert_eq!(data["status"], "failed");
+    assert!(data["reason"].as_str().unwrap().contains("time"), "{data}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Following a finished execution replays its logs and ends at once.
+    let r = api
+        .http
+        .get(format!(
+            "{}/api/v1/node/services/compute/logs/{id}?follow=true",
+            api.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let again = events(&api, &id, r).await;
+    assert_eq!(again.len(), 2);
+    assert_eq!(again[0].1["content"], "started\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreements_images_and_dids_are_checked_at_execute() {
+    let api = start().await;
+    let token_for = |agreement: &str, workflow: &str| {
+        let mut c = api.claims(&api.consumer, AUD_EXECUTE);
+        c["sub"] = json!(agreement);
+        c["did"] = json!(workflow);
+        api.access(c)
+    };
+    // An image the dataset's compute service does not allow.
+    let banned = format!("sha256:{}", "ee".repeat(32));
+    let (wf, agreement) = api.grant(&banned, 600);
+    let t = token_for(&agreement, &wf).await;
+    let (code, body) = api.execute_under(&t, &agreement, &wf).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("does not allow image {banned}"))
+            || body["message"].as_str().unwrap().contains(&banned),
+        "{body}"
+    );
+    // An agreement that timed out.
+    let (wf, agreement) = api.grant(&api.wc, 1);
+    let t = token_for(&agreement, &wf).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, body) = api.execute_under(&t, &agreement, &wf).await;
+    assert_eq!(code, 403, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("not permitted: agreement {agreement} expired "))
+            && message.ends_with("ask the provider for a new agreement"),
+        "{body}"
+    );
+    // An agreement nobody granted.
+    let ghost = format!("0x{}", "77".repeat(32));
+    let t = token_for(&ghost, &api.workflow).await;
+    let (code, body) = api.execute_under(&t, &ghost, &api.workflow).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    // Another workflow than the agreement's.
+    let (other_wf, _) = api.grant(&api.wc, 600);
+    let t = token_for(&api.agreement, &other_wf).await;
+    let (code, body) = api.execute_under(&t, &api.agreement, &other_wf).await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        body["message"],
+        format!(
+            "agreement {} is for workflow {}, not {other_wf}",
+            api.agreement, api.workflow
+        )
+    );
+    assert!(
+        api.g()
+            .store
+            .executions_of(&api.consumer.address())
+            .unwrap()
+            .is_empty(),
+        "nothing was queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_execute_and_download_loses_nothing() {
+    let mut api = start().await;
+    let id = api.run().await;
+    let token = api.compute_token(&id).await;
+    api.wait_for(&id, &["succeeded"]).await;
+    let (_, before) = api
+        .get(
+            &format!("/api/v1/node/services/compute/results/{id}"),
+            &token,
+        )
+        .await;
+    // A second server on the same data dir is refused while the first runs.
+    let err = build(&ServeConfig::new(api.tmp.path().join("data")))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("is in use by another insitu server"), "{err}");
+
+    api.restart().await;
+    // The access token, the execution, its results, files and receipt survived.
+    let (code, after) = api
+        .get(
+            &format!("/api/v1/node/services/compute/results/{id}"),
+            &token,
+        )
+        .await;
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after, before);
+    let receipt: Receipt = serde_json::from_value(after["receipt"].clone()).unwrap();
+    assert_eq!(verify(&receipt).unwrap().to_checksum(None), receipt.signer);
+    let r = api
+        .http
+        .get(format!(
+            "{}/api/v1/node/services/compute/results/{id}/counts.json",
+            api.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(
+        format!("sha256:{}", insitu_tests::sha256_hex(&bytes)),
+        after["files"][0]["sha256"].as_str().unwrap()
+    );
+    // And it still executes.
+    let again = api.run().await;
+    assert_eq!(
+        api.wait_for(&again, &["succeeded", "failed"])
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_work_end_and_fails_queued_work() {
+    let mut api = start_with(|c| c.workers = 1).await;
+    (api.workflow, api.agreement) = api.grant(&api.spin.clone(), 600);
+    let running = api.run().await;
+    let queued = api.run().await;
+    api.wait_for(&running, &["running"]).await;
+    // The spinner never ends by itself: the grace period (300 ms) runs out and it is stopped.
+    let started = Instant::now();
+    assert_eq!(api.halt().await, 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let store = &api.g().store;
+    assert_eq!(
+        store.execution(&running).unwrap().status.as_str(),
+        "stopped"
+    );
+    let q = store.execution(&queued).unwrap();
+    assert_eq!(
+        (q.status.as_str(), q.reason.as_deref()),
+        (
+            "failed",
+            Some("the provider shut down before this execution started; execute it again")
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_takes_no_new_executions() {
+    let api = start().await;
+    let token = api.access(api.claims(&api.consumer, AUD_EXECUTE)).await;
+    assert_eq!(api.g().shutdown(Duration::ZERO).await, 0);
+    let (code, body) = api.execute(&token).await;
+    assert_eq!(code, 503);
+    assert_eq!(body["error"], "unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route() {
+    let api = start().await;
+    let r = api
+        .http
+        .get(format!("{}/api/v1/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let source = include_str!("../../src/server.rs");
+    let mut routes = 0;
+    for piece in source.split(".route(").skip(1) {
+        let path = piece.trim_start().trim_start_matches('"');
+        let path = &path[..path.find('"').unwrap()];
+        let path = path
+            .replace("{agreement}", "{agreementId}")
+            .replace("{execution}", "{executionId}")
+            .replace("{*file}", "{file}");
+        assert!(paths.contains_key(&path), "{path} is not in openapi.json");
+        routes += 1;
+    }
+    assert_eq!(
+        routes,
+        paths.len(),
+        "openapi.json has paths the router does not serve"
+    );
+}
+
+/// `insitu serve` as a child process; returns it and its base URL.
+fn spawn_server(data: &Path, layout: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_insitu"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--data-dir",
+        ])
+        .arg(data)
+        .arg("--layout")
+        .arg(layout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(url) = line.strip_prefix("insitu gateway listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_run_leaves_the_execution_failed_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, layout, input) = (
+        tmp.path().join("data"),
+        tmp.path().join("layout"),
+        tmp.path().join("input"),
+    );
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "x").unwrap();
+    let spin = package::wasm_artifact(&insitu_tests::spinner()).unwrap();
+    package::write_layout(&layout, "spin", &spin).unwrap();
+    let (mut server, base) = spawn_server(&data, &layout);
+
+    // The catalog verbs work while the server runs.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_string()
+    };
+    let ds = cli(&[
+        "asset",
+        "add",
+        "--path",
+        input.to_str().unwrap(),
+        "--name",
+        "x",
+        "--allow-image",
+        &spin.manifest_digest,
+    ]);
+    let wf_file = tmp.path().join("wf.json");
+    std::fs::write(&wf_file, json!({"main": {"type": "workflow", "name": "spin", "workflow": {"stages": [
+        {"index": 0, "requirements": {"container": {"image": "example.invalid/spin", "tag": "1", "checksum": spin.manifest_digest}},
+         "input": [{"index": 0, "id": ds}]}]}}}).to_string()).unwrap();
+    let wf = cli(&["workflow", "add", "--file", wf_file.to_str().unwrap()]);
+    let consumer = ProviderKey::load_or_create(&tmp.path().join("consumer.key")).unwrap();
+    let agreement = cli(&[
+        "agreement",
+        "grant",
+        "--consumer",
+        &consumer.address(),
+        "--dataset",
+        &ds,
+        "--workflow",
+        &wf,
+    ]);
+
+    let http = reqwest::Client::new();
+    let token = |claims: Value, base: String| {
+        let jwt = make_grant(&consumer, &claims).unwrap();
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/api/v1/node/services/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let claims = json!({"iss": consumer.address(), "aud": AUD_EXECUTE, "sub": agreement, "did": wf, "eths": "personal", "iat": now(), "exp": now() + 300});
+    let t = token(claims.clone(), base.clone()).await;
+    let r = http
+        .post(format!(
+            "{base}/api/v1/node/services/compute/execute/{agreement}"
+        ))
+        .bearer_auth(&t)
+        .json(&json!({"workflowDid": wf, "consumer": consumer.address()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["workflowId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut c = claims.clone();
+    c["aud"] = json!(AUD_COMPUTE);
+    c["execution_id"] = json!(id);
+    let t = token(c.clone(), base.clone()).await;
+    let status = |base: String, t: String| {
+        let (http, id) = (http.clone(), id.clone());
+        async move {
+            let r = http
+                .get(format!("{base}/api/v1/node/services/compute/status/{id}"))
+                .bearer_auth(&t)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(base.clone(), t.clone()).await["workflowStatus"]["status"] != "running" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL: no chance to clean up.
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let (mut server, base) = spawn_server(&data, &layout);
+    let s = status(base.clone(), t.clone()).await;
+    assert_eq!(s["workflowStatus"]["status"], "failed", "{s}");
+    assert_eq!(
+        s["execution"]["reason"],
+        "insitu stopped while the execution was running; marked failed when it restarted"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

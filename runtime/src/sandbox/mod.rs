@@ -401,7 +401,11 @@ impl Sandbox {
         let (prepared, hit) = self
             .cache
             .get_or_prepare(&digest, || self.prepare_uncached(bytes, &digest))?;
-        let source = if hit { CacheHit::Memory } else { prepared.source };
+        let source = if hit {
+            CacheHit::Memory
+        } else {
+            prepared.source
+        };
         self.prepared[source as usize].fetch_add(1, Ordering::Relaxed);
         if hit {
             return Ok(Arc::new(Prepared {
