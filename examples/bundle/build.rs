@@ -5,6 +5,7 @@ fn main() {
             ("word-count", "examples/word-count"),
             ("csv-stats", "examples/csv-stats"),
             ("linreg-train", "examples/linreg-train"),
+            ("report", "examples/report"),
         ],
     );
 }

@@ -297,7 +297,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn demo_runs_every_example() {
+fn demo_runs_the_examples_and_the_whole_gateway_flow() {
     let out = Command::new(env!("CARGO_BIN_EXE_insitu"))
         .arg("demo")
         .output()
@@ -308,7 +308,20 @@ fn demo_runs_every_example() {
         assert!(text.contains(&format!("{name:<13} succeeded")), "{text}");
     }
     assert!(text.contains("\"r2\""), "{text}");
-    assert!(text.trim_end().ends_with("all examples succeeded"));
+    for line in [
+        "  stage 0  succeeded exited exit 0",
+        "  stage 1  succeeded exited exit 0",
+        "| temperature | 5000 |",
+        "signature verified",
+        "gateway     shut down",
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
+    assert!(text.contains("succeeded (2/2 stages done)"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with("demo complete: every step succeeded")
+    );
 }
 
 #[test]

@@ -52,6 +52,11 @@ pub const LINREG_TRAIN: Example = Example {
 
 pub const ALL: [Example; 3] = [WORD_COUNT, CSV_STATS, LINREG_TRAIN];
 
+/// `report`: renders the JSON results of an earlier stage as Markdown; the
+/// second stage of the demo's workflow (after `csv-stats`).
+pub const REPORT_WASM: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/report.wasm32-wasip1.wasm"));
+
 /// A small deterministic generator (xorshift64*), so sample data is the same everywhere.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

@@ -1,25 +1,64 @@
-//! `insitu demo`: runs the example algorithms on generated sample data through
-//! the sandbox and prints what happened.
+//! `insitu demo`, the README's first command: everything on embedded
+//! defaults, nothing to install or configure.
+//!
+//! 1. Runs each example algorithm in the sandbox on generated sample data.
+//! 2. The provider's side: starts the gateway in-process on a loopback port
+//!    with a temporary data dir, packages `csv-stats` and `report` as OCI wasm
+//!    artifacts in a local image layout, registers a sample dataset whose
+//!    compute service allows exactly those two images, registers a two-stage
+//!    workflow (`csv-stats` on the dataset, then `report` on its output) and
+//!    grants a local agreement to a freshly generated consumer key.
+//! 3. The consumer's side, over real HTTP: signs a Nevermined JWT grant,
+//!    trades it for an access token, executes, watches the stages progress,
+//!    lists and downloads the results, and verifies the provider's signed
+//!    receipt. Then the gateway shuts down gracefully.
 
-use insitu_examples::ALL;
+use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+use crate::server::{ServeConfig, build, serve};
+use anyhow::{Context, bail};
+use insitu_examples::{ALL, CSV_STATS, REPORT_WASM, Sample};
 use insitu_runtime::Status;
+use insitu_runtime::image::package;
+use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
 use insitu_runtime::sandbox::{JobSpec, StopHandle};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Runs every example; returns whether all succeeded.
+/// Runs the demo; returns whether everything succeeded.
 ///
 /// # Errors
-/// Host-side failures (temp dirs, sandbox setup).
+/// Host-side failures (temp dirs, sandbox, gateway, loopback HTTP).
 pub fn execute() -> anyhow::Result<bool> {
     let work = tempfile::Builder::new().prefix("insitu-demo-").tempdir()?;
+    let sandboxed = examples(work.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let flow = rt.block_on(gateway_flow(work.path()))?;
+    let ok = sandboxed && flow;
+    println!(
+        "\n{}",
+        if ok {
+            "demo complete: every step succeeded"
+        } else {
+            "demo FAILED (see above)"
+        }
+    );
+    Ok(ok)
+}
+
+/// Part 1: each example in the sandbox.
+fn examples(work: &std::path::Path) -> anyhow::Result<bool> {
     let sandbox = super::local_sandbox(None)?;
     let rt = super::runtime()?;
     println!(
-        "insitu demo: running {} example algorithms in the wasm sandbox\n",
+        "== 1. the sandbox: {} example algorithms on sample data\n",
         ALL.len()
     );
     let mut all_ok = true;
     for example in ALL {
-        let dir = work.path().join(example.name);
+        let dir = work.join("examples").join(example.name);
         let (data, output, logs) = (dir.join("data"), dir.join("output"), dir.join("logs"));
         insitu_examples::write_sample(example.sample, &data)?;
         for d in [&output, &logs] {
@@ -39,19 +78,7 @@ pub fn execute() -> anyhow::Result<bool> {
             &report.module_digest[..19],
         );
         match std::fs::read_to_string(output.join(example.result)) {
-            Ok(text) => {
-                let shown: String = text.chars().take(360).collect();
-                let more = if text.len() > shown.len() {
-                    "\n  …"
-                } else {
-                    ""
-                };
-                println!(
-                    "  {}: {}{more}\n",
-                    example.result,
-                    shown.replace('\n', "\n  ")
-                );
-            }
+            Ok(text) => println!("  {}: {}\n", example.result, excerpt(&text, 360)),
             Err(e) => println!("  no {}: {e}\n", example.result),
         }
         if report.status != Status::Succeeded {
@@ -59,13 +86,224 @@ pub fn execute() -> anyhow::Result<bool> {
             println!("  error: {}", report.error.unwrap_or_default());
         }
     }
-    println!(
-        "{}",
-        if all_ok {
-            "all examples succeeded"
-        } else {
-            "some examples FAILED"
-        }
-    );
     Ok(all_ok)
+}
+
+fn excerpt(text: &str, max: usize) -> String {
+    let shown: String = text.chars().take(max).collect();
+    let more = if text.len() > shown.len() {
+        "\n  …"
+    } else {
+        ""
+    };
+    format!("{}{more}", shown.replace('\n', "\n  "))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Parts 2 and 3: provider and consumer over loopback HTTP.
+async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
+    println!("== 2. the provider: gateway, images, dataset, workflow, agreement\n");
+    let layout = work.join("images");
+    let stats = package::wasm_artifact(CSV_STATS.wasm)?;
+    let report = package::wasm_artifact(REPORT_WASM)?;
+    package::write_layout(&layout, "csv-stats", &stats)?;
+    package::write_layout(&layout, "report", &report)?;
+    println!("images      OCI layout {}", layout.display());
+    println!("            csv-stats  {}", stats.manifest_digest);
+    println!("            report     {}", report.manifest_digest);
+
+    let mut config = ServeConfig::new(work.join("provider"));
+    config.layouts = vec![layout];
+    let (router, gateway) = build(&config)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        router,
+        gateway.clone(),
+        Duration::from_secs(5),
+        async move {
+            let _ = halted.await;
+        },
+    ));
+    println!(
+        "gateway     {base} (data dir {})",
+        config.data_dir.display()
+    );
+
+    let data = work.join("datasets/weather");
+    insitu_examples::write_sample(Sample::Csv, &data)?;
+    let store = &gateway.store;
+    let dataset = store.add_dataset(
+        "weather stations",
+        &data,
+        &[
+            stats.manifest_digest.clone(),
+            report.manifest_digest.clone(),
+        ],
+        3600,
+    )?;
+    println!("dataset     {dataset} (5,000 rows of CSV; stays here)");
+    let workflow = store.add_workflow(&json!({"main": {"type": "workflow", "name": "weather report", "workflow": {"stages": [
+        {"index": 0, "stageType": "Filtering", "requirements": {"container": {"image": "local/csv-stats", "tag": "1", "checksum": stats.manifest_digest}},
+         "input": [{"index": 0, "id": dataset}], "output": {}},
+        {"index": 1, "stageType": "Transformation", "requirements": {"container": {"image": "local/report", "tag": "1", "checksum": report.manifest_digest}},
+         "input": [{"index": 0, "previousStage": 0}], "output": {}}]}}}))?;
+    println!("workflow    {workflow} (csv-stats → report)");
+    let consumer = ProviderKey::load_or_create(&work.join("consumer.key"))?;
+    let agreement = store.grant(&consumer.address(), &dataset, &workflow, 3600)?;
+    println!(
+        "agreement   {agreement}\n            for consumer {} (a fresh key), valid 1 h",
+        consumer.address()
+    );
+
+    println!("\n== 3. the consumer, over HTTP\n");
+    let http = reqwest::Client::new();
+    let claims = |aud: &str| {
+        json!({"iss": consumer.address(), "aud": aud, "sub": agreement, "did": workflow.as_str(),
+               "eths": "personal", "iat": now(), "exp": now() + 600})
+    };
+    let token = |claims: Value| {
+        let (http, base) = (http.clone(), base.clone());
+        let jwt = make_grant(&consumer, &claims);
+        async move {
+            let r = http
+                .post(format!("{base}/api/v1/node/services/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}", jwt?))
+                .send()
+                .await?;
+            let status = r.status();
+            let body: Value = r.json().await?;
+            if !status.is_success() {
+                bail!("token refused ({status}): {body}");
+            }
+            Ok::<String, anyhow::Error>(
+                body["access_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }
+    };
+    let exec_token = token(claims(AUD_EXECUTE)).await?;
+    println!("token       signed a JWT grant (ES256K, personal_sign) → access token");
+    let r = http
+        .post(format!(
+            "{base}/api/v1/node/services/compute/execute/{agreement}"
+        ))
+        .bearer_auth(&exec_token)
+        .json(&json!({"workflowDid": workflow.as_str(), "consumer": consumer.address()}))
+        .send()
+        .await?;
+    let body: Value = r.json().await?;
+    let id = body["workflowId"]
+        .as_str()
+        .with_context(|| format!("execute refused: {body}"))?
+        .to_string();
+    println!("execute     POST …/compute/execute/{agreement:.10}… → execution {id}");
+
+    let mut c = claims(AUD_COMPUTE);
+    c["execution_id"] = json!(id);
+    let t = token(c).await?;
+    let started = Instant::now();
+    let mut last = String::new();
+    let status = loop {
+        let s: Value = http
+            .get(format!("{base}/api/v1/node/services/compute/status/{id}"))
+            .bearer_auth(&t)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let st = s["workflowStatus"]["status"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let stages = s["execution"]["stages"].as_array().map_or(0, Vec::len);
+        let line = format!("{st} ({stages}/2 stages done)");
+        if line != last {
+            println!(
+                "status      {:>6.1} ms  {line}",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            last = line;
+        }
+        if ["succeeded", "failed", "stopped"].contains(&st.as_str()) {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the execution did not finish in 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let mut ok = status["workflowStatus"]["status"] == "succeeded";
+    for stage in status["execution"]["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  stage {}  {} {} exit {} in {} ms, {} output bytes",
+            stage["index"],
+            stage["status"].as_str().unwrap_or("?"),
+            stage["outcome"].as_str().unwrap_or("?"),
+            stage["exit_code"],
+            stage["duration_ms"],
+            stage["output_bytes"]
+        );
+    }
+    if !ok {
+        println!("  reason: {}", status["execution"]["reason"]);
+    } else {
+        let results: Value = http
+            .get(format!("{base}/api/v1/node/services/compute/results/{id}"))
+            .bearer_auth(&t)
+            .send()
+            .await?
+            .json()
+            .await?;
+        println!(
+            "results     asset {} owned by the consumer",
+            results["did"].as_str().unwrap_or("?")
+        );
+        for f in results["files"].as_array().into_iter().flatten() {
+            println!(
+                "  {}  {} bytes  {}",
+                f["path"].as_str().unwrap_or("?"),
+                f["size"],
+                f["sha256"].as_str().unwrap_or("?")
+            );
+        }
+        let text = http
+            .get(format!(
+                "{base}/api/v1/node/services/compute/results/{id}/report.md"
+            ))
+            .bearer_auth(&t)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        println!("\nreport.md (downloaded):\n  {}\n", excerpt(&text, 900));
+        let receipt: Receipt = serde_json::from_value(results["receipt"].clone())?;
+        let signer = verify(&receipt)?;
+        let provider = receipt.signer.clone();
+        ok &= signer.to_checksum(None) == provider;
+        println!(
+            "receipt     hash {}\n            signed by the provider {provider}: signature {}",
+            receipt.hash,
+            if ok { "verified" } else { "DOES NOT MATCH" }
+        );
+    }
+    let _ = halt.send(());
+    server.await??;
+    println!("gateway     shut down");
+    Ok(ok)
 }
