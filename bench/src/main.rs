@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
-//! insitu-bench [jobs|cli|native|compile|timeout|images|all]
+//! insitu-bench [jobs|cli|native|compile|timeout|images|http|all]
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
 //! the `insitu` binary next to this one; `native` needs the example binaries
 //! built natively in the same target dir (`cargo build --release -p word-count
 //! -p csv-stats -p linreg-train`).
+
+mod http;
 
 use anyhow::{Context, bail};
 use insitu_runtime::sandbox::{
@@ -43,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "images" {
         images()?;
+    }
+    if all || what == "http" {
+        http::http()?;
     }
     Ok(())
 }

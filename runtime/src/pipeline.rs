@@ -18,9 +18,10 @@ use crate::sandbox::{JobSpec, Limits, Prepared, Sandbox, StopHandle};
 use crate::store::Store;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where stage images are looked for: local OCI layouts first (any layout
@@ -66,6 +67,11 @@ pub struct Pipeline {
     pub limits: Limits,
     /// Signs receipts.
     pub key: ProviderKey,
+    /// Images already pulled and prepared: checksum → (module digest,
+    /// manifest digest, which differs when the checksum names an index).
+    /// A digest-pinned image never changes, so later stages skip the pull
+    /// and the module hashing while the module is still prepared in memory.
+    pub known: Mutex<HashMap<String, (String, String)>>,
 }
 
 fn now_ms() -> u64 {
@@ -96,13 +102,29 @@ impl Pipeline {
     }
 
     async fn configure(&self, stage: &ResolvedStage) -> Result<(Arc<Prepared>, String), Error> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&stage.checksum)
+            .cloned();
+        if let Some((module, manifest)) = known
+            && let Some(module) = self.sandbox.cached(&module)
+        {
+            return Ok((module, manifest));
+        }
         let source = self.images.source(&stage.reference, &stage.checksum)?;
         let pulled = self.puller.pull(&source, &stage.checksum).await?;
         let wasm = pulled.wasm.ok_or_else(|| Error::BadImage {
             digest: stage.checksum.clone(),
             reason: "a native (non-wasm) image; it needs the Kubernetes backend, which this provider has not configured".into(),
         })?;
-        Ok((self.sandbox.prepare(&wasm)?, pulled.manifest_digest))
+        let module = self.sandbox.prepare(&wasm)?;
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            stage.checksum.clone(),
+            (module.digest.clone(), pulled.manifest_digest.clone()),
+        );
+        Ok((module, pulled.manifest_digest))
     }
 
     /// Runs execution `id` (status `pending`) to a terminal status, which it

@@ -79,6 +79,17 @@ impl<T> ModuleCache<T> {
         Ok((ready, false))
     }
 
+    /// The value prepared for `digest`, if it is ready in memory.
+    pub fn get(&self, digest: &str) -> Option<Arc<T>> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)?
+            .clone();
+        slot.try_lock().ok()?.clone()
+    }
+
     /// Forgets every prepared module held in memory (the disk cache stays).
     pub fn clear_memory(&self) {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();

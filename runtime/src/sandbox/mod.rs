@@ -285,6 +285,19 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// A copy of `prepared` marked as a memory hit.
+fn memory_hit(prepared: &Prepared) -> Arc<Prepared> {
+    Arc::new(Prepared {
+        digest: prepared.digest.clone(),
+        kind: prepared.kind,
+        source: CacheHit::Memory,
+        pre: match &prepared.pre {
+            Pre::Core(p) => Pre::Core(p.clone()),
+            Pre::Component(p) => Pre::Component(p.clone()),
+        },
+    })
+}
+
 /// The shared engine, linkers and module cache. Create one per process.
 pub struct Sandbox {
     engine: Engine,
@@ -408,17 +421,17 @@ impl Sandbox {
         };
         self.prepared[source as usize].fetch_add(1, Ordering::Relaxed);
         if hit {
-            return Ok(Arc::new(Prepared {
-                digest: prepared.digest.clone(),
-                kind: prepared.kind,
-                source: CacheHit::Memory,
-                pre: match &prepared.pre {
-                    Pre::Core(p) => Pre::Core(p.clone()),
-                    Pre::Component(p) => Pre::Component(p.clone()),
-                },
-            }));
+            return Ok(memory_hit(&prepared));
         }
         Ok(prepared)
+    }
+
+    /// The module whose sha256 is `digest` if it is already prepared in
+    /// memory (counted as a memory hit), without reading or hashing its bytes.
+    pub fn cached(&self, digest: &str) -> Option<Arc<Prepared>> {
+        let prepared = self.cache.get(digest)?;
+        self.prepared[CacheHit::Memory as usize].fetch_add(1, Ordering::Relaxed);
+        Some(memory_hit(&prepared))
     }
 
     /// How many modules were prepared from memory, from disk, and by compiling.
