@@ -40,8 +40,51 @@ enum Command {
     Agreement(AgreementCmd),
     /// Run the HTTP gateway (Nevermined-compatible compute API).
     Serve(ServeCli),
-    /// Run the example algorithms on sample data through the sandbox.
+    /// The whole flow on embedded defaults: sandbox, gateway, a two-stage workflow over HTTP.
     Demo,
+    /// Consumer keys (secp256k1).
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Print a signed Nevermined JWT grant, to trade for an access token.
+    Grant(GrantCli),
+    /// Print the personal_sign (EIP-191) signature of a text, e.g. an agreement id.
+    Sign {
+        /// The key file (hex).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        message: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create a key file (mode 0600); prints its address.
+    New { file: PathBuf },
+    /// Print the address of a key file.
+    Address { file: PathBuf },
+}
+
+#[derive(Args)]
+struct GrantCli {
+    /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The agreement id (0x + 64 hex).
+    #[arg(long)]
+    agreement: String,
+    /// Grant to execute this workflow DID.
+    #[arg(
+        long,
+        conflicts_with = "execution",
+        required_unless_present = "execution"
+    )]
+    workflow: Option<String>,
+    /// Grant to watch, stop and download this execution.
+    #[arg(long)]
+    execution: Option<String>,
+    /// Seconds the grant is valid.
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
 }
 
 #[derive(Args)]
@@ -338,6 +381,16 @@ fn main() -> ExitCode {
         )),
         Command::Serve(s) => serve(s),
         Command::Demo => commands::demo::execute(),
+        Command::Key(KeyCmd::New { file }) => print_line(commands::consumer::new_key(&file)),
+        Command::Key(KeyCmd::Address { file }) => print_line(commands::consumer::address(&file)),
+        Command::Grant(g) => print_line(commands::consumer::grant(
+            &g.key,
+            &g.agreement,
+            g.workflow.as_deref(),
+            g.execution.as_deref(),
+            g.ttl,
+        )),
+        Command::Sign { key, message } => print_line(commands::consumer::sign(&key, &message)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

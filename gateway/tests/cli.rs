@@ -663,3 +663,48 @@ fn catalog_verbs_register_datasets_workflows_and_agreements() {
         "error: invalid address `alice`: expected 0x followed by 40 hex digits"
     );
 }
+
+/// The README's curl walkthrough, run as written (on a free port; the user's
+/// `cargo build … -p word-count` step is replaced by the module the tests built).
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("<!-- walkthrough -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("README has the walkthrough block");
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\ncargo() {{ :; }}\n{block}\n"))
+        .current_dir(e.tmp.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("INSITU_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for want in [
+        "event: log",
+        "1 files, 6 words, 4 distinct",
+        "event: end\ndata: {\"reason\":null,\"status\":\"succeeded\"}",
+        "\"signature\":\"0x",
+        "\"words\": 6",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    assert!(stderr(&out).contains("gateway stopped"), "{}", stderr(&out));
+}

@@ -1,6 +1,7 @@
 //! One module per `insitu` subcommand.
 
 pub mod catalog;
+pub mod consumer;
 pub mod demo;
 pub mod image;
 pub mod run;
@@ -41,8 +42,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn init_logs(format: crate::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("INSITU_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         crate::config::LogFormat::Json => builder.json().try_init(),

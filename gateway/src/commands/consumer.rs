@@ -1,0 +1,79 @@
+//! The consumer's side, for scripts and `curl` users: `insitu key new`,
+//! `insitu grant` (a Nevermined JWT grant, as the JS SDK signs it) and
+//! `insitu sign` (EIP-191 `personal_sign`, e.g. of an agreement id for the
+//! seed spec's `exec` form).
+
+use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+use anyhow::{Context, bail};
+use insitu_runtime::receipt::ProviderKey;
+use serde_json::json;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Creates a secp256k1 key file (hex, mode 0600); returns its address.
+///
+/// # Errors
+/// When the file exists (never overwritten) or cannot be written.
+pub fn new_key(path: &Path) -> anyhow::Result<String> {
+    if path.exists() {
+        bail!(
+            "{} already exists; keys are never overwritten (its address: insitu key address {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(ProviderKey::load_or_create(path)?.address())
+}
+
+/// The address of the key in `path`.
+///
+/// # Errors
+/// When the file is missing or not a key.
+pub fn address(path: &Path) -> anyhow::Result<String> {
+    Ok(load(path)?.address())
+}
+
+fn load(path: &Path) -> anyhow::Result<ProviderKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key file {}", path.display()))?;
+    Ok(ProviderKey::from_hex(text.trim())?)
+}
+
+/// A signed grant for `agreement`: to execute `workflow`, or for execution
+/// `execution`'s status, logs, stop and results. Valid `ttl` seconds.
+///
+/// # Errors
+/// When the key cannot be read, or neither or both targets are given.
+pub fn grant(
+    key: &Path,
+    agreement: &str,
+    workflow: Option<&str>,
+    execution: Option<&str>,
+    ttl: u64,
+) -> anyhow::Result<String> {
+    let key = load(key)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = json!({"iss": key.address(), "sub": agreement, "eths": "personal", "iat": now, "exp": now + ttl});
+    match (workflow, execution) {
+        (Some(w), None) => {
+            claims["aud"] = json!(AUD_EXECUTE);
+            claims["did"] = json!(w);
+        }
+        (None, Some(e)) => {
+            claims["aud"] = json!(AUD_COMPUTE);
+            claims["execution_id"] = json!(e);
+        }
+        _ => {
+            bail!("give --workflow DID (to execute) or --execution ID (to watch, stop or download)")
+        }
+    }
+    Ok(make_grant(&key, &claims)?)
+}
+
+/// EIP-191 `personal_sign` of the text `message` as `0x` + 130 hex.
+///
+/// # Errors
+/// When the key cannot be read.
+pub fn sign(key: &Path, message: &str) -> anyhow::Result<String> {
+    Ok(load(key)?.personal_sign(message.as_bytes())?)
+}
