@@ -358,7 +358,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         root: dir.join("executions"),
         limits: config.limits,
         key,
-        known: Default::default(),
+        caches: Default::default(),
     });
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));

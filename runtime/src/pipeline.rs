@@ -4,7 +4,9 @@
 //! `publishing` (hash every regular file of the last stage's output — links the
 //! guest made are never followed — and register the result as an asset owned by
 //! the consumer, with its provenance). Every status change is persisted through
-//! [`Store::set_status`]; per-stage records through [`Store::record_stages`].
+//! [`Store::advance`], with the per-stage records written in the same
+//! transaction; the result asset, the receipt and `succeeded` are written
+//! together by [`Store::publish`].
 //! A succeeded execution gets a signed [`receipt`]: inputs (a digest of each
 //! dataset's file listing), stages (image and module digests, outcomes, exit
 //! codes, times, bytes), outputs (each file's sha256) and the result DID.
@@ -67,12 +69,27 @@ pub struct Pipeline {
     pub limits: Limits,
     /// Signs receipts.
     pub key: ProviderKey,
+    /// What later executions reuse.
+    pub caches: Caches,
+}
+
+/// Memos of a [`Pipeline`]; start with `Caches::default()`.
+#[derive(Debug, Default)]
+pub struct Caches {
     /// Images already pulled and prepared: checksum → (module digest,
     /// manifest digest, which differs when the checksum names an index).
     /// A digest-pinned image never changes, so later stages skip the pull
     /// and the module hashing while the module is still prepared in memory.
-    pub known: Mutex<HashMap<String, (String, String)>>,
+    images: Mutex<HashMap<String, (String, String)>>,
+    /// Dataset directory → (stat fingerprint, digest of its listing): a
+    /// dataset is hashed again only when a file's path, size, mtime or inode
+    /// changed (as git's index does).
+    inputs: Mutex<HashMap<PathBuf, ([u8; 32], String)>>,
 }
+
+/// Files modified this recently are not memoized: a write within the
+/// timestamp granularity could leave size and mtime unchanged.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -103,7 +120,8 @@ impl Pipeline {
 
     async fn configure(&self, stage: &ResolvedStage) -> Result<(Arc<Prepared>, String), Error> {
         let known = self
-            .known
+            .caches
+            .images
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&stage.checksum)
@@ -120,11 +138,41 @@ impl Pipeline {
             reason: "a native (non-wasm) image; it needs the Kubernetes backend, which this provider has not configured".into(),
         })?;
         let module = self.sandbox.prepare(&wasm)?;
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            stage.checksum.clone(),
-            (module.digest.clone(), pulled.manifest_digest.clone()),
-        );
+        self.caches
+            .images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                stage.checksum.clone(),
+                (module.digest.clone(), pulled.manifest_digest.clone()),
+            );
         Ok((module, pulled.manifest_digest))
+    }
+
+    /// The sha256 of the canonical JSON of [`collect`]`(root)`, memoized by
+    /// [`fingerprint`].
+    fn input_digest(&self, root: &Path) -> Result<String, Error> {
+        let (print, newest) = fingerprint(root)?;
+        let memo = self.caches.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((p, digest)) = memo.get(root)
+            && *p == print
+        {
+            return Ok(digest.clone());
+        }
+        drop(memo);
+        let (listing, _) = collect(root)?;
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(receipt::canonical(&Value::Array(listing))))
+        );
+        if newest.elapsed().is_ok_and(|age| age > RACY) {
+            self.caches
+                .inputs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(root.to_path_buf(), (print, digest.clone()));
+        }
+        Ok(digest)
     }
 
     /// Runs execution `id` (status `pending`) to a terminal status, which it
@@ -140,8 +188,11 @@ impl Pipeline {
         stop: &StopHandle,
     ) -> Result<Status, Error> {
         let mut records: Vec<Value> = Vec::new();
+        // Stage records not yet persisted: written with the next status change.
+        let mut fresh: Option<Value> = None;
         for stage in &resolved.stages {
-            self.store.set_status(id, Status::Configuring, None)?;
+            self.store
+                .advance(id, Status::Configuring, None, fresh.take().as_ref())?;
             let started = now_ms();
             let (outputs, logs) = (self.outputs(id, stage.index), self.logs(id, stage.index));
             create(&outputs)?;
@@ -152,8 +203,12 @@ impl Pipeline {
                     let why = format!("stage {}: {e}", stage.index);
                     records.push(json!({"index": stage.index, "status": "failed", "outcome": Outcome::Rejected,
                         "image": stage.reference, "started_at": started, "finished_at": now_ms(), "error": why}));
-                    self.store.record_stages(id, &Value::Array(records))?;
-                    self.store.set_status(id, Status::Failed, Some(&why))?;
+                    self.store.advance(
+                        id,
+                        Status::Failed,
+                        Some(&why),
+                        Some(&Value::Array(records)),
+                    )?;
                     return Ok(Status::Failed);
                 }
             };
@@ -187,19 +242,20 @@ impl Pipeline {
                 "started_at": started, "finished_at": now_ms(), "duration_ms": report.duration_ms,
                 "output_bytes": report.output_bytes, "log_bytes": report.log_bytes, "error": report.error,
             }));
-            self.store
-                .record_stages(id, &Value::Array(records.clone()))?;
             if report.status != Status::Succeeded {
                 let why = format!(
                     "stage {}: {}",
                     stage.index,
                     report.error.unwrap_or_default()
                 );
-                self.store.set_status(id, report.status, Some(&why))?;
+                self.store
+                    .advance(id, report.status, Some(&why), Some(&Value::Array(records)))?;
                 return Ok(report.status);
             }
+            fresh = Some(Value::Array(records.clone()));
         }
-        self.store.set_status(id, Status::Publishing, None)?;
+        self.store
+            .advance(id, Status::Publishing, None, fresh.take().as_ref())?;
         let last = resolved.stages.last().map_or(0, |s| s.index);
         let results = self.outputs(id, last);
         let (files, skipped) = collect(&results)?;
@@ -217,16 +273,12 @@ impl Pipeline {
                 "stages": records,
             },
         });
-        let result = self.store.add_result(id, &main, &results)?;
+        let result = self.store.new_result_did()?;
         let mut inputs = Vec::new();
         for stage in &resolved.stages {
             for input in &stage.inputs {
                 if let ResolvedInput::Dataset { did, path } = input {
-                    let (listing, _) = collect(path)?;
-                    let digest = format!(
-                        "sha256:{}",
-                        hex::encode(Sha256::digest(receipt::canonical(&Value::Array(listing))))
-                    );
+                    let digest = self.input_digest(path)?;
                     inputs.push(json!({"stage": stage.index, "did": did, "digest": digest}));
                 }
             }
@@ -244,9 +296,8 @@ impl Pipeline {
             "stages": records,
             "finished_at": now_ms(),
         });
-        self.store
-            .set_receipt(id, &receipt::sign(&self.key, body)?)?;
-        self.store.set_status(id, Status::Succeeded, None)?;
+        let receipt = receipt::sign(&self.key, body)?;
+        self.store.publish(id, &result, &main, &results, &receipt)?;
         Ok(Status::Succeeded)
     }
 }
@@ -297,6 +348,47 @@ pub fn collect(root: &Path) -> Result<(Vec<Value>, Vec<String>), Error> {
     Ok((files, skipped))
 }
 
+/// A sha256 over every entry under `root` (relative path, mode, size, mtime,
+/// inode; sorted), and the newest mtime: what changes when any file does.
+///
+/// # Errors
+/// [`Error::Io`] when a directory cannot be listed.
+pub fn fingerprint(root: &Path) -> Result<([u8; 32], SystemTime), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = Vec::new();
+    let mut newest = UNIX_EPOCH;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+            let path = entry.path();
+            let m = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+            if m.is_dir() {
+                stack.push(path.clone());
+            }
+            if let Ok(t) = m.modified() {
+                newest = newest.max(t);
+            }
+            entries.push(format!(
+                "{}\0{:o}\0{}\0{}.{}\0{}",
+                path.strip_prefix(root).unwrap_or(&path).display(),
+                m.mode(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ino()
+            ));
+        }
+    }
+    entries.sort();
+    let mut h = Sha256::new();
+    for e in &entries {
+        h.update(e.as_bytes());
+        h.update(b"\n");
+    }
+    Ok((h.finalize().into(), newest))
+}
+
 fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -304,4 +396,31 @@ fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_change_with_any_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.csv"), "1,2\n").unwrap();
+        let (first, _) = fingerprint(dir.path()).unwrap();
+        assert_eq!(fingerprint(dir.path()).unwrap().0, first, "stable");
+        // Same size, new content and mtime.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("sub/a.csv"))
+            .unwrap();
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        drop(f);
+        let (second, newest) = fingerprint(dir.path()).unwrap();
+        assert_ne!(second, first);
+        assert!(newest > SystemTime::now());
+        std::fs::write(dir.path().join("b.csv"), "").unwrap();
+        assert_ne!(fingerprint(dir.path()).unwrap().0, second, "a new file");
+    }
 }

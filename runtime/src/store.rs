@@ -99,6 +99,28 @@ fn now_ms() -> u64 {
 }
 
 /// 32 random bytes as lowercase hex.
+/// Why a transition inside a transaction failed.
+enum TxError {
+    Sql(rusqlite::Error),
+    Runtime(Error),
+}
+
+/// Reads execution `id`'s status inside `tx` and checks the move to `to`.
+fn transition_in(tx: &rusqlite::Transaction<'_>, id: &str, to: Status) -> Result<Status, TxError> {
+    let from: Option<String> = tx
+        .prepare_cached("SELECT status FROM executions WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(TxError::Sql)?;
+    let from = status_from(&from.ok_or_else(|| {
+        TxError::Runtime(Error::NotFound {
+            what: "execution",
+            id: id.to_string(),
+            hint: "",
+        })
+    })?);
+    from.transition(to).map_err(TxError::Runtime)
+}
+
 fn random_hex32() -> Result<String, Error> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
@@ -184,6 +206,13 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn wrap(&self, e: TxError) -> Error {
+        match e {
+            TxError::Sql(e) => self.err(e),
+            TxError::Runtime(e) => e,
+        }
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
@@ -492,82 +521,96 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Transition`], [`Error::Store`].
     pub fn set_status(&self, id: &str, to: Status, reason: Option<&str>) -> Result<Status, Error> {
+        self.advance(id, to, reason, None)
+    }
+
+    /// [`Store::set_status`] that also replaces the per-stage records when
+    /// `stages` is given, in the same transaction.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Transition`], [`Error::Store`].
+    pub fn advance(
+        &self,
+        id: &str,
+        to: Status,
+        reason: Option<&str>,
+        stages: Option<&Value>,
+    ) -> Result<Status, Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let from: Option<String> = tx
-            .query_row(
-                "SELECT status FROM executions WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let from = status_from(&from.ok_or_else(|| Error::NotFound {
-            what: "execution",
-            id: id.to_string(),
-            hint: "",
-        })?);
-        let to = from.transition(to)?;
-        tx.execute(
-            "UPDATE executions SET status = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
-            params![id, to.as_str(), reason, now_ms() as i64],
+        let to = transition_in(&tx, id, to).map_err(|e| self.wrap(e))?;
+        tx.prepare_cached(
+            "UPDATE executions SET status = ?2, reason = COALESCE(?3, reason), stages = COALESCE(?4, stages), updated_at = ?5 WHERE id = ?1",
         )
+        .and_then(|mut st| {
+            st.execute(params![
+                id,
+                to.as_str(),
+                reason,
+                stages.map(Value::to_string),
+                now_ms() as i64
+            ])
+        })
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(to)
     }
 
-    /// Replaces the per-stage records of execution `id`.
+    /// A fresh DID for a result asset (registered by [`Store::publish`]).
     ///
     /// # Errors
-    /// [`Error::Store`].
-    pub fn record_stages(&self, id: &str, stages: &Value) -> Result<(), Error> {
-        self.conn()
-            .execute(
-                "UPDATE executions SET stages = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, stages.to_string(), now_ms() as i64],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+    /// [`Error::Engine`] when the OS has no randomness.
+    pub fn new_result_did(&self) -> Result<Did, Error> {
+        Ok(Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed"))
     }
 
-    /// Registers a result asset (its files at `path`) and links it to
-    /// execution `id`; returns its DID.
+    /// Ends execution `id` (`publishing`) as `succeeded` in one transaction:
+    /// registers its result asset `did` (files at `path`, metadata
+    /// `ddo_main`), links it, and stores the signed `receipt`. A crash leaves
+    /// either all of it or none.
     ///
     /// # Errors
-    /// [`Error::Store`].
-    pub fn add_result(&self, id: &str, ddo_main: &Value, path: &Path) -> Result<Did, Error> {
-        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+    /// [`Error::Transition`] unless the execution is `publishing`; [`Error::Store`].
+    pub fn publish(
+        &self,
+        id: &str,
+        did: &Did,
+        ddo_main: &Value,
+        path: &Path,
+        receipt: &crate::receipt::Receipt,
+    ) -> Result<(), Error> {
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
             "service": [{"type": "metadata", "index": 0, "attributes": {"main": ddo_main}}],
         });
-        self.insert_asset(&did, AssetKind::Result, &ddo, Some(path))?;
-        self.conn()
-            .execute(
-                "UPDATE executions SET result = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, did.as_str(), now_ms() as i64],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(did)
-    }
-
-    /// Stores the signed receipt of execution `id`.
-    ///
-    /// # Errors
-    /// [`Error::Store`].
-    pub fn set_receipt(&self, id: &str, receipt: &crate::receipt::Receipt) -> Result<(), Error> {
-        let text = serde_json::to_string(receipt).map_err(|e| Error::Store {
+        let receipt = serde_json::to_string(receipt).map_err(|e| Error::Store {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        self.conn()
-            .execute(
-                "UPDATE executions SET receipt = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, text, now_ms() as i64],
-            )
-            .map_err(|e| self.err(e))?;
+        let now = now_ms() as i64;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        transition_in(&tx, id, Status::Succeeded).map_err(|e| self.wrap(e))?;
+        tx.prepare_cached(
+            "INSERT INTO assets (did, kind, ddo, path, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                did.as_str(),
+                AssetKind::Result.as_str(),
+                ddo.to_string(),
+                path.display().to_string(),
+                now
+            ])
+        })
+        .map_err(|e| self.err(e))?;
+        tx.prepare_cached(
+            "UPDATE executions SET status = 'succeeded', result = ?2, receipt = ?3, updated_at = ?4 WHERE id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![id, did.as_str(), receipt, now]))
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -736,6 +779,47 @@ mod tests {
         assert_eq!(store.workflow(&wf).unwrap().stages.len(), 1);
         assert_eq!(store.agreement(&agreement).unwrap().workflow, wf);
         store.integrity_check().unwrap();
+    }
+
+    #[test]
+    fn publishing_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let ds = store.add_dataset("d", &data, &[SUM.into()], 60).unwrap();
+        let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
+        let a = store
+            .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
+            .unwrap();
+        let id = store.create_execution(&a).unwrap();
+        let key = crate::receipt::ProviderKey::from_hex(
+            "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+        )
+        .unwrap();
+        let receipt = crate::receipt::sign(&key, json!({"execution": id})).unwrap();
+        let did = store.new_result_did().unwrap();
+        // Not publishing yet: refused, and no result asset appears.
+        let err = store
+            .publish(&id, &did, &json!({"type": "result"}), &data, &receipt)
+            .unwrap_err();
+        assert!(matches!(err, Error::Transition { .. }), "{err}");
+        assert!(matches!(store.ddo(&did), Err(Error::NotFound { .. })));
+        let stages = json!([{"index": 0, "status": "succeeded"}]);
+        store.advance(&id, Status::Configuring, None, None).unwrap();
+        store.advance(&id, Status::Running, None, None).unwrap();
+        store
+            .advance(&id, Status::Publishing, None, Some(&stages))
+            .unwrap();
+        store
+            .publish(&id, &did, &json!({"type": "result"}), &data, &receipt)
+            .unwrap();
+        let e = store.execution(&id).unwrap();
+        assert_eq!(e.status, Status::Succeeded);
+        assert_eq!(e.stages, stages);
+        assert_eq!(e.result.as_deref(), Some(did.as_str()));
+        assert_eq!(e.receipt, Some(serde_json::to_value(&receipt).unwrap()));
+        assert_eq!(store.ddo(&did).unwrap().0, AssetKind::Result);
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn world() -> World {
         root: tmp.path().join("executions"),
         limits: Limits::default(),
         key: ProviderKey::load_or_create(&tmp.path().join("provider.key")).unwrap(),
-        known: Default::default(),
+        caches: Default::default(),
     };
     World {
         tmp,
