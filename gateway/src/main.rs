@@ -132,6 +132,16 @@ enum AssetCmd {
         /// The compute service's time-out, in seconds.
         #[arg(long, default_value_t = 86_400)]
         timeout: u64,
+        /// Linear memory a stage reading this dataset may use (its compute
+        /// service's server `memory`; caps the provider's limit).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        memory: Option<u64>,
+        /// Output a stage reading this dataset may write (server `disk`).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        disk: Option<u64>,
+        /// Wall time of a stage reading this dataset (server `maxExecutionTime`).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        max_execution_time: Option<std::time::Duration>,
     },
 }
 
@@ -360,12 +370,20 @@ fn main() -> ExitCode {
             name,
             allow_images,
             timeout,
+            memory,
+            disk,
+            max_execution_time,
         }) => print_line(commands::catalog::add_dataset(
             &data_dir,
             &path,
             &name,
             &allow_images,
             timeout,
+            &insitu_runtime::store::Server {
+                memory,
+                disk,
+                max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
+            },
         )),
         Command::Workflow(WorkflowCmd::Add { data_dir, file }) => {
             print_line(commands::catalog::add_workflow(&data_dir, &file))

@@ -233,7 +233,7 @@ impl Pipeline {
                 logs,
                 args: Vec::new(),
                 env: Vec::new(),
-                limits: self.limits,
+                limits: stage.server.cap(self.limits),
             };
             let report = self.sandbox.run(&module, &spec, stop).await?;
             records.push(json!({

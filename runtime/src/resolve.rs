@@ -4,7 +4,7 @@
 //! only ever see a [`Resolved`] execution.
 
 use crate::Error;
-use crate::store::{Agreement, Store};
+use crate::store::{Agreement, Server, Store};
 use crate::workflow::{Did, Input, Workflow};
 use std::path::PathBuf;
 
@@ -26,6 +26,9 @@ pub struct ResolvedStage {
     /// `sha256:…` of the image manifest.
     pub checksum: String,
     pub inputs: Vec<ResolvedInput>,
+    /// The tightest resources the compute services of the workflow's
+    /// datasets offer; caps the provider's limits for this stage.
+    pub server: Server,
 }
 
 /// An execution ready to run.
@@ -108,6 +111,9 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
             reference: stage.container.reference(),
             checksum: checksum.clone(),
             inputs,
+            server: datasets
+                .iter()
+                .fold(Server::default(), |s, d| s.min(&d.server)),
         });
     }
     Ok(Resolved {

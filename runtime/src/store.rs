@@ -46,6 +46,110 @@ pub struct Dataset {
     pub path: PathBuf,
     /// Image checksums its compute service allows; empty allows none.
     pub allowed_images: Vec<String>,
+    /// The resources its compute service offers each stage.
+    pub server: Server,
+}
+
+/// The resources a dataset's compute service offers a stage — the first of
+/// `supportedServers` in its DDO (`memory`, `disk`, `maxExecutionTime`).
+/// Each one that is set caps the provider's limit for stages reading the
+/// dataset; none can raise it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Server {
+    /// Linear memory, bytes.
+    pub memory: Option<u64>,
+    /// Output quota, bytes.
+    pub disk: Option<u64>,
+    /// Wall time, seconds.
+    pub max_execution_time: Option<u64>,
+}
+
+impl Server {
+    /// `limits` with each limit lowered to this server's where it is lower.
+    pub fn cap(&self, mut limits: crate::sandbox::Limits) -> crate::sandbox::Limits {
+        if let Some(m) = self.memory {
+            limits.memory = limits.memory.min(m);
+        }
+        if let Some(d) = self.disk {
+            limits.output_quota = limits.output_quota.min(d);
+        }
+        if let Some(t) = self.max_execution_time {
+            limits.timeout = limits.timeout.min(std::time::Duration::from_secs(t));
+        }
+        limits
+    }
+
+    /// The tighter of two servers, limit by limit.
+    pub fn min(&self, other: &Server) -> Server {
+        let pick = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Server {
+            memory: pick(self.memory, other.memory),
+            disk: pick(self.disk, other.disk),
+            max_execution_time: pick(self.max_execution_time, other.max_execution_time),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        *self != Server::default()
+    }
+
+    /// The DDO's `supportedServers` entry.
+    fn to_ddo(self) -> Value {
+        let mut v = json!({"serverId": "1", "serverType": "wasm", "cpu": "1", "gpu": "0"});
+        if let Some(m) = self.memory {
+            v["memory"] = json!(ddo_size(m));
+        }
+        if let Some(d) = self.disk {
+            v["disk"] = json!(ddo_size(d));
+        }
+        if let Some(t) = self.max_execution_time {
+            v["maxExecutionTime"] = json!(t);
+        }
+        v
+    }
+
+    fn from_ddo(v: &Value) -> Server {
+        Server {
+            memory: v["memory"].as_str().and_then(parse_ddo_size),
+            disk: v["disk"].as_str().and_then(parse_ddo_size),
+            max_execution_time: v["maxExecutionTime"].as_u64(),
+        }
+    }
+}
+
+/// Sizes as Nevermined DDOs write them: `8gb`, `512mb` (binary multiples).
+fn ddo_size(bytes: u64) -> String {
+    for (unit, n) in [
+        ("tb", 1u64 << 40),
+        ("gb", 1 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+    ] {
+        if bytes >= n && bytes % n == 0 {
+            return format!("{}{unit}", bytes / n);
+        }
+    }
+    format!("{bytes}b")
+}
+
+/// Reads `8gb`, `512mb`, `160GB`, `1GiB`, `4096`; `None` when it is none of these.
+fn parse_ddo_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix("ib").map_or(t.clone(), |x| format!("{x}b"));
+    let (num, mult) = [
+        ("tb", 1u64 << 40),
+        ("gb", 1 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+        ("b", 1),
+    ]
+    .iter()
+    .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
+    .unwrap_or((t.clone(), 1));
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// A local agreement: `consumer` may run `workflow` on `dataset` until `expires_at`.
@@ -280,6 +384,22 @@ impl Store {
         allowed_images: &[String],
         timeout_secs: u64,
     ) -> Result<Did, Error> {
+        self.add_dataset_on(name, path, allowed_images, timeout_secs, &Server::default())
+    }
+
+    /// [`Store::add_dataset`] whose compute service also offers `server`
+    /// (recorded as `supportedServers` when any limit is set).
+    ///
+    /// # Errors
+    /// As [`Store::add_dataset`].
+    pub fn add_dataset_on(
+        &self,
+        name: &str,
+        path: &Path,
+        allowed_images: &[String],
+        timeout_secs: u64,
+        server: &Server,
+    ) -> Result<Did, Error> {
         let path = std::fs::canonicalize(path).map_err(|e| Error::io("open dataset", path, e))?;
         if !path.is_dir() {
             return Err(Error::InvalidJob(format!(
@@ -291,6 +411,12 @@ impl Store {
             crate::image::check_digest(c)?;
         }
         let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let mut environment = json!({
+            "supportedContainers": allowed_images.iter().map(|c| json!({"checksum": c})).collect::<Vec<_>>(),
+        });
+        if server.is_set() {
+            environment["supportedServers"] = json!([server.to_ddo()]);
+        }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
@@ -298,9 +424,7 @@ impl Store {
                 {"type": "metadata", "index": 0, "attributes": {"main": {"type": "dataset", "name": name}}},
                 {"type": "compute", "index": 1, "attributes": {"main": {
                     "name": "compute", "timeout": timeout_secs,
-                    "provider": {"environment": {
-                        "supportedContainers": allowed_images.iter().map(|c| json!({"checksum": c})).collect::<Vec<_>>(),
-                    }},
+                    "provider": {"environment": environment},
                 }}},
             ],
         });
@@ -421,6 +545,10 @@ impl Store {
                 .to_string(),
             path: PathBuf::from(path),
             allowed_images,
+            server: ddo
+                .pointer("/service/1/attributes/main/provider/environment/supportedServers/0")
+                .map(Server::from_ddo)
+                .unwrap_or_default(),
         })
     }
 
@@ -779,6 +907,55 @@ mod tests {
         assert_eq!(store.workflow(&wf).unwrap().stages.len(), 1);
         assert_eq!(store.agreement(&agreement).unwrap().workflow, wf);
         store.integrity_check().unwrap();
+    }
+
+    #[test]
+    fn servers_cap_limits_and_read_ddo_sizes() {
+        for (text, bytes) in [
+            ("8gb", 8u64 << 30),
+            ("512mb", 512 << 20),
+            ("160GB", 160 << 30),
+            ("1GiB", 1 << 30),
+            ("4096", 4096),
+            ("64 kb", 64 << 10),
+        ] {
+            assert_eq!(parse_ddo_size(text), Some(bytes), "{text}");
+        }
+        assert_eq!(parse_ddo_size("lots"), None);
+        for bytes in [8u64 << 30, 512 << 20, 3 << 10, 1000] {
+            assert_eq!(parse_ddo_size(&ddo_size(bytes)), Some(bytes));
+        }
+        let a = Server {
+            memory: Some(64 << 20),
+            disk: None,
+            max_execution_time: Some(10),
+        };
+        let b = Server {
+            memory: Some(128 << 20),
+            disk: Some(1 << 20),
+            max_execution_time: None,
+        };
+        let both = a.min(&b);
+        assert_eq!(
+            both,
+            Server {
+                memory: Some(64 << 20),
+                disk: Some(1 << 20),
+                max_execution_time: Some(10)
+            }
+        );
+        let limits = both.cap(crate::sandbox::Limits::default());
+        assert_eq!(
+            (limits.memory, limits.output_quota, limits.timeout.as_secs()),
+            (64 << 20, 1 << 20, 10)
+        );
+        // A server never raises a limit.
+        let big = Server {
+            memory: Some(1 << 40),
+            ..Server::default()
+        };
+        assert_eq!(big.cap(crate::sandbox::Limits::default()).memory, 512 << 20);
+        assert_eq!(Server::from_ddo(&a.to_ddo()), a);
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub fn add_dataset(
     name: &str,
     allow: &[String],
     timeout_secs: u64,
+    server: &insitu_runtime::store::Server,
 ) -> anyhow::Result<String> {
     let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
-    let did = open(data_dir)?.add_dataset(name, path, &allowed, timeout_secs)?;
+    let did = open(data_dir)?.add_dataset_on(name, path, &allowed, timeout_secs, server)?;
     Ok(format!("dataset `{name}` registered as {did}"))
 }
 

@@ -1056,3 +1056,39 @@ async fn a_crash_mid_run_leaves_the_execution_failed_after_restart() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datasets_server_limits_bound_its_stages() {
+    let mut api = start().await;
+    let input = api.tmp.path().join("small");
+    std::fs::create_dir_all(&input).unwrap();
+    let server = insitu_runtime::store::Server {
+        memory: Some(64 << 20),
+        disk: None,
+        max_execution_time: Some(1),
+    };
+    api.dataset = api
+        .g()
+        .store
+        .add_dataset_on(
+            "small",
+            &input,
+            std::slice::from_ref(&api.spin),
+            60,
+            &server,
+        )
+        .unwrap();
+    let (_, ddo) = api.g().store.ddo(&api.dataset).unwrap();
+    assert_eq!(
+        ddo["service"][1]["attributes"]["main"]["provider"]["environment"]["supportedServers"][0],
+        json!({"serverId": "1", "serverType": "wasm", "cpu": "1", "gpu": "0", "memory": "64mb", "maxExecutionTime": 1})
+    );
+    (api.workflow, api.agreement) = api.grant(&api.spin.clone(), 600);
+    let started = Instant::now();
+    let id = api.run().await;
+    let e = api.wait_for(&id, &["failed", "succeeded", "stopped"]).await;
+    // The provider's default is 30 s; the dataset's server allows 1 s.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(e.status.as_str(), "failed");
+    assert_eq!(e.stages[0]["outcome"], "timed_out", "{:?}", e.stages);
+}
