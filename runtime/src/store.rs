@@ -128,7 +128,7 @@ fn ddo_size(bytes: u64) -> String {
         ("mb", 1 << 20),
         ("kb", 1 << 10),
     ] {
-        if bytes >= n && bytes % n == 0 {
+        if bytes >= n && bytes.is_multiple_of(n) {
             return format!("{}{unit}", bytes / n);
         }
     }
