@@ -139,7 +139,15 @@ impl Histogram {
 impl Gateway {
     /// Runs one dequeued execution to its end and records its stage durations.
     async fn run_job(&self, job: Job) {
-        if self.closing.load(Ordering::SeqCst) {
+        if job.stop.is_stopped() {
+            // Stopped while queued; the stop handler already recorded it
+            // (this only fills the gap if it lost a race with the queue).
+            let _ = self.store.set_status(
+                &job.id,
+                Status::Stopped,
+                Some("stopped on request before it started"),
+            );
+        } else if self.closing.load(Ordering::SeqCst) {
             let _ = self.store.set_status(
                 &job.id,
                 Status::Failed,
@@ -812,6 +820,20 @@ async fn stop(
     }
     if let Some(s) = g.stops.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
         s.stop();
+    }
+    // Still queued: stopped now, not when a worker gets to it.
+    if e.status == Status::Pending
+        && g.store
+            .set_status(
+                &id,
+                Status::Stopped,
+                Some("stopped on request before it started"),
+            )
+            .is_ok()
+    {
+        return Ok(Json(
+            json!({"status": "stopped", "text": format!("execution {id} stopped before it started")}),
+        ));
     }
     Ok(Json(
         json!({"status": "stopping", "text": format!("execution {id} is being stopped")}),

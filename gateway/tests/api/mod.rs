@@ -1092,3 +1092,62 @@ async fn a_datasets_server_limits_bound_its_stages() {
     assert_eq!(e.status.as_str(), "failed");
     assert_eq!(e.stages[0]["outcome"], "timed_out", "{:?}", e.stages);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_works_in_every_status() {
+    let mut api = start_with(|c| c.workers = 1).await;
+    (api.workflow, api.agreement) = api.grant(&api.spin.clone(), 600);
+    let running = api.run().await;
+    let queued = api.run().await;
+    api.wait_for(&running, &["running"]).await;
+    let stop = |id: String| {
+        let api = &api;
+        async move {
+            let token = api.compute_token(&id).await;
+            let r = api
+                .http
+                .delete(format!(
+                    "{}/api/v1/node/services/compute/stop/{id}",
+                    api.base
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    // Queued behind the spinner: stopped at once.
+    let body = stop(queued.clone()).await;
+    assert_eq!(body["status"], "stopped", "{body}");
+    assert_eq!(
+        api.g().store.execution(&queued).unwrap().status.as_str(),
+        "stopped"
+    );
+    // Running: the guest is interrupted.
+    let body = stop(running.clone()).await;
+    assert_eq!(body["status"], "stopping", "{body}");
+    let e = api
+        .wait_for(&running, &["stopped", "failed", "succeeded"])
+        .await;
+    assert_eq!(e.status.as_str(), "stopped");
+    assert_eq!(e.stages[0]["outcome"], "stopped");
+    // Over: said so, nothing changes.
+    let body = stop(running.clone()).await;
+    assert_eq!(
+        body["text"],
+        format!("execution {running} already ended stopped")
+    );
+    // The worker is free again: the queued one never ran, a new one does.
+    (api.workflow, api.agreement) = api.grant(&api.wc.clone(), 600);
+    let next = api.run().await;
+    assert_eq!(
+        api.wait_for(&next, &["succeeded", "failed"])
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+    assert_eq!(api.g().store.execution(&queued).unwrap().stages, json!([]));
+}
