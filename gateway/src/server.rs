@@ -139,19 +139,19 @@ impl Histogram {
 impl Gateway {
     /// Runs one dequeued execution to its end and records its stage durations.
     async fn run_job(&self, job: Job) {
-        if job.stop.is_stopped() {
+        if self.closing.load(Ordering::SeqCst) {
+            let _ = self.store.set_status(
+                &job.id,
+                Status::Failed,
+                Some("the provider shut down before this execution started; execute it again"),
+            );
+        } else if job.stop.is_stopped() {
             // Stopped while queued; the stop handler already recorded it
             // (this only fills the gap if it lost a race with the queue).
             let _ = self.store.set_status(
                 &job.id,
                 Status::Stopped,
                 Some("stopped on request before it started"),
-            );
-        } else if self.closing.load(Ordering::SeqCst) {
-            let _ = self.store.set_status(
-                &job.id,
-                Status::Failed,
-                Some("the provider shut down before this execution started; execute it again"),
             );
         } else if let Err(e) = self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
             tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
