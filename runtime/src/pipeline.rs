@@ -298,6 +298,14 @@ impl Pipeline {
         });
         let receipt = receipt::sign(&self.key, body)?;
         self.store.publish(id, &result, &main, &results, &receipt)?;
+        // Intermediate outputs were workspaces: only the result (the last
+        // stage's outputs) and every stage's logs stay.
+        for stage in &resolved.stages[..resolved.stages.len().saturating_sub(1)] {
+            let dir = self.outputs(id, stage.index);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove an intermediate output");
+            }
+        }
         Ok(Status::Succeeded)
     }
 }

@@ -130,6 +130,9 @@ async fn a_two_stage_workflow_chains_outputs_and_publishes_a_result_asset() {
     let out1 = w.pipeline.outputs(&id, 1).join("counts.json");
     let counts: Value = serde_json::from_slice(&std::fs::read(&out1).unwrap()).unwrap();
     assert_eq!(counts["files"], 1);
+    // Stage 0's outputs were a workspace, gone once published; its logs stay.
+    assert!(!w.pipeline.outputs(&id, 0).exists());
+    assert!(w.pipeline.logs(&id, 0).join("stderr.log").is_file());
     assert!(counts["counts"]["three"].as_u64().unwrap() >= 1);
 
     let result = Did::parse(e.result.as_deref().unwrap()).unwrap();
