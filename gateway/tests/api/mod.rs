@@ -1151,3 +1151,41 @@ async fn stop_works_in_every_status() {
     );
     assert_eq!(api.g().store.execution(&queued).unwrap().stages, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let mut api = start_with(|c| {
+        c.workers = 1;
+        c.queue = 1;
+    })
+    .await;
+    (api.workflow, api.agreement) = api.grant(&api.spin.clone(), 600);
+    let running = api.run().await;
+    api.wait_for(&running, &["running"]).await;
+    let _queued = api.run().await;
+    let token = api.access(api.claims(&api.consumer, AUD_EXECUTE)).await;
+    let r = api
+        .http
+        .post(format!(
+            "{}/api/v1/node/services/compute/execute/{}",
+            api.base, api.agreement
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"workflowDid": api.workflow, "consumer": api.consumer.address()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "busy");
+    // Refused, so not recorded: two executions exist, not three.
+    assert_eq!(
+        api.g()
+            .store
+            .executions_of(&api.consumer.address())
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(api.halt().await, 1);
+}
