@@ -26,6 +26,7 @@ use axum::routing::{delete, get, post};
 use axum::{Form, Json, Router};
 use insitu_runtime::Status;
 use insitu_runtime::image::{BlobStore, Puller};
+use insitu_runtime::permissions::{LocalAgreements, Permissions};
 use insitu_runtime::pipeline::{ImageResolver, Pipeline};
 use insitu_runtime::receipt::{ProviderKey, recover_personal};
 use insitu_runtime::resolve::{Resolved, resolve};
@@ -59,6 +60,8 @@ pub struct ServeConfig {
     pub max: Limits,
     /// Signs receipts. Default: `<data_dir>/provider.key`, created on first use.
     pub provider_key: Option<ProviderKey>,
+    /// Where agreements are checked. Default: [`LocalAgreements`] in the data dir's store.
+    pub permissions: Option<Arc<dyn Permissions>>,
 }
 
 impl ServeConfig {
@@ -73,6 +76,7 @@ impl ServeConfig {
             limits: Limits::default(),
             max: Limits::ceiling(),
             provider_key: None,
+            permissions: None,
         }
     }
 }
@@ -86,6 +90,8 @@ struct Job {
 /// The gateway's shared state.
 pub struct Gateway {
     pub store: Arc<Store>,
+    /// Who may execute what (local agreements unless [`ServeConfig::permissions`] says otherwise).
+    pub permissions: Arc<dyn Permissions>,
     pub pipeline: Arc<Pipeline>,
     tokens: Tokens,
     queue: mpsc::Sender<Job>,
@@ -370,8 +376,14 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     });
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let permissions = config.permissions.clone().unwrap_or_else(|| {
+        Arc::new(LocalAgreements {
+            store: store.clone(),
+        })
+    });
     let gateway = Arc::new(Gateway {
         store,
+        permissions,
         pipeline,
         tokens,
         queue: tx,
@@ -536,14 +548,14 @@ async fn execute(
             "workflowDid and consumer must be those the grant was signed for".into(),
         ));
     }
-    let id = start_execution(&g, &grant.consumer, &agreement_id, &body.workflow_did)?;
+    let id = start_execution(&g, &grant.consumer, &agreement_id, &body.workflow_did).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
 }
 
 /// Queues an execution of `workflow_did` under `agreement_id` for `consumer`
 /// (lowercase address) once the agreement and the datasets' compute services
 /// allow it; returns its id.
-fn start_execution(
+async fn start_execution(
     g: &Gateway,
     consumer: &str,
     agreement_id: &str,
@@ -555,18 +567,10 @@ fn start_execution(
                 .into(),
         ));
     }
-    let agreement = g.store.agreement(agreement_id)?;
-    if agreement.consumer != consumer {
-        return Err(ApiError::Forbidden(format!(
-            "agreement {agreement_id} belongs to another consumer"
-        )));
-    }
-    if agreement.workflow.as_str() != workflow_did {
-        return Err(ApiError::Forbidden(format!(
-            "agreement {agreement_id} is for workflow {}, not {workflow_did}",
-            agreement.workflow
-        )));
-    }
+    let agreement = g
+        .permissions
+        .check_execute(agreement_id, consumer, workflow_did, now())
+        .await?;
     let resolved = resolve(&g.store, &agreement, now())?;
     let permit = g.queue.try_reserve().map_err(|_| ApiError::Busy)?;
     let id = g.store.create_execution(&agreement)?;
@@ -625,7 +629,8 @@ async fn exec(
         &consumer,
         &f.agreement.to_ascii_lowercase(),
         &f.workflow,
-    )?;
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
 }
 

@@ -8,6 +8,8 @@
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`permissions`] decides who may execute what ([`permissions::Permissions`];
+//!   local agreements by default).
 //! - [`pipeline`] runs a resolved execution stage by stage and publishes the
 //!   result asset.
 //! - [`receipt`] signs execution receipts with the provider's secp256k1 key.
@@ -33,6 +35,7 @@
 pub mod error;
 pub mod image;
 pub mod outcome;
+pub mod permissions;
 pub mod pipeline;
 pub mod receipt;
 pub mod resolve;

@@ -418,7 +418,10 @@ async fn refusals_have_precise_statuses_and_messages() {
     assert_eq!(r.status(), 403);
     assert_eq!(
         r.json::<Value>().await.unwrap()["message"],
-        format!("agreement {} belongs to another consumer", api.agreement)
+        format!(
+            "not permitted: agreement {} belongs to another consumer",
+            api.agreement
+        )
     );
 
     // The consumer's execution is invisible to the stranger.
@@ -756,7 +759,7 @@ async fn agreements_images_and_dids_are_checked_at_execute() {
     assert_eq!(
         body["message"],
         format!(
-            "agreement {} is for workflow {}, not {other_wf}",
+            "not permitted: agreement {} is for workflow {}, not {other_wf}",
             api.agreement, api.workflow
         )
     );

@@ -1,0 +1,81 @@
+//! Who may execute what: the seam between the gateway and wherever service
+//! agreements live. [`LocalAgreements`] reads the embedded store (the default,
+//! `insitu agreement grant`); an on-chain implementation reads the Nevermined
+//! contracts. The gateway asks before it resolves or queues anything.
+
+use crate::Error;
+use crate::store::{Agreement, Store};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed future, so [`Permissions`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Decides whether a consumer may execute a workflow under an agreement.
+pub trait Permissions: Send + Sync + std::fmt::Debug {
+    /// The agreement `agreement_id` (lowercase `0x` + 64 hex) if `consumer`
+    /// (lowercase address) may execute `workflow` under it at `now` (unix
+    /// seconds).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agreement; [`Error::Denied`] naming
+    /// the reason (another consumer, another workflow, expired, unpaid…);
+    /// other errors when the source of agreements cannot be read.
+    fn check_execute<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        workflow: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Agreement, Error>>;
+}
+
+/// Local agreements in the provider's store: the agreement's consumer may
+/// execute its workflow, as often as they like, until it times out.
+#[derive(Debug, Clone)]
+pub struct LocalAgreements {
+    pub store: Arc<Store>,
+}
+
+impl LocalAgreements {
+    fn check(
+        &self,
+        agreement_id: &str,
+        consumer: &str,
+        workflow: &str,
+        now: u64,
+    ) -> Result<Agreement, Error> {
+        let agreement = self.store.agreement(agreement_id)?;
+        if agreement.consumer != consumer {
+            return Err(Error::Denied(format!(
+                "agreement {agreement_id} belongs to another consumer"
+            )));
+        }
+        if agreement.workflow.as_str() != workflow {
+            return Err(Error::Denied(format!(
+                "agreement {agreement_id} is for workflow {}, not {workflow}",
+                agreement.workflow
+            )));
+        }
+        if now > agreement.expires_at {
+            return Err(Error::Denied(format!(
+                "agreement {agreement_id} expired {} s ago; ask the provider for a new agreement",
+                now - agreement.expires_at
+            )));
+        }
+        Ok(agreement)
+    }
+}
+
+impl Permissions for LocalAgreements {
+    fn check_execute<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        workflow: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Agreement, Error>> {
+        Box::pin(async move { self.check(agreement_id, consumer, workflow, now) })
+    }
+}
