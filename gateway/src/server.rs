@@ -301,6 +301,11 @@ impl IntoResponse for ApiError {
             ApiError::Runtime(e) => match &e {
                 E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
                 E::Denied(_) => (StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+                E::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                ),
                 E::Workflow { .. } | E::Invalid { .. } | E::Reference { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
                 }

@@ -109,6 +109,11 @@ pub enum Error {
     #[error("not permitted: {0}")]
     Denied(String),
 
+    /// A service the provider depends on (the chain's RPC endpoint) cannot be
+    /// reached or answered wrongly; retrying later may work.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// A workflow document is malformed; `path` is a JSON path into it.
     #[error("workflow {path}: {reason}")]
     Workflow { path: String, reason: String },

@@ -65,6 +65,11 @@ impl ProviderKey {
         }
     }
 
+    /// The signer, for sending transactions with this key.
+    pub fn signer(&self) -> PrivateKeySigner {
+        self.0.clone()
+    }
+
     /// The provider's address (EIP-55 checksummed).
     pub fn address(&self) -> String {
         self.0.address().to_checksum(None)

@@ -50,6 +50,24 @@ pub struct Dataset {
     pub server: Server,
 }
 
+/// What [`Store::register_dataset`] records.
+#[derive(Debug, Clone)]
+pub struct DatasetSpec<'a> {
+    pub name: &'a str,
+    /// The local directory (never published).
+    pub path: &'a Path,
+    /// Image manifest checksums the compute service allows.
+    pub allowed_images: &'a [String],
+    /// The compute service's time-out, seconds.
+    pub timeout_secs: u64,
+    pub server: Server,
+    /// The compute service's price (wei, as a decimal string), for chain mode.
+    pub price: Option<String>,
+    /// The DID to register it under (chain mode: the DID registered on-chain);
+    /// `None` draws a random one.
+    pub did: Option<Did>,
+}
+
 /// The resources a dataset's compute service offers a stage — the first of
 /// `supportedServers` in its DDO (`memory`, `disk`, `maxExecutionTime`).
 /// Each one that is set caps the provider's limit for stages reading the
@@ -400,32 +418,58 @@ impl Store {
         timeout_secs: u64,
         server: &Server,
     ) -> Result<Did, Error> {
-        let path = std::fs::canonicalize(path).map_err(|e| Error::io("open dataset", path, e))?;
+        self.register_dataset(&DatasetSpec {
+            name,
+            path,
+            allowed_images,
+            timeout_secs,
+            server: *server,
+            price: None,
+            did: None,
+        })
+    }
+
+    /// Registers a dataset as `spec` describes; returns its DID.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] when the path is not a directory;
+    /// [`Error::Reference`] for a malformed checksum; [`Error::Store`]
+    /// (including a DID already registered).
+    pub fn register_dataset(&self, spec: &DatasetSpec<'_>) -> Result<Did, Error> {
+        let path = std::fs::canonicalize(spec.path)
+            .map_err(|e| Error::io("open dataset", spec.path, e))?;
         if !path.is_dir() {
             return Err(Error::InvalidJob(format!(
                 "dataset {} is not a directory",
                 path.display()
             )));
         }
-        for c in allowed_images {
+        for c in spec.allowed_images {
             crate::image::check_digest(c)?;
         }
-        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let did = match &spec.did {
+            Some(d) => d.clone(),
+            None => Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed"),
+        };
         let mut environment = json!({
-            "supportedContainers": allowed_images.iter().map(|c| json!({"checksum": c})).collect::<Vec<_>>(),
+            "supportedContainers": spec.allowed_images.iter().map(|c| json!({"checksum": c})).collect::<Vec<_>>(),
         });
-        if server.is_set() {
-            environment["supportedServers"] = json!([server.to_ddo()]);
+        if spec.server.is_set() {
+            environment["supportedServers"] = json!([spec.server.to_ddo()]);
+        }
+        let mut compute = json!({
+            "name": "compute", "timeout": spec.timeout_secs,
+            "provider": {"environment": environment},
+        });
+        if let Some(price) = &spec.price {
+            compute["price"] = json!(price);
         }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
             "service": [
-                {"type": "metadata", "index": 0, "attributes": {"main": {"type": "dataset", "name": name}}},
-                {"type": "compute", "index": 1, "attributes": {"main": {
-                    "name": "compute", "timeout": timeout_secs,
-                    "provider": {"environment": environment},
-                }}},
+                {"type": "metadata", "index": 0, "attributes": {"main": {"type": "dataset", "name": spec.name}}},
+                {"type": "compute", "index": 1, "attributes": {"main": compute}},
             ],
         });
         self.insert_asset(&did, AssetKind::Dataset, &ddo, Some(&path))?;
@@ -625,6 +669,29 @@ impl Store {
             workflow: did(&workflow)?,
             expires_at: expires_at as u64,
         })
+    }
+
+    /// Records (or updates) an agreement that lives elsewhere — on-chain —
+    /// so executions can refer to it.
+    ///
+    /// # Errors
+    /// [`Error::Store`] (including DIDs the catalog does not have).
+    pub fn record_agreement(&self, a: &Agreement) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "INSERT INTO agreements (id, consumer, dataset, workflow, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET consumer = excluded.consumer, dataset = excluded.dataset, workflow = excluded.workflow, expires_at = excluded.expires_at",
+                params![
+                    a.id,
+                    a.consumer,
+                    a.dataset.as_str(),
+                    a.workflow.as_str(),
+                    a.expires_at.min(i64::MAX as u64) as i64,
+                    now_ms() as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Records a new `pending` execution; returns its id.

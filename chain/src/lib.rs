@@ -1,0 +1,494 @@
+//! # insitu-chain
+//!
+//! Service agreements on-chain, against the real Nevermined compute contracts
+//! (`EscrowComputeExecutionTemplate` and its conditions, `@nevermined-io/contracts`
+//! 3.5.9), through `alloy`.
+//!
+//! - [`Addresses`] reads the contract-name → address JSON file a deployment
+//!   (or the `testchain/` fixture) writes.
+//! - [`ids`] computes agreement, DID and condition ids exactly as the
+//!   contracts do (`keccak256(abi.encode(...))`), so the provider never has
+//!   to trust ids a consumer sends.
+//! - [`Chain`] is the RPC client: agreement data, condition states, and the
+//!   provider's transactions (granting compute).
+//! - [`ChainAgreements`] implements [`Permissions`]: per agreement, never by
+//!   `wasComputeTriggered` alone (it is keyed by DID and consumer, so it stays
+//!   true for later unpaid agreements).
+
+pub mod ids;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use insitu_runtime::permissions::{BoxFuture, Permissions};
+use insitu_runtime::receipt::ProviderKey;
+use insitu_runtime::store::{Agreement, Store};
+use insitu_runtime::workflow::Did;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The contract interfaces the provider (and the tests, as consumer) use.
+mod interfaces {
+    #![allow(clippy::too_many_arguments)]
+    alloy::sol! {
+    #[sol(rpc)]
+    interface IEscrowComputeExecutionTemplate {
+        function getAgreementData(bytes32 _id) external view returns (address accessConsumer, address accessProvider, bytes32 did);
+        function createAgreement(bytes32 _id, bytes32 _did, bytes32[] _conditionIds, uint256[] _timeLocks, uint256[] _timeOuts, address _accessConsumer) external;
+    }
+
+    #[sol(rpc)]
+    interface IConditionStoreManager {
+        function getCondition(bytes32 _id) external view returns (address typeRef, uint8 state, uint256 timeLock, uint256 timeOut, uint256 blockNumber);
+    }
+
+    #[sol(rpc)]
+    interface IComputeExecutionCondition {
+        function fulfill(bytes32 _agreementId, bytes32 _did, address _computeConsumer) external returns (uint8);
+        function hashValues(bytes32 _did, address _computeConsumer) external pure returns (bytes32);
+    }
+
+    #[sol(rpc)]
+    interface ILockPaymentCondition {
+        function fulfill(bytes32 _agreementId, bytes32 _did, address _rewardAddress, address _tokenAddress, uint256[] _amounts, address[] _receivers) external payable returns (uint8);
+        function hashValues(bytes32 _did, address _rewardAddress, address _tokenAddress, uint256[] _amounts, address[] _receivers) external pure returns (bytes32);
+    }
+
+    #[sol(rpc)]
+    interface IEscrowPaymentCondition {
+        function hashValues(bytes32 _did, uint256[] _amounts, address[] _receivers, address _returnAddress, address _lockPaymentAddress, address _tokenAddress, bytes32 _lockCondition, bytes32 _releaseCondition) external pure returns (bytes32);
+    }
+
+    #[sol(rpc)]
+    interface IDIDRegistry {
+        function registerDID(bytes32 _didSeed, bytes32 _checksum, address[] _providers, string _url, bytes32 _activityId, string _immutableUrl) external;
+        function hashDID(bytes32 _didSeed, address _creator) external pure returns (bytes32);
+        function getDIDOwner(bytes32 _did) external view returns (address didOwner);
+    }
+    }
+}
+
+pub use interfaces::*;
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("contract addresses {path}: {reason}")]
+    Addresses { path: PathBuf, reason: String },
+    #[error("the chain RPC at {url} is unavailable: {reason}")]
+    Rpc { url: String, reason: String },
+    #[error("{call} reverted: {reason}")]
+    Reverted { call: String, reason: String },
+}
+
+impl From<ChainError> for insitu_runtime::Error {
+    fn from(e: ChainError) -> Self {
+        insitu_runtime::Error::Unavailable(e.to_string())
+    }
+}
+
+/// The contracts the provider talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    pub condition_store_manager: Address,
+    pub template: Address,
+    pub compute: Address,
+    pub lock_payment: Address,
+    pub escrow_payment: Address,
+    pub did_registry: Address,
+}
+
+impl Addresses {
+    /// Reads a JSON object of contract name → address (as the fixture and
+    /// Nevermined's deployments write it).
+    ///
+    /// # Errors
+    /// [`ChainError::Addresses`] naming the file and the missing or malformed entry.
+    pub fn from_file(path: &Path) -> Result<Addresses, ChainError> {
+        let err = |reason: String| ChainError::Addresses {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let map: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a JSON object: {e}")))?;
+        let get = |name: &str| -> Result<Address, ChainError> {
+            let v = map
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| err(format!("no address for {name}")))?;
+            v.parse()
+                .map_err(|e| err(format!("{name}: `{v}` is not an address: {e}")))
+        };
+        Ok(Addresses {
+            condition_store_manager: get("ConditionStoreManager")?,
+            template: get("EscrowComputeExecutionTemplate")?,
+            compute: get("ComputeExecutionCondition")?,
+            lock_payment: get("LockPaymentCondition")?,
+            escrow_payment: get("EscrowPaymentCondition")?,
+            did_registry: get("DIDRegistry")?,
+        })
+    }
+}
+
+/// A condition's state as the ConditionStoreManager reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionState {
+    Uninitialized,
+    Unfulfilled,
+    Fulfilled,
+    Aborted,
+}
+
+impl ConditionState {
+    fn from_u8(v: u8) -> ConditionState {
+        match v {
+            1 => ConditionState::Unfulfilled,
+            2 => ConditionState::Fulfilled,
+            3 => ConditionState::Aborted,
+            _ => ConditionState::Uninitialized,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionState::Uninitialized => "uninitialized",
+            ConditionState::Unfulfilled => "unfulfilled",
+            ConditionState::Fulfilled => "fulfilled",
+            ConditionState::Aborted => "aborted",
+        }
+    }
+}
+
+/// A condition: its state and time-out (in blocks from `block_number`; 0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Condition {
+    pub state: ConditionState,
+    pub time_out: u64,
+    pub block_number: u64,
+}
+
+/// What a dataset costs: paid into escrow by the lock condition, released to
+/// `receivers` after the execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    /// `Address::ZERO` for the chain's native currency.
+    pub token: Address,
+    pub amounts: Vec<U256>,
+    pub receivers: Vec<Address>,
+}
+
+/// An RPC connection with the provider's key.
+#[derive(Debug)]
+pub struct Chain {
+    provider: DynProvider,
+    url: String,
+    pub addresses: Addresses,
+    /// The provider's address (sender of its transactions).
+    pub provider_address: Address,
+}
+
+fn rpc_err(url: &str) -> impl Fn(alloy::contract::Error) -> ChainError + '_ {
+    move |e| match e {
+        alloy::contract::Error::TransportError(t) => ChainError::Rpc {
+            url: url.to_string(),
+            reason: t.to_string(),
+        },
+        other => ChainError::Reverted {
+            call: "call".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Chain {
+    /// Connects to `url` (HTTP JSON-RPC) with the provider's `key` for transactions.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`] for a malformed URL.
+    pub fn connect(
+        url: &str,
+        addresses: Addresses,
+        key: &ProviderKey,
+    ) -> Result<Chain, ChainError> {
+        let parsed = url.parse().map_err(|e| ChainError::Rpc {
+            url: url.to_string(),
+            reason: format!("not a URL: {e}"),
+        })?;
+        let signer = key.signer();
+        let provider_address = signer.address();
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(parsed)
+            .erased();
+        Ok(Chain {
+            provider,
+            url: url.to_string(),
+            addresses,
+            provider_address,
+        })
+    }
+
+    /// The underlying provider (for tests and tools).
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The current block number.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn block_number(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| ChainError::Rpc {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The agreement's (consumer, DID); `None` when no such agreement exists.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn agreement_data(&self, id: B256) -> Result<Option<(Address, B256)>, ChainError> {
+        let t = IEscrowComputeExecutionTemplate::new(self.addresses.template, &self.provider);
+        let d = t
+            .getAgreementData(id)
+            .call()
+            .await
+            .map_err(rpc_err(&self.url))?;
+        Ok((d.accessConsumer != Address::ZERO).then_some((d.accessConsumer, d.did)))
+    }
+
+    /// A condition's state and time-out.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn condition(&self, id: B256) -> Result<Condition, ChainError> {
+        let c = IConditionStoreManager::new(self.addresses.condition_store_manager, &self.provider)
+            .getCondition(id)
+            .call()
+            .await
+            .map_err(rpc_err(&self.url))?;
+        Ok(Condition {
+            state: ConditionState::from_u8(c.state),
+            time_out: c.timeOut.saturating_to(),
+            block_number: c.blockNumber.saturating_to(),
+        })
+    }
+
+    /// The provider grants compute (`ComputeExecutionCondition.fulfill`);
+    /// returns the transaction hash once mined.
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    pub async fn fulfill_compute(
+        &self,
+        agreement: B256,
+        did: B256,
+        consumer: Address,
+    ) -> Result<B256, ChainError> {
+        let c = IComputeExecutionCondition::new(self.addresses.compute, &self.provider);
+        let call = c.fulfill(agreement, did, consumer);
+        let pending = call.send().await.map_err(|e| ChainError::Reverted {
+            call: "ComputeExecutionCondition.fulfill".into(),
+            reason: e.to_string(),
+        })?;
+        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !receipt.status() {
+            return Err(ChainError::Reverted {
+                call: "ComputeExecutionCondition.fulfill".into(),
+                reason: format!("transaction {} failed", receipt.transaction_hash),
+            });
+        }
+        Ok(receipt.transaction_hash)
+    }
+}
+
+/// The price a dataset's compute service asks, from its DDO (`price` in wei
+/// of the native currency, paid to the provider); `None` when it has none.
+pub fn price_of(store: &Store, did: &Did, provider: Address) -> Option<Price> {
+    let (_, ddo) = store.ddo(did).ok()?;
+    let price = ddo.pointer("/service/1/attributes/main/price")?;
+    let amount: U256 = match price {
+        serde_json::Value::String(s) => s.parse().ok()?,
+        serde_json::Value::Number(n) => U256::from(n.as_u64()?),
+        _ => return None,
+    };
+    Some(Price {
+        token: Address::ZERO,
+        amounts: vec![amount],
+        receivers: vec![provider],
+    })
+}
+
+/// On-chain agreements ([`Permissions`]): the consumer of the agreement
+/// (`getAgreementData`), its lock-payment condition fulfilled, its compute
+/// condition fulfilled — by this provider on demand once payment is locked —
+/// and neither timed out. Positive answers are cached for `ttl`; negative
+/// ones never.
+#[derive(Debug)]
+pub struct ChainAgreements {
+    pub chain: Arc<Chain>,
+    pub store: Arc<Store>,
+    pub ttl: Duration,
+    cache: Mutex<HashMap<CacheKey, (Instant, Agreement)>>,
+}
+
+/// (agreement id, consumer, workflow).
+type CacheKey = (String, String, String);
+
+fn denied(m: String) -> insitu_runtime::Error {
+    insitu_runtime::Error::Denied(m)
+}
+
+impl ChainAgreements {
+    pub fn new(chain: Arc<Chain>, store: Arc<Store>, ttl: Duration) -> ChainAgreements {
+        ChainAgreements {
+            chain,
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn check(
+        &self,
+        agreement_id: &str,
+        consumer: &str,
+        workflow: &str,
+    ) -> Result<Agreement, insitu_runtime::Error> {
+        let key = (
+            agreement_id.to_string(),
+            consumer.to_string(),
+            workflow.to_string(),
+        );
+        if let Some((at, a)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(a.clone());
+        }
+        let id: B256 = agreement_id
+            .parse()
+            .map_err(|_| insitu_runtime::Error::Invalid {
+                what: "agreement id",
+                value: agreement_id.to_string(),
+                reason: "expected 0x followed by 64 hex digits",
+            })?;
+        let (on_chain_consumer, did) = self
+            .chain
+            .agreement_data(id)
+            .await?
+            .ok_or_else(|| insitu_runtime::Error::NotFound {
+                what: "agreement",
+                id: agreement_id.to_string(),
+                hint: "; it does not exist on-chain (create it with EscrowComputeExecutionTemplate.createAgreement)",
+            })?;
+        if format!("{on_chain_consumer:#x}") != consumer {
+            return Err(denied(format!(
+                "agreement {agreement_id} belongs to another consumer"
+            )));
+        }
+        let dataset = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did)))
+            .map_err(insitu_runtime::Error::Engine)?;
+        self.store.dataset(&dataset).map_err(|_| {
+            denied(format!(
+                "agreement {agreement_id} is for {dataset}, which is not a dataset of this provider"
+            ))
+        })?;
+        let workflow_did = Did::parse(workflow).map_err(|_| insitu_runtime::Error::Invalid {
+            what: "workflow DID",
+            value: workflow.to_string(),
+            reason: "expected did:nv: followed by 64 hex digits",
+        })?;
+        let wf = self.store.workflow(&workflow_did)?;
+        if let Some(other) = wf.datasets().into_iter().find(|d| **d != dataset) {
+            return Err(denied(format!(
+                "workflow {workflow} reads {other}, which agreement {agreement_id} (for {dataset}) does not cover"
+            )));
+        }
+        let price = price_of(&self.store, &dataset, self.chain.provider_address).ok_or_else(|| {
+            denied(format!(
+                "dataset {dataset} has no price; the provider registers it with insitu asset add --price WEI"
+            ))
+        })?;
+        let a = &self.chain.addresses;
+        let compute_id =
+            ids::condition_id(id, a.compute, ids::compute_hash(did, on_chain_consumer));
+        let lock_id = ids::condition_id(
+            id,
+            a.lock_payment,
+            ids::lock_hash(did, a.escrow_payment, &price),
+        );
+        let block = self.chain.block_number().await?;
+        let lock = self.chain.condition(lock_id).await?;
+        let timed_out =
+            |c: &Condition| c.time_out > 0 && block > c.block_number.saturating_add(c.time_out);
+        if lock.state != ConditionState::Fulfilled {
+            return Err(denied(format!(
+                "agreement {agreement_id}: the payment is not locked (lock condition {lock_id} is {}); lock it with LockPaymentCondition.fulfill",
+                lock.state.as_str()
+            )));
+        }
+        let compute = self.chain.condition(compute_id).await?;
+        if timed_out(&compute) {
+            return Err(denied(format!(
+                "agreement {agreement_id}: its compute condition timed out at block {}",
+                compute.block_number + compute.time_out
+            )));
+        }
+        match compute.state {
+            ConditionState::Fulfilled => {}
+            ConditionState::Unfulfilled => {
+                let tx = self
+                    .chain
+                    .fulfill_compute(id, did, on_chain_consumer)
+                    .await?;
+                tracing::info!(agreement = agreement_id, tx = %tx, "compute granted on-chain");
+            }
+            other => {
+                return Err(denied(format!(
+                    "agreement {agreement_id}: its compute condition is {}",
+                    other.as_str()
+                )));
+            }
+        }
+        let agreement = Agreement {
+            id: agreement_id.to_string(),
+            consumer: consumer.to_string(),
+            dataset,
+            workflow: workflow_did,
+            // On-chain time-outs are checked above, on every uncached check.
+            expires_at: i64::MAX as u64,
+        };
+        self.store.record_agreement(&agreement)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), agreement.clone()));
+        Ok(agreement)
+    }
+}
+
+impl Permissions for ChainAgreements {
+    fn check_execute<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        workflow: &'a str,
+        _now: u64,
+    ) -> BoxFuture<'a, Result<Agreement, insitu_runtime::Error>> {
+        Box::pin(self.check(agreement_id, consumer, workflow))
+    }
+}

@@ -1,0 +1,376 @@
+//! On-chain agreements against the real Nevermined contracts, deployed by the
+//! `testchain/` fixture and restored into a fresh anvil per test (random
+//! loopback port, killed on drop). `scripts/setup` builds the fixture; a
+//! missing anvil or snapshot fails these tests, it never skips them.
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use insitu_chain::{
+    Addresses, Chain, ChainAgreements, ConditionState, IComputeExecutionCondition, IDIDRegistry,
+    IEscrowComputeExecutionTemplate, IEscrowPaymentCondition, ILockPaymentCondition, Price, ids,
+};
+use insitu_runtime::Error;
+use insitu_runtime::permissions::Permissions;
+use insitu_runtime::receipt::ProviderKey;
+use insitu_runtime::store::{DatasetSpec, Server, Store};
+use insitu_runtime::workflow::Did;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// anvil's public dev keys: 1 is the provider, 2 the consumer, 3 a stranger.
+const PROVIDER: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+const CONSUMER: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+const STRANGER: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+const PRICE_WEI: u64 = 1_000_000_000_000_000; // 0.001 ETH
+const IMAGE: &str = "sha256:cb57ecfa6ebbefd8ffc7f75c0f00e57a7fa739578a429b6f72a0df19315deadc";
+
+fn fixture(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testchain")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: build the chain fixture with scripts/setup (npm ci and node build.mjs in testchain/)",
+        p.display()
+    );
+    p
+}
+
+/// An anvil restored from the fixture's snapshot.
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Anvil {
+    async fn start() -> Anvil {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(fixture(
+            "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+        ))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--silent",
+        ])
+        .arg("--load-state")
+        .arg(fixture("out/state.json"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("anvil starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let probe = ProviderBuilder::new().connect_http(url.parse().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while probe.get_block_number().await.is_err() {
+            assert!(Instant::now() < deadline, "anvil did not answer on {url}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Anvil { child, url }
+    }
+
+    fn wallet(&self, key: &str) -> DynProvider {
+        let signer: PrivateKeySigner = key.parse().unwrap();
+        ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(self.url.parse().unwrap())
+            .erased()
+    }
+}
+
+fn address(key: &str) -> Address {
+    key.parse::<PrivateKeySigner>().unwrap().address()
+}
+
+struct World {
+    anvil: Anvil,
+    addresses: Addresses,
+    store: Arc<Store>,
+    agreements: ChainAgreements,
+    did: B256,
+    workflow: String,
+    price: Price,
+    _tmp: tempfile::TempDir,
+}
+
+/// The provider registers a DID on-chain and the same DID as a priced
+/// dataset in its catalog, plus a workflow reading it.
+async fn world() -> World {
+    let anvil = Anvil::start().await;
+    let addresses = Addresses::from_file(&fixture("out/addresses.json")).unwrap();
+    let provider = anvil.wallet(PROVIDER);
+    let seed = B256::repeat_byte(0x42);
+    let registry = IDIDRegistry::new(addresses.did_registry, &provider);
+    registry
+        .registerDID(
+            seed,
+            B256::ZERO,
+            vec![address(PROVIDER)],
+            String::new(),
+            B256::ZERO,
+            String::new(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let did = ids::did(seed, address(PROVIDER));
+    assert_eq!(
+        registry
+            .hashDID(seed, address(PROVIDER))
+            .call()
+            .await
+            .unwrap(),
+        did,
+        "our DID hash is the registry's"
+    );
+    assert_eq!(
+        registry.getDIDOwner(did).call().await.unwrap(),
+        address(PROVIDER)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let store = Arc::new(Store::open(tmp.path().join("insitu.db")).unwrap());
+    let dataset = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did))).unwrap();
+    store
+        .register_dataset(&DatasetSpec {
+            name: "weather",
+            path: &data,
+            allowed_images: &[IMAGE.to_string()],
+            timeout_secs: 3600,
+            server: Server::default(),
+            price: Some(PRICE_WEI.to_string()),
+            did: Some(dataset.clone()),
+        })
+        .unwrap();
+    let workflow = store
+        .add_workflow(&json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "r/a", "tag": "1", "checksum": IMAGE}},
+             "input": [{"index": 0, "id": dataset}]}]}}}))
+        .unwrap()
+        .to_string();
+    let key = ProviderKey::from_hex(PROVIDER).unwrap();
+    let chain = Arc::new(Chain::connect(&anvil.url, addresses.clone(), &key).unwrap());
+    let agreements = ChainAgreements::new(chain, store.clone(), Duration::from_secs(5));
+    let price = Price {
+        token: Address::ZERO,
+        amounts: vec![U256::from(PRICE_WEI)],
+        receivers: vec![address(PROVIDER)],
+    };
+    World {
+        anvil,
+        addresses,
+        store,
+        agreements,
+        did,
+        workflow,
+        price,
+        _tmp: tmp,
+    }
+}
+
+impl World {
+    /// The consumer creates a compute agreement (and locks the payment when
+    /// `pay`); returns the agreement id and its compute condition id.
+    async fn agreement(&self, seed: u8, pay: bool) -> (B256, B256) {
+        let consumer = self.anvil.wallet(CONSUMER);
+        let who = address(CONSUMER);
+        let a = &self.addresses;
+        let seed = B256::repeat_byte(seed);
+        let id = ids::agreement_id(seed, who);
+        let compute_hash = ids::compute_hash(self.did, who);
+        let lock_hash = ids::lock_hash(self.did, a.escrow_payment, &self.price);
+        let compute_id = ids::condition_id(id, a.compute, compute_hash);
+        let lock_id = ids::condition_id(id, a.lock_payment, lock_hash);
+        let escrow_hash = ids::escrow_hash(
+            self.did,
+            &self.price,
+            who,
+            a.lock_payment,
+            lock_id,
+            compute_id,
+        );
+        IEscrowComputeExecutionTemplate::new(a.template, &consumer)
+            .createAgreement(
+                seed,
+                self.did,
+                vec![compute_hash, lock_hash, escrow_hash],
+                vec![U256::ZERO; 3],
+                vec![U256::ZERO; 3],
+                who,
+            )
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        if pay {
+            let r = ILockPaymentCondition::new(a.lock_payment, &consumer)
+                .fulfill(
+                    id,
+                    self.did,
+                    a.escrow_payment,
+                    Address::ZERO,
+                    self.price.amounts.clone(),
+                    self.price.receivers.clone(),
+                )
+                .value(U256::from(PRICE_WEI))
+                .send()
+                .await
+                .unwrap()
+                .get_receipt()
+                .await
+                .unwrap();
+            assert!(r.status(), "lock payment");
+        }
+        (id, compute_id)
+    }
+
+    async fn check(
+        &self,
+        id: B256,
+        consumer: &str,
+    ) -> Result<insitu_runtime::store::Agreement, Error> {
+        self.agreements
+            .check_execute(
+                &format!("{id:#x}"),
+                &format!("{:#x}", address(consumer)),
+                &self.workflow,
+                0,
+            )
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_ids_are_the_contracts_ids() {
+    let w = world().await;
+    let p = w.anvil.wallet(CONSUMER);
+    let a = &w.addresses;
+    let who = address(CONSUMER);
+    assert_eq!(
+        IComputeExecutionCondition::new(a.compute, &p)
+            .hashValues(w.did, who)
+            .call()
+            .await
+            .unwrap(),
+        ids::compute_hash(w.did, who)
+    );
+    assert_eq!(
+        ILockPaymentCondition::new(a.lock_payment, &p)
+            .hashValues(
+                w.did,
+                a.escrow_payment,
+                Address::ZERO,
+                w.price.amounts.clone(),
+                w.price.receivers.clone()
+            )
+            .call()
+            .await
+            .unwrap(),
+        ids::lock_hash(w.did, a.escrow_payment, &w.price)
+    );
+    let (l, r) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    assert_eq!(
+        IEscrowPaymentCondition::new(a.escrow_payment, &p)
+            .hashValues(
+                w.did,
+                w.price.amounts.clone(),
+                w.price.receivers.clone(),
+                who,
+                a.lock_payment,
+                Address::ZERO,
+                l,
+                r
+            )
+            .call()
+            .await
+            .unwrap(),
+        ids::escrow_hash(w.did, &w.price, who, a.lock_payment, l, r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_agreement_is_granted_compute_and_permitted() {
+    let w = world().await;
+    let (id, compute_id) = w.agreement(7, true).await;
+    let chain = &w.agreements.chain;
+    assert_eq!(
+        chain.condition(compute_id).await.unwrap().state,
+        ConditionState::Unfulfilled
+    );
+    let a = w.check(id, CONSUMER).await.unwrap();
+    assert_eq!(a.consumer, format!("{:#x}", address(CONSUMER)));
+    assert_eq!(
+        a.dataset.as_str(),
+        format!("did:nv:{}", alloy::hex::encode(w.did))
+    );
+    // The provider granted compute on-chain, on demand.
+    assert_eq!(
+        chain.condition(compute_id).await.unwrap().state,
+        ConditionState::Fulfilled
+    );
+    // Mirrored locally so executions can refer to it.
+    assert_eq!(w.store.agreement(&format!("{id:#x}")).unwrap(), a);
+    // Asking again is answered (from the cache or the chain) the same way.
+    assert_eq!(w.check(id, CONSUMER).await.unwrap(), a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_per_agreement() {
+    let w = world().await;
+    let (paid, _) = w.agreement(1, true).await;
+    w.check(paid, CONSUMER).await.unwrap();
+    // Pitfall 1: wasComputeTriggered(did, consumer) is now true, yet a second,
+    // unpaid agreement of the same consumer is refused.
+    let (unpaid, _) = w.agreement(2, false).await;
+    let err = w.check(unpaid, CONSUMER).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "not permitted: agreement {unpaid:#x}: the payment is not locked"
+        )),
+        "{err}"
+    );
+    // A stranger with the consumer's agreement.
+    let err = w.check(paid, STRANGER).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("not permitted: agreement {paid:#x} belongs to another consumer")
+    );
+    // An agreement that does not exist.
+    let err = w.check(B256::repeat_byte(9), CONSUMER).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_down_is_unavailable_not_denied() {
+    let mut w = world().await;
+    let (id, _) = w.agreement(3, true).await;
+    let _ = w.anvil.child.kill();
+    let _ = w.anvil.child.wait();
+    let err = w.check(id, CONSUMER).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains(&w.anvil.url), "{err}");
+}
