@@ -58,6 +58,7 @@ mod interfaces {
 
     #[sol(rpc)]
     interface IEscrowPaymentCondition {
+        function fulfill(bytes32 _agreementId, bytes32 _did, uint256[] _amounts, address[] _receivers, address _returnAddress, address _lockPaymentAddress, address _tokenAddress, bytes32 _lockCondition, bytes32 _releaseCondition) external returns (uint8);
         function hashValues(bytes32 _did, uint256[] _amounts, address[] _receivers, address _returnAddress, address _lockPaymentAddress, address _tokenAddress, bytes32 _lockCondition, bytes32 _releaseCondition) external pure returns (bytes32);
     }
 
@@ -66,6 +67,8 @@ mod interfaces {
         function registerDID(bytes32 _didSeed, bytes32 _checksum, address[] _providers, string _url, bytes32 _activityId, string _immutableUrl) external;
         function hashDID(bytes32 _didSeed, address _creator) external pure returns (bytes32);
         function getDIDOwner(bytes32 _did) external view returns (address didOwner);
+        function used(bytes32 _provId, bytes32 _did, address _agentId, bytes32 _activityId, bytes _signatureUsing, string _attributes) external returns (bool success);
+        function getProvenanceEntry(bytes32 _provId) external view returns (bytes32 did, bytes32 relatedDid, address agentId, bytes32 activityId, address agentInvolvedId, uint8 method, address createdBy, uint256 blockNumberUpdated, bytes signature);
     }
     }
 }
@@ -84,8 +87,15 @@ pub enum ChainError {
 }
 
 impl From<ChainError> for insitu_runtime::Error {
+    /// An unreachable chain is `Unavailable` (503, retried); a contract that
+    /// refuses is `Denied` with its revert reason.
     fn from(e: ChainError) -> Self {
-        insitu_runtime::Error::Unavailable(e.to_string())
+        match e {
+            ChainError::Rpc { .. } | ChainError::Addresses { .. } => {
+                insitu_runtime::Error::Unavailable(e.to_string())
+            }
+            ChainError::Reverted { .. } => insitu_runtime::Error::Denied(e.to_string()),
+        }
     }
 }
 
@@ -281,6 +291,41 @@ impl Chain {
         })
     }
 
+    /// Sends a transaction and waits for it to be mined; its hash.
+    async fn transact<P, C>(
+        &self,
+        what: &str,
+        call: alloy::contract::CallBuilder<P, C>,
+    ) -> Result<B256, ChainError>
+    where
+        P: Provider,
+        C: alloy::contract::CallDecoder,
+    {
+        let pending = call.send().await.map_err(|e| match e {
+            alloy::contract::Error::TransportError(t) if t.is_transport_error() => {
+                ChainError::Rpc {
+                    url: self.url.clone(),
+                    reason: t.to_string(),
+                }
+            }
+            other => ChainError::Reverted {
+                call: what.to_string(),
+                reason: other.to_string(),
+            },
+        })?;
+        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !receipt.status() {
+            return Err(ChainError::Reverted {
+                call: what.to_string(),
+                reason: format!("transaction {} failed", receipt.transaction_hash),
+            });
+        }
+        Ok(receipt.transaction_hash)
+    }
+
     /// The provider grants compute (`ComputeExecutionCondition.fulfill`);
     /// returns the transaction hash once mined.
     ///
@@ -293,22 +338,73 @@ impl Chain {
         consumer: Address,
     ) -> Result<B256, ChainError> {
         let c = IComputeExecutionCondition::new(self.addresses.compute, &self.provider);
-        let call = c.fulfill(agreement, did, consumer);
-        let pending = call.send().await.map_err(|e| ChainError::Reverted {
-            call: "ComputeExecutionCondition.fulfill".into(),
-            reason: e.to_string(),
-        })?;
-        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
-        if !receipt.status() {
-            return Err(ChainError::Reverted {
-                call: "ComputeExecutionCondition.fulfill".into(),
-                reason: format!("transaction {} failed", receipt.transaction_hash),
-            });
-        }
-        Ok(receipt.transaction_hash)
+        self.transact(
+            "ComputeExecutionCondition.fulfill",
+            c.fulfill(agreement, did, consumer),
+        )
+        .await
+    }
+
+    /// Releases the escrowed payment of `agreement` to the price's receivers
+    /// (`EscrowPaymentCondition.fulfill`, released by the compute condition).
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    pub async fn release(
+        &self,
+        agreement: B256,
+        did: B256,
+        consumer: Address,
+        price: &Price,
+    ) -> Result<B256, ChainError> {
+        let a = &self.addresses;
+        let compute_id = ids::condition_id(agreement, a.compute, ids::compute_hash(did, consumer));
+        let lock_id = ids::condition_id(
+            agreement,
+            a.lock_payment,
+            ids::lock_hash(did, a.escrow_payment, price),
+        );
+        let c = IEscrowPaymentCondition::new(a.escrow_payment, &self.provider);
+        self.transact(
+            "EscrowPaymentCondition.fulfill",
+            c.fulfill(
+                agreement,
+                did,
+                price.amounts.clone(),
+                price.receivers.clone(),
+                consumer,
+                // Named `_lockPaymentAddress`, but it is the escrow (reward)
+                // address the lock condition paid into: the contract hashes
+                // the lock condition's values with it.
+                a.escrow_payment,
+                price.token,
+                lock_id,
+                compute_id,
+            ),
+        )
+        .await
+    }
+
+    /// Commits a receipt hash on-chain as a provenance entry of `did`
+    /// (`DIDRegistry.used` with the hash as the provenance id, activity
+    /// `keccak256("compute")`): unique, and emitted as a `Used` event.
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] (e.g. a hash already committed); [`ChainError::Rpc`].
+    pub async fn commit_receipt(&self, receipt_hash: B256, did: B256) -> Result<B256, ChainError> {
+        let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
+        self.transact(
+            "DIDRegistry.used",
+            r.used(
+                receipt_hash,
+                did,
+                self.provider_address,
+                alloy::primitives::keccak256("compute"),
+                alloy::primitives::Bytes::new(),
+                "insitu execution receipt".to_string(),
+            ),
+        )
+        .await
     }
 }
 
@@ -481,6 +577,52 @@ impl ChainAgreements {
     }
 }
 
+impl ChainAgreements {
+    async fn settle_now(
+        &self,
+        agreement: &Agreement,
+        receipt_hash: &str,
+    ) -> Result<serde_json::Value, insitu_runtime::Error> {
+        let invalid = |what: &'static str, value: &str| insitu_runtime::Error::Invalid {
+            what,
+            value: value.to_string(),
+            reason: "expected 0x followed by 64 hex digits",
+        };
+        let id: B256 = agreement
+            .id
+            .parse()
+            .map_err(|_| invalid("agreement id", &agreement.id))?;
+        let hash: B256 = receipt_hash
+            .parse()
+            .map_err(|_| invalid("receipt hash", receipt_hash))?;
+        let did: B256 = format!(
+            "0x{}",
+            agreement.dataset.as_str().trim_start_matches("did:nv:")
+        )
+        .parse()
+        .map_err(|_| invalid("DID", agreement.dataset.as_str()))?;
+        let consumer: Address =
+            agreement
+                .consumer
+                .parse()
+                .map_err(|_| insitu_runtime::Error::Invalid {
+                    what: "address",
+                    value: agreement.consumer.clone(),
+                    reason: "expected 0x followed by 40 hex digits",
+                })?;
+        let price = price_of(&self.store, &agreement.dataset, self.chain.provider_address)
+            .ok_or_else(|| denied(format!("dataset {} has no price", agreement.dataset)))?;
+        let release = self.chain.release(id, did, consumer, &price).await?;
+        let commit = self.chain.commit_receipt(hash, did).await?;
+        tracing::info!(agreement = %agreement.id, release = %release, receipt = %commit, "settled on-chain");
+        Ok(serde_json::json!({
+            "release_tx": format!("{release:#x}"),
+            "receipt_tx": format!("{commit:#x}"),
+            "receipt_hash": receipt_hash,
+        }))
+    }
+}
+
 impl Permissions for ChainAgreements {
     fn check_execute<'a>(
         &'a self,
@@ -490,5 +632,13 @@ impl Permissions for ChainAgreements {
         _now: u64,
     ) -> BoxFuture<'a, Result<Agreement, insitu_runtime::Error>> {
         Box::pin(self.check(agreement_id, consumer, workflow))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        agreement: &'a Agreement,
+        receipt_hash: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, insitu_runtime::Error>> {
+        Box::pin(self.settle_now(agreement, receipt_hash))
     }
 }

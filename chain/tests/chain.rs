@@ -27,7 +27,6 @@ const PROVIDER: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f460
 const CONSUMER: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
 const STRANGER: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
 const PRICE_WEI: u64 = 1_000_000_000_000_000; // 0.001 ETH
-const IMAGE: &str = "sha256:cb57ecfa6ebbefd8ffc7f75c0f00e57a7fa739578a429b6f72a0df19315deadc";
 
 fn fixture(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -101,6 +100,10 @@ fn address(key: &str) -> Address {
 
 struct World {
     anvil: Anvil,
+    /// The provider's data dir (`insitu.db` holds the catalog).
+    data: PathBuf,
+    /// A local OCI layout holding the word-count image the dataset allows.
+    layout: PathBuf,
     addresses: Addresses,
     store: Arc<Store>,
     agreements: ChainAgreements,
@@ -149,15 +152,22 @@ async fn world() -> World {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let input = tmp.path().join("dataset");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "paid for and counted in situ\n").unwrap();
+    let layout = tmp.path().join("layout");
+    let wc = insitu_runtime::image::package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
+    insitu_runtime::image::package::write_layout(&layout, "wc", &wc).unwrap();
+    let image = wc.manifest_digest.clone();
+    let data = tmp.path().join("provider");
     std::fs::create_dir(&data).unwrap();
-    let store = Arc::new(Store::open(tmp.path().join("insitu.db")).unwrap());
+    let store = Arc::new(Store::open(data.join("insitu.db")).unwrap());
     let dataset = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did))).unwrap();
     store
         .register_dataset(&DatasetSpec {
-            name: "weather",
-            path: &data,
-            allowed_images: &[IMAGE.to_string()],
+            name: "notes",
+            path: &input,
+            allowed_images: std::slice::from_ref(&image),
             timeout_secs: 3600,
             server: Server::default(),
             price: Some(PRICE_WEI.to_string()),
@@ -166,7 +176,7 @@ async fn world() -> World {
         .unwrap();
     let workflow = store
         .add_workflow(&json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
-            {"index": 0, "requirements": {"container": {"image": "r/a", "tag": "1", "checksum": IMAGE}},
+            {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": image}},
              "input": [{"index": 0, "id": dataset}]}]}}}))
         .unwrap()
         .to_string();
@@ -180,6 +190,8 @@ async fn world() -> World {
     };
     World {
         anvil,
+        data,
+        layout,
         addresses,
         store,
         agreements,
@@ -203,11 +215,13 @@ impl World {
         let lock_hash = ids::lock_hash(self.did, a.escrow_payment, &self.price);
         let compute_id = ids::condition_id(id, a.compute, compute_hash);
         let lock_id = ids::condition_id(id, a.lock_payment, lock_hash);
+        // As the Nevermined SDK does: the escrow's `lockPaymentAddress` is the
+        // escrow contract the payment is locked into.
         let escrow_hash = ids::escrow_hash(
             self.did,
             &self.price,
             who,
-            a.lock_payment,
+            a.escrow_payment,
             lock_id,
             compute_id,
         );
@@ -373,4 +387,139 @@ async fn rpc_down_is_unavailable_not_denied() {
     let err = w.check(id, CONSUMER).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains(&w.anvil.url), "{err}");
+}
+
+/// The seed's flow: the consumer creates the agreement and locks payment,
+/// the gateway grants compute, runs the workflow executed over HTTP with a
+/// JWT grant, releases the payment to the provider and commits the receipt
+/// hash on-chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreement_execute_and_release_over_http() {
+    use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    let w = world().await;
+    let (id, _) = w.agreement(5, true).await;
+    let provider = address(PROVIDER);
+    let rpc = w.anvil.wallet(CONSUMER);
+    let balance_before = rpc.get_balance(provider).await.unwrap();
+    let block_before = rpc.get_block_number().await.unwrap();
+
+    let mut config = ServeConfig::new(w.data.clone());
+    config.layouts = vec![w.layout.clone()];
+    config.workers = 1;
+    config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
+    config.chain = Some(ChainConfig {
+        rpc: w.anvil.url.clone(),
+        contracts: fixture("out/addresses.json"),
+        cache_ttl: Duration::from_secs(10),
+    });
+    let (router, _gateway) = build(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let consumer = ProviderKey::from_hex(CONSUMER).unwrap();
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let agreement = format!("{id:#x}");
+    let token = |claims: serde_json::Value| {
+        let jwt = make_grant(&consumer, &claims).unwrap();
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/api/v1/node/services/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let claims = json!({"iss": consumer.address(), "aud": AUD_EXECUTE, "sub": agreement, "did": w.workflow,
+                        "eths": "personal", "iat": now, "exp": now + 300});
+    let t = token(claims.clone()).await;
+    let r = http
+        .post(format!(
+            "{base}/api/v1/node/services/compute/execute/{agreement}"
+        ))
+        .bearer_auth(&t)
+        .json(&json!({"workflowDid": w.workflow, "consumer": consumer.address()}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let exec = body["workflowId"].as_str().unwrap().to_string();
+    let mut c = claims.clone();
+    c["aud"] = json!(AUD_COMPUTE);
+    c["execution_id"] = json!(exec);
+    let t = token(c).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s: serde_json::Value = http
+            .get(format!("{base}/api/v1/node/services/compute/status/{exec}"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["execution"]["settlement"].is_object() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
+    let settlement = &status["execution"]["settlement"];
+    assert!(settlement["release_tx"].as_str().is_some(), "{settlement}");
+    let receipt_hash: B256 = status["execution"]["receipt"]["hash"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(settlement["receipt_hash"], format!("{receipt_hash:#x}"));
+
+    // The provider was paid: its balance grew by the price, less the gas of
+    // its own transactions (grant compute, release, commit the receipt).
+    let after = rpc.get_balance(provider).await.unwrap();
+    let mut fees = U256::ZERO;
+    let last = rpc.get_block_number().await.unwrap();
+    for n in block_before + 1..=last {
+        let block = rpc
+            .get_block_by_number(n.into())
+            .full()
+            .await
+            .unwrap()
+            .unwrap();
+        for tx in block.transactions.txns() {
+            let receipt = rpc
+                .get_transaction_receipt(*tx.inner.hash())
+                .await
+                .unwrap()
+                .unwrap();
+            if receipt.from == provider {
+                fees += U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+            }
+        }
+    }
+    assert_eq!(after + fees, balance_before + U256::from(PRICE_WEI));
+    // The receipt hash is on-chain, as a provenance entry of the dataset's DID.
+    let entry = IDIDRegistry::new(w.addresses.did_registry, &rpc)
+        .getProvenanceEntry(receipt_hash)
+        .call()
+        .await
+        .unwrap();
+    assert_eq!(entry.did, w.did);
+    assert_eq!(entry.createdBy, provider);
 }

@@ -12,6 +12,9 @@
 //! provider_key_file = "/etc/insitu/provider.key"   # default: <data_dir>/provider.key
 //! log_format = "json"         # or "text" (default)
 //! shutdown_grace = "30s"
+//! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
+//! contracts = "/etc/insitu/contracts.json"
+//! chain_cache_ttl = "10s"
 //!
 //! [limits]                    # per-stage defaults
 //! timeout = "30s"
@@ -27,6 +30,7 @@
 //! `INSITU_QUEUE`, `INSITU_LAYOUTS` and `INSITU_INSECURE_REGISTRIES`
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
+//! `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`, `INSITU_CHAIN_CACHE_TTL`,
 //! `INSITU_TIMEOUT`, `INSITU_MEMORY`, `INSITU_OUTPUT_QUOTA`, `INSITU_LOG_QUOTA`
 //! and `INSITU_MAX_*` for the maxima.
 
@@ -99,6 +103,12 @@ pub struct Layer {
     pub provider_key: Option<String>,
     pub log_format: Option<LogFormat>,
     pub shutdown_grace: Option<String>,
+    /// Chain mode: the JSON-RPC endpoint (with `contracts`).
+    pub chain_rpc: Option<String>,
+    /// Chain mode: the JSON file of contract name → address.
+    pub contracts: Option<PathBuf>,
+    /// Chain mode: how long a positive permission answer is reused (default 10s).
+    pub chain_cache_ttl: Option<String>,
     #[serde(default)]
     pub limits: LimitsText,
     #[serde(default)]
@@ -194,6 +204,9 @@ impl Layer {
             provider_key: var("INSITU_PROVIDER_KEY"),
             log_format,
             shutdown_grace: var("INSITU_SHUTDOWN_GRACE"),
+            chain_rpc: var("INSITU_CHAIN_RPC"),
+            contracts: var("INSITU_CONTRACTS").map(PathBuf::from),
+            chain_cache_ttl: var("INSITU_CHAIN_CACHE_TTL"),
             limits: LimitsText {
                 timeout: var("INSITU_TIMEOUT"),
                 memory: var("INSITU_MEMORY"),
@@ -258,7 +271,22 @@ impl Settings {
             shutdown_grace: Duration::from_secs(30),
         };
         let mut key_file = None;
+        let (mut rpc, mut contracts, mut ttl) = (None, None, Duration::from_secs(10));
         for l in layers {
+            if let Some(v) = &l.chain_rpc {
+                rpc = Some(v.clone());
+            }
+            if let Some(v) = &l.contracts {
+                contracts = Some(v.clone());
+            }
+            if let Some(v) = &l.chain_cache_ttl {
+                ttl = parse_duration(v).map_err(|e| ConfigError::Value {
+                    origin: format!("{}, chain_cache_ttl", l.origin),
+                    what: "duration",
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
             if let Some(v) = &l.listen {
                 settings.listen =
                     v.parse()
@@ -321,6 +349,24 @@ impl Settings {
                     })?,
                 );
         }
+        serve.chain = match (rpc, contracts) {
+            (Some(rpc), Some(contracts)) => Some(crate::server::ChainConfig {
+                rpc,
+                contracts,
+                cache_ttl: ttl,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Limits(
+                    "chain mode needs the contract addresses too: --contracts FILE (or contracts / INSITU_CONTRACTS)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Limits(
+                    "chain mode needs the RPC endpoint too: --chain-rpc URL (or chain_rpc / INSITU_CHAIN_RPC)".into(),
+                ));
+            }
+        };
         serve
             .max
             .check_within(&Limits::ceiling())

@@ -113,6 +113,12 @@ struct ServeCli {
     /// `text` or `json` log lines on stderr [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Chain mode: the JSON-RPC endpoint of the chain holding the agreements.
+    #[arg(long, value_name = "URL", requires = "contracts")]
+    chain_rpc: Option<String>,
+    /// Chain mode: JSON file of contract name → address.
+    #[arg(long, value_name = "ADDRESSES.json", requires = "chain_rpc")]
+    contracts: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -277,6 +283,8 @@ fn serve(s: ServeCli) -> anyhow::Result<bool> {
         layouts: s.layout,
         insecure_registries: s.insecure_registry,
         provider_key_file: s.provider_key_file,
+        chain_rpc: s.chain_rpc,
+        contracts: s.contracts,
         log_format: match s.log_format.as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),

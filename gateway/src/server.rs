@@ -60,8 +60,22 @@ pub struct ServeConfig {
     pub max: Limits,
     /// Signs receipts. Default: `<data_dir>/provider.key`, created on first use.
     pub provider_key: Option<ProviderKey>,
-    /// Where agreements are checked. Default: [`LocalAgreements`] in the data dir's store.
+    /// Where agreements are checked. Default: on-chain when [`ServeConfig::chain`]
+    /// is set, else [`LocalAgreements`] in the data dir's store.
     pub permissions: Option<Arc<dyn Permissions>>,
+    /// Chain mode: agreements live in the Nevermined contracts.
+    pub chain: Option<ChainConfig>,
+}
+
+/// Chain mode's settings.
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    /// HTTP JSON-RPC endpoint.
+    pub rpc: String,
+    /// JSON file: contract name → address.
+    pub contracts: PathBuf,
+    /// How long a positive permission answer is reused. Default 10 s.
+    pub cache_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -77,6 +91,7 @@ impl ServeConfig {
             max: Limits::ceiling(),
             provider_key: None,
             permissions: None,
+            chain: None,
         }
     }
 }
@@ -159,13 +174,19 @@ impl Gateway {
                 Status::Stopped,
                 Some("stopped on request before it started"),
             );
-        } else if let Err(e) = self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
-            tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
-            let _ = self.store.set_status(
-                &job.id,
-                Status::Failed,
-                Some(&format!("provider error: {e}")),
-            );
+        } else {
+            match self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
+                Ok(Status::Succeeded) => self.settle(&job).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
+                    let _ = self.store.set_status(
+                        &job.id,
+                        Status::Failed,
+                        Some(&format!("provider error: {e}")),
+                    );
+                }
+            }
         }
         if let Ok(e) = self.store.execution(&job.id) {
             for stage in e.stages.as_array().into_iter().flatten() {
@@ -182,6 +203,47 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&job.id);
         self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Settles a succeeded execution with its agreement's source (chain mode:
+    /// releases the payment, commits the receipt hash), retrying with backoff
+    /// while the chain is unavailable; what happened is recorded with it.
+    async fn settle(&self, job: &Job) {
+        let Some(hash) = self
+            .store
+            .execution(&job.id)
+            .ok()
+            .and_then(|e| e.receipt)
+            .and_then(|r| r["hash"].as_str().map(str::to_string))
+        else {
+            return;
+        };
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1..=6 {
+            match self
+                .permissions
+                .settle(&job.resolved.agreement, &hash)
+                .await
+            {
+                Ok(Value::Null) => return,
+                Ok(done) => {
+                    let _ = self.store.set_settlement(&job.id, &done);
+                    return;
+                }
+                Err(e @ insitu_runtime::Error::Unavailable(_)) if attempt < 6 => {
+                    tracing::warn!(execution = %job.id, attempt, error = %e, "settling failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(execution = %job.id, error = %e, "settling failed");
+                    let _ = self
+                        .store
+                        .set_settlement(&job.id, &json!({"error": e.to_string()}));
+                    return;
+                }
+            }
+        }
     }
 
     /// Stops taking executions (execute answers 503), fails those still
@@ -376,16 +438,27 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         },
         root: dir.join("executions"),
         limits: config.limits,
-        key,
+        key: key.clone(),
         caches: Default::default(),
     });
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let permissions = config.permissions.clone().unwrap_or_else(|| {
-        Arc::new(LocalAgreements {
+    let permissions: Arc<dyn Permissions> = match (&config.permissions, &config.chain) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => {
+            let addresses = insitu_chain::Addresses::from_file(&c.contracts)?;
+            let chain = insitu_chain::Chain::connect(&c.rpc, addresses, &key)?;
+            tracing::info!(rpc = %c.rpc, provider = %key.address(), "chain mode: agreements on-chain");
+            Arc::new(insitu_chain::ChainAgreements::new(
+                Arc::new(chain),
+                store.clone(),
+                c.cache_ttl,
+            ))
+        }
+        (None, None) => Arc::new(LocalAgreements {
             store: store.clone(),
-        })
-    });
+        }),
+    };
     let gateway = Arc::new(Gateway {
         store,
         permissions,

@@ -29,6 +29,22 @@ pub trait Permissions: Send + Sync + std::fmt::Debug {
         workflow: &'a str,
         now: u64,
     ) -> BoxFuture<'a, Result<Agreement, Error>>;
+
+    /// Settles a succeeded execution under `agreement` whose receipt hash
+    /// is `receipt_hash` (`0x` + 64 hex): e.g. releases the escrowed payment
+    /// and commits the hash on-chain. Returns what was done (recorded with the
+    /// execution). Default: nothing to settle (`null`).
+    ///
+    /// # Errors
+    /// When settling fails; the execution stays succeeded.
+    fn settle<'a>(
+        &'a self,
+        agreement: &'a Agreement,
+        receipt_hash: &'a str,
+    ) -> BoxFuture<'a, Result<serde_json::Value, Error>> {
+        let _ = (agreement, receipt_hash);
+        Box::pin(async { Ok(serde_json::Value::Null) })
+    }
 }
 
 /// Local agreements in the provider's store: the agreement's consumer may

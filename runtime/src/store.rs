@@ -197,6 +197,8 @@ pub struct Execution {
     pub result: Option<String>,
     /// The signed receipt once published.
     pub receipt: Option<Value>,
+    /// What settling it on-chain did (transaction hashes), in chain mode.
+    pub settlement: Option<Value>,
     /// Unix milliseconds.
     pub created_at: u64,
     pub updated_at: u64,
@@ -292,6 +294,7 @@ CREATE TABLE IF NOT EXISTS executions (
     stages TEXT NOT NULL DEFAULT '[]',
     result TEXT,
     receipt TEXT,
+    settlement TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -319,6 +322,15 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
+        // Databases from before settlements existed.
+        let has_settlement = conn
+            .prepare("SELECT 1 FROM pragma_table_info('executions') WHERE name = 'settlement'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(e)?;
+        if !has_settlement {
+            conn.execute_batch("ALTER TABLE executions ADD COLUMN settlement TEXT")
+                .map_err(e)?;
+        }
         let store = Store {
             path,
             conn: Mutex::new(conn),
@@ -809,6 +821,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records what settling execution `id` on-chain did.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn set_settlement(&self, id: &str, settlement: &Value) -> Result<(), Error> {
+        self.conn()
+            .execute(
+                "UPDATE executions SET settlement = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, settlement.to_string(), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// One execution.
     ///
     /// # Errors
@@ -835,7 +861,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at, stages, result, receipt
+                "SELECT id, agreement, consumer, workflow, status, reason, created_at, updated_at, stages, result, receipt, settlement
                  FROM executions WHERE {cond} ORDER BY created_at, id"
             ))
             .map_err(|e| self.err(e))?;
@@ -861,6 +887,7 @@ impl Store {
                     stages: json(r.get(8)?).unwrap_or(Value::Null),
                     result: r.get(9)?,
                     receipt: json(r.get(10)?),
+                    settlement: json(r.get(11)?),
                 })
             })
             .map_err(|e| self.err(e))?;
