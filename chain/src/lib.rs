@@ -385,6 +385,34 @@ impl Chain {
         .await
     }
 
+    /// Registers a new DID owned by the provider, with the provider as its
+    /// compute provider (`DIDRegistry.registerDID`); returns (DID, tx hash).
+    /// The DID is `keccak256(abi.encode(seed, provider))`.
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    pub async fn register_did(
+        &self,
+        seed: B256,
+        checksum: B256,
+    ) -> Result<(B256, B256), ChainError> {
+        let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
+        let tx = self
+            .transact(
+                "DIDRegistry.registerDID",
+                r.registerDID(
+                    seed,
+                    checksum,
+                    vec![self.provider_address],
+                    String::new(),
+                    alloy::primitives::keccak256("registered"),
+                    String::new(),
+                ),
+            )
+            .await?;
+        Ok((ids::did(seed, self.provider_address), tx))
+    }
+
     /// Commits a receipt hash on-chain as a provenance entry of `did`
     /// (`DIDRegistry.used` with the hash as the provenance id, activity
     /// `keccak256("compute")`): unique, and emitted as a `Used` event.

@@ -206,6 +206,11 @@ impl World {
     /// The consumer creates a compute agreement (and locks the payment when
     /// `pay`); returns the agreement id and its compute condition id.
     async fn agreement(&self, seed: u8, pay: bool) -> (B256, B256) {
+        self.agreement_with(seed, pay, [0, 0, 0]).await
+    }
+
+    /// [`World::agreement`] with time-outs (in blocks) for [compute, lock, escrow].
+    async fn agreement_with(&self, seed: u8, pay: bool, time_outs: [u64; 3]) -> (B256, B256) {
         let consumer = self.anvil.wallet(CONSUMER);
         let who = address(CONSUMER);
         let a = &self.addresses;
@@ -231,7 +236,7 @@ impl World {
                 self.did,
                 vec![compute_hash, lock_hash, escrow_hash],
                 vec![U256::ZERO; 3],
-                vec![U256::ZERO; 3],
+                time_outs.iter().map(|t| U256::from(*t)).collect(),
                 who,
             )
             .send()
@@ -522,4 +527,87 @@ async fn agreement_execute_and_release_over_http() {
         .unwrap();
     assert_eq!(entry.did, w.did);
     assert_eq!(entry.createdBy, provider);
+}
+
+/// `insitu asset add` in chain mode: the DID is registered on-chain by the
+/// provider first, and the catalog holds the same value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asset_add_registers_the_did_on_chain() {
+    use insitu_gateway::commands::catalog::{OnChain, add_dataset_on_chain};
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, path) = (dir.path().join("data"), dir.path().join("ds"));
+    std::fs::create_dir(&path).unwrap();
+    let chain = OnChain {
+        rpc: w.anvil.url.clone(),
+        contracts: fixture("out/addresses.json"),
+        key: ProviderKey::from_hex(PROVIDER).unwrap(),
+        price: "5000".into(),
+    };
+    let line = {
+        let (data, path, chain) = (data.clone(), path.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || {
+            add_dataset_on_chain(&data, &path, "ds", &[], 60, &Server::default(), &chain)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert!(
+        line.starts_with("dataset `ds` registered on-chain (tx 0x"),
+        "{line}"
+    );
+    let did = Did::parse(line.split_whitespace().last().unwrap()).unwrap();
+    let on_chain: B256 = format!("0x{}", did.as_str().trim_start_matches("did:nv:"))
+        .parse()
+        .unwrap();
+    let rpc = w.anvil.wallet(CONSUMER);
+    assert_eq!(
+        IDIDRegistry::new(w.addresses.did_registry, &rpc)
+            .getDIDOwner(on_chain)
+            .call()
+            .await
+            .unwrap(),
+        address(PROVIDER)
+    );
+    let store = Store::open(data.join("insitu.db")).unwrap();
+    assert_eq!(
+        insitu_chain::price_of(&store, &did, address(PROVIDER))
+            .unwrap()
+            .amounts,
+        vec![U256::from(5000)]
+    );
+    // A bad price is refused before any transaction.
+    let bad = OnChain {
+        price: "1 eth".into(),
+        ..chain
+    };
+    let err = tokio::task::spawn_blocking(move || {
+        add_dataset_on_chain(&data, &path, "ds", &[], 60, &Server::default(), &bad)
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "--price must be an amount in wei (digits only), not `1 eth`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_agreement_is_refused() {
+    let w = world().await;
+    // The compute condition times out 2 blocks after the agreement's block.
+    let (id, _) = w.agreement_with(11, true, [2, 0, 0]).await;
+    let rpc = w.anvil.wallet(CONSUMER);
+    rpc.raw_request::<_, serde_json::Value>("anvil_mine".into(), ("0x5",))
+        .await
+        .unwrap();
+    let err = w.check(id, CONSUMER).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "not permitted: agreement {id:#x}: its compute condition timed out at block"
+        )),
+        "{err}"
+    );
 }

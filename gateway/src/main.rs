@@ -148,6 +148,19 @@ enum AssetCmd {
         /// Wall time of a stage reading this dataset (server `maxExecutionTime`).
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         max_execution_time: Option<std::time::Duration>,
+        /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
+        #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
+        chain_rpc: Option<String>,
+        /// Chain mode: JSON file of contract name → address.
+        #[arg(long, value_name = "ADDRESSES.json", requires = "chain_rpc")]
+        contracts: Option<PathBuf>,
+        /// Chain mode: the compute service's price in wei.
+        #[arg(long, value_name = "WEI", requires = "chain_rpc")]
+        price: Option<String>,
+        /// Chain mode: the provider's key file [default: DATA_DIR/provider.key;
+        /// env INSITU_PROVIDER_KEY wins].
+        #[arg(long, value_name = "FILE", requires = "chain_rpc")]
+        provider_key_file: Option<PathBuf>,
     },
 }
 
@@ -381,18 +394,47 @@ fn main() -> ExitCode {
             memory,
             disk,
             max_execution_time,
-        }) => print_line(commands::catalog::add_dataset(
-            &data_dir,
-            &path,
-            &name,
-            &allow_images,
-            timeout,
-            &insitu_runtime::store::Server {
+            chain_rpc,
+            contracts,
+            price,
+            provider_key_file,
+        }) => {
+            let server = insitu_runtime::store::Server {
                 memory,
                 disk,
                 max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
-            },
-        )),
+            };
+            match (chain_rpc, contracts, price) {
+                (Some(rpc), Some(contracts), Some(price)) => {
+                    commands::provider_key(&data_dir, provider_key_file.as_deref()).and_then(
+                        |key| {
+                            print_line(commands::catalog::add_dataset_on_chain(
+                                &data_dir,
+                                &path,
+                                &name,
+                                &allow_images,
+                                timeout,
+                                &server,
+                                &commands::catalog::OnChain {
+                                    rpc,
+                                    contracts,
+                                    key,
+                                    price,
+                                },
+                            ))
+                        },
+                    )
+                }
+                _ => print_line(commands::catalog::add_dataset(
+                    &data_dir,
+                    &path,
+                    &name,
+                    &allow_images,
+                    timeout,
+                    &server,
+                )),
+            }
+        }
         Command::Workflow(WorkflowCmd::Add { data_dir, file }) => {
             print_line(commands::catalog::add_workflow(&data_dir, &file))
         }

@@ -39,6 +39,69 @@ pub fn add_dataset(
     Ok(format!("dataset `{name}` registered as {did}"))
 }
 
+/// Chain mode of `asset add`: where and as whom the DID is registered on-chain.
+#[derive(Debug, Clone)]
+pub struct OnChain {
+    pub rpc: String,
+    pub contracts: std::path::PathBuf,
+    pub key: insitu_runtime::receipt::ProviderKey,
+    /// The compute service's price in wei, paid into escrow by the consumer.
+    pub price: String,
+}
+
+/// Registers a dataset whose DID is first registered on-chain by the
+/// provider (so it may grant compute on it); the catalog's `did:nv:<hex>` and
+/// the on-chain `bytes32` are the same value. Returns the line to print.
+///
+/// # Errors
+/// Bad path or checksums (checked before any transaction), the chain
+/// (unreachable, reverted), database errors.
+pub fn add_dataset_on_chain(
+    data_dir: &Path,
+    path: &Path,
+    name: &str,
+    allow: &[String],
+    timeout_secs: u64,
+    server: &insitu_runtime::store::Server,
+    chain: &OnChain,
+) -> anyhow::Result<String> {
+    use insitu_runtime::store::DatasetSpec;
+    let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
+    for c in &allowed {
+        insitu_runtime::image::check_digest(c)?;
+    }
+    anyhow::ensure!(
+        path.is_dir(),
+        "dataset {} is not a directory",
+        path.display()
+    );
+    anyhow::ensure!(
+        !chain.price.is_empty() && chain.price.bytes().all(|b| b.is_ascii_digit()),
+        "--price must be an amount in wei (digits only), not `{}`",
+        chain.price
+    );
+    let store = open(data_dir)?;
+    let addresses = insitu_chain::Addresses::from_file(&chain.contracts)?;
+    let client = insitu_chain::Chain::connect(&chain.rpc, addresses, &chain.key)?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let (did, tx) =
+        super::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
+    let did = Did::parse(&format!("did:nv:{}", hex::encode(did))).map_err(anyhow::Error::msg)?;
+    store.register_dataset(&DatasetSpec {
+        name,
+        path,
+        allowed_images: &allowed,
+        timeout_secs,
+        server: *server,
+        price: Some(chain.price.clone()),
+        did: Some(did.clone()),
+    })?;
+    Ok(format!(
+        "dataset `{name}` registered on-chain (tx {tx:#x}) as {did}"
+    ))
+}
+
 /// Registers a workflow from a JSON file; returns the line to print.
 ///
 /// # Errors

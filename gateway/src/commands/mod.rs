@@ -68,3 +68,26 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+/// The provider's key: `INSITU_PROVIDER_KEY` (hex) if set, else `file`, else
+/// `<data_dir>/provider.key` (created on first use, as `insitu serve` does).
+///
+/// # Errors
+/// A malformed key or an unreadable file.
+pub fn provider_key(
+    data_dir: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<insitu_runtime::receipt::ProviderKey> {
+    use insitu_runtime::receipt::ProviderKey;
+    if let Ok(hex) = std::env::var("INSITU_PROVIDER_KEY") {
+        return Ok(ProviderKey::from_hex(hex.trim())?);
+    }
+    let path = file.map_or_else(
+        || data_dir.join("provider.key"),
+        std::path::Path::to_path_buf,
+    );
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(ProviderKey::load_or_create(&path)?)
+}
