@@ -413,6 +413,59 @@ impl Chain {
         Ok((ids::did(seed, self.provider_address), tx))
     }
 
+    /// The consumer's side (this client's key is the consumer's): creates a
+    /// compute agreement on `did` for `price` with `seed` and locks the
+    /// payment into escrow. Returns the agreement id.
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    pub async fn create_agreement_and_pay(
+        &self,
+        seed: B256,
+        did: B256,
+        price: &Price,
+    ) -> Result<B256, ChainError> {
+        let a = &self.addresses;
+        let me = self.provider_address;
+        let id = ids::agreement_id(seed, me);
+        let compute_hash = ids::compute_hash(did, me);
+        let lock_hash = ids::lock_hash(did, a.escrow_payment, price);
+        let compute_id = ids::condition_id(id, a.compute, compute_hash);
+        let lock_id = ids::condition_id(id, a.lock_payment, lock_hash);
+        // As the Nevermined SDK does: the escrow's `lockPaymentAddress` is
+        // the escrow contract the payment is locked into.
+        let escrow_hash = ids::escrow_hash(did, price, me, a.escrow_payment, lock_id, compute_id);
+        let t = IEscrowComputeExecutionTemplate::new(a.template, &self.provider);
+        self.transact(
+            "EscrowComputeExecutionTemplate.createAgreement",
+            t.createAgreement(
+                seed,
+                did,
+                vec![compute_hash, lock_hash, escrow_hash],
+                vec![U256::ZERO; 3],
+                vec![U256::ZERO; 3],
+                me,
+            ),
+        )
+        .await?;
+        let total = price.amounts.iter().fold(U256::ZERO, |s, a| s + *a);
+        let l = ILockPaymentCondition::new(a.lock_payment, &self.provider);
+        self.transact(
+            "LockPaymentCondition.fulfill",
+            l.fulfill(
+                id,
+                did,
+                a.escrow_payment,
+                price.token,
+                price.amounts.clone(),
+                price.receivers.clone(),
+            )
+            .value(total),
+        )
+        .await?;
+        Ok(id)
+    }
+
     /// Commits a receipt hash on-chain as a provenance entry of `did`
     /// (`DIDRegistry.used` with the hash as the provenance id, activity
     /// `keccak256("compute")`): unique, and emitted as a `Used` event.

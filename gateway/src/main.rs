@@ -177,6 +177,26 @@ enum WorkflowCmd {
 
 #[derive(Subcommand)]
 enum AgreementCmd {
+    /// Chain mode, as the consumer: create a compute agreement on-chain and
+    /// lock its payment; prints the agreement id.
+    Create {
+        #[arg(long, value_name = "URL")]
+        chain_rpc: String,
+        #[arg(long, value_name = "ADDRESSES.json")]
+        contracts: PathBuf,
+        /// The consumer's key file (hex).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The dataset's DID (registered on-chain by its provider).
+        #[arg(long)]
+        dataset: String,
+        /// The provider's address (receives the payment).
+        #[arg(long)]
+        provider: String,
+        /// The compute service's price, in wei.
+        #[arg(long, value_name = "WEI")]
+        price: String,
+    },
     /// Grant a consumer a local agreement; prints its id.
     Grant {
         #[arg(long, default_value = "insitu-data")]
@@ -446,6 +466,16 @@ fn main() -> ExitCode {
             timeout,
         }) => print_line(commands::catalog::grant(
             &data_dir, &consumer, &dataset, &workflow, timeout,
+        )),
+        Command::Agreement(AgreementCmd::Create {
+            chain_rpc,
+            contracts,
+            key,
+            dataset,
+            provider,
+            price,
+        }) => print_line(commands::consumer::create_agreement(
+            &chain_rpc, &contracts, &key, &dataset, &provider, &price,
         )),
         Command::Serve(s) => serve(s),
         Command::Demo => commands::demo::execute(),

@@ -708,3 +708,59 @@ fn the_readme_walkthrough_runs_as_written() {
     }
     assert!(stderr(&out).contains("gateway stopped"), "{}", stderr(&out));
 }
+
+/// The README's chain-mode walkthrough, run as written against anvil
+/// restored from the `testchain/` fixture (built by `scripts/setup`).
+#[test]
+fn the_readme_chain_walkthrough_runs_as_written() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("<!-- chain walkthrough -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("README has the chain walkthrough block");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for needed in [
+        "testchain/out/state.json",
+        "testchain/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+    ] {
+        assert!(
+            root.join(needed).exists(),
+            "{needed} is missing: run scripts/setup (it builds the chain fixture)"
+        );
+    }
+    let e = Env::new();
+    std::os::unix::fs::symlink(root.join("testchain"), e.tmp.path().join("testchain")).unwrap();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\ncargo() {{ :; }}\n{block}\n"))
+        .current_dir(e.tmp.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("INSITU_LISTEN", format!("127.0.0.1:{}", port()))
+        .env("INSITU_CHAIN_ADDR", format!("127.0.0.1:{}", port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for want in [
+        "event: end\ndata: {\"reason\":null,\"status\":\"succeeded\"}",
+        "\"settlement\":{\"receipt_hash\":\"0x",
+        "\"release_tx\":\"0x",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+}

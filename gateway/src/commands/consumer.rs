@@ -77,3 +77,41 @@ pub fn grant(
 pub fn sign(key: &Path, message: &str) -> anyhow::Result<String> {
     Ok(load(key)?.personal_sign(message.as_bytes())?)
 }
+
+/// `insitu agreement create`: as the consumer, creates a compute agreement
+/// on-chain for `dataset` (a `did:nv:` DID registered on-chain) paying
+/// `price` wei to `provider`, and locks the payment. Returns the agreement id.
+///
+/// # Errors
+/// Bad arguments, the key, the chain (unreachable, reverted).
+pub fn create_agreement(
+    rpc: &str,
+    contracts: &Path,
+    key: &Path,
+    dataset: &str,
+    provider: &str,
+    price: &str,
+) -> anyhow::Result<String> {
+    use alloy_primitives::{Address, B256, U256};
+    let key = load(key)?;
+    let did = insitu_runtime::workflow::Did::parse(dataset).map_err(anyhow::Error::msg)?;
+    let did: B256 = format!("0x{}", did.as_str().trim_start_matches("did:nv:")).parse()?;
+    let provider: Address = provider
+        .parse()
+        .with_context(|| format!("--provider `{provider}` is not an address"))?;
+    let amount: U256 = price
+        .parse()
+        .with_context(|| format!("--price `{price}` is not an amount in wei"))?;
+    let chain =
+        insitu_chain::Chain::connect(rpc, insitu_chain::Addresses::from_file(contracts)?, &key)?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let price = insitu_chain::Price {
+        token: Address::ZERO,
+        amounts: vec![amount],
+        receivers: vec![provider],
+    };
+    let id =
+        super::runtime()?.block_on(chain.create_agreement_and_pay(seed.into(), did, &price))?;
+    Ok(format!("agreement created and paid: {id:#x}"))
+}
