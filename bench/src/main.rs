@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
-//! insitu-bench [jobs|cli|native|compile|timeout|images|http|all]
+//! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|all]
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
 //! the `insitu` binary next to this one; `native` needs the example binaries
 //! built natively in the same target dir (`cargo build --release -p word-count
 //! -p csv-stats -p linreg-train`).
 
+mod chain;
 mod http;
 
 use anyhow::{Context, bail};
@@ -48,6 +49,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "http" {
         http::http()?;
+    }
+    if all || what == "chain" {
+        chain::chain()?;
     }
     Ok(())
 }

@@ -17,6 +17,9 @@
 
 pub mod ids;
 
+/// The `alloy` this crate uses, for callers that need its types.
+pub use alloy;
+
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
