@@ -718,6 +718,10 @@ impl Permissions for ChainAgreements {
         Box::pin(self.check(agreement_id, consumer, workflow))
     }
 
+    fn settles(&self) -> bool {
+        true
+    }
+
     fn settle<'a>(
         &'a self,
         agreement: &'a Agreement,

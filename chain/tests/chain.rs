@@ -611,3 +611,56 @@ async fn a_timed_out_agreement_is_refused() {
         "{err}"
     );
 }
+
+/// A settlement cut short (the gateway stopped before releasing the payment)
+/// is retried when the gateway starts again: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_settlement_is_retried_after_a_restart() {
+    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    use insitu_runtime::Status;
+    let w = world().await;
+    let (id, _) = w.agreement(21, true).await;
+    let agreement = w.check(id, CONSUMER).await.unwrap();
+    // A succeeded execution whose settlement was marked pending, as a crash
+    // between publishing and the release transaction leaves it.
+    let exec = w.store.create_execution(&agreement).unwrap();
+    for s in [Status::Configuring, Status::Running, Status::Publishing] {
+        w.store.advance(&exec, s, None, None).unwrap();
+    }
+    let key = ProviderKey::from_hex(PROVIDER).unwrap();
+    let receipt = insitu_runtime::receipt::sign(&key, json!({"execution": exec})).unwrap();
+    let result = w.store.new_result_did().unwrap();
+    w.store
+        .publish(
+            &exec,
+            &result,
+            &json!({"type": "result"}),
+            &w.data,
+            &receipt,
+        )
+        .unwrap();
+    w.store
+        .set_settlement(&exec, &json!({"pending": true}))
+        .unwrap();
+    assert_eq!(w.store.pending_settlements().unwrap().len(), 1);
+
+    let mut config = ServeConfig::new(w.data.clone());
+    config.provider_key = Some(key);
+    config.chain = Some(ChainConfig {
+        rpc: w.anvil.url.clone(),
+        contracts: fixture("out/addresses.json"),
+        cache_ttl: Duration::from_secs(10),
+    });
+    let (_router, gateway) = build(&config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settlement = loop {
+        let s = gateway.store.execution(&exec).unwrap().settlement;
+        if let Some(s) = s.filter(|s| s.get("release_tx").is_some()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(settlement["receipt_hash"], receipt.hash);
+    assert!(w.store.pending_settlements().unwrap().is_empty());
+}

@@ -206,9 +206,11 @@ impl Gateway {
     }
 
     /// Settles a succeeded execution with its agreement's source (chain mode:
-    /// releases the payment, commits the receipt hash), retrying with backoff
-    /// while the chain is unavailable; what happened is recorded with it.
+    /// releases the payment, commits the receipt hash).
     async fn settle(&self, job: &Job) {
+        if !self.permissions.settles() {
+            return;
+        }
         let Some(hash) = self
             .store
             .execution(&job.id)
@@ -218,31 +220,66 @@ impl Gateway {
         else {
             return;
         };
+        self.settle_execution(&job.id, &job.resolved.agreement, &hash)
+            .await;
+    }
+
+    /// Settles execution `id`, retrying with backoff while the source is
+    /// unavailable. It is marked `{"pending": true}` first, so one cut short
+    /// (crash, long outage) is retried when the gateway starts again; the
+    /// result or the final error replaces the mark.
+    async fn settle_execution(
+        &self,
+        id: &str,
+        agreement: &insitu_runtime::store::Agreement,
+        hash: &str,
+    ) {
+        let _ = self.store.set_settlement(id, &json!({"pending": true}));
         let mut delay = Duration::from_millis(250);
         for attempt in 1..=6 {
-            match self
-                .permissions
-                .settle(&job.resolved.agreement, &hash)
-                .await
-            {
-                Ok(Value::Null) => return,
+            match self.permissions.settle(agreement, hash).await {
                 Ok(done) => {
-                    let _ = self.store.set_settlement(&job.id, &done);
+                    let _ = self.store.set_settlement(id, &done);
                     return;
                 }
-                Err(e @ insitu_runtime::Error::Unavailable(_)) if attempt < 6 => {
-                    tracing::warn!(execution = %job.id, attempt, error = %e, "settling failed; retrying");
+                Err(e @ insitu_runtime::Error::Unavailable(_)) => {
+                    tracing::warn!(execution = %id, attempt, error = %e, "settling failed; retrying");
+                    if attempt == 6 {
+                        let _ = self
+                            .store
+                            .set_settlement(id, &json!({"pending": true, "error": e.to_string()}));
+                        return;
+                    }
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
                 Err(e) => {
-                    tracing::error!(execution = %job.id, error = %e, "settling failed");
+                    tracing::error!(execution = %id, error = %e, "settling failed");
                     let _ = self
                         .store
-                        .set_settlement(&job.id, &json!({"error": e.to_string()}));
+                        .set_settlement(id, &json!({"error": e.to_string()}));
                     return;
                 }
             }
+        }
+    }
+
+    /// Retries the settlements a previous run left pending.
+    async fn settle_pending(&self) {
+        let Ok(pending) = self.store.pending_settlements() else {
+            return;
+        };
+        for e in pending {
+            let (Ok(agreement), Some(hash)) = (
+                self.store.agreement(&e.agreement),
+                e.receipt
+                    .as_ref()
+                    .and_then(|r| r["hash"].as_str().map(str::to_string)),
+            ) else {
+                continue;
+            };
+            tracing::info!(execution = %e.id, "retrying a pending settlement");
+            self.settle_execution(&e.id, &agreement, &hash).await;
         }
     }
 
@@ -471,6 +508,22 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         stage_seconds: Histogram::default(),
         _lock: lock,
     });
+    if gateway.permissions.settles() {
+        let g = Arc::downgrade(&gateway);
+        std::thread::Builder::new()
+            .name("insitu-settle".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                if let Some(g) = g.upgrade() {
+                    rt.block_on(g.settle_pending());
+                }
+            })?;
+    }
     for n in 0..config.workers.max(1) {
         let (rx, g) = (rx.clone(), Arc::downgrade(&gateway));
         std::thread::Builder::new()

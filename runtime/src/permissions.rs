@@ -30,6 +30,11 @@ pub trait Permissions: Send + Sync + std::fmt::Debug {
         now: u64,
     ) -> BoxFuture<'a, Result<Agreement, Error>>;
 
+    /// Whether [`Permissions::settle`] has anything to do (default: no).
+    fn settles(&self) -> bool {
+        false
+    }
+
     /// Settles a succeeded execution under `agreement` whose receipt hash
     /// is `receipt_hash` (`0x` + 64 hex): e.g. releases the escrowed payment
     /// and commits the hash on-chain. Returns what was done (recorded with the

@@ -835,6 +835,17 @@ impl Store {
         Ok(())
     }
 
+    /// Succeeded executions whose settlement is still pending.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn pending_settlements(&self) -> Result<Vec<Execution>, Error> {
+        self.executions_where(
+            "status = 'succeeded' AND json_extract(settlement, '$.pending') = 1 AND ?1 = ?1",
+            "",
+        )
+    }
+
     /// One execution.
     ///
     /// # Errors
