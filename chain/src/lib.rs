@@ -55,6 +55,7 @@ mod interfaces {
 
     #[sol(rpc)]
     interface ILockPaymentCondition {
+        event Fulfilled(bytes32 indexed _agreementId, bytes32 indexed _did, bytes32 indexed _conditionId, address _rewardAddress, address _tokenAddress, address[] _receivers, uint256[] _amounts);
         function fulfill(bytes32 _agreementId, bytes32 _did, address _rewardAddress, address _tokenAddress, uint256[] _amounts, address[] _receivers) external payable returns (uint8);
         function hashValues(bytes32 _did, address _rewardAddress, address _tokenAddress, uint256[] _amounts, address[] _receivers) external pure returns (bytes32);
     }
@@ -492,6 +493,114 @@ impl Chain {
     }
 }
 
+impl Chain {
+    /// The lock payments fulfilled in blocks `from..=to`: (agreement id, DID).
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn locked_payments(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(B256, B256)>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.addresses.lock_payment)
+            .event_signature(ILockPaymentCondition::Fulfilled::SIGNATURE_HASH)
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Rpc {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(logs
+            .iter()
+            .filter_map(|l| {
+                let t = l.topics();
+                (t.len() >= 3).then(|| (t[1], t[2]))
+            })
+            .collect())
+    }
+}
+
+/// Spec step 7: grants compute as soon as a consumer locks the payment of an
+/// agreement on one of this provider's datasets, instead of waiting for the
+/// first execute. Polls for lock-payment events every `every` from the block
+/// it starts at, until `alive` returns false. Errors are logged and retried.
+pub async fn watch_payments(
+    chain: Arc<Chain>,
+    store: Arc<Store>,
+    every: Duration,
+    alive: impl Fn() -> bool,
+) {
+    let mut next = match chain.block_number().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "payment watcher: chain unavailable; starting from block 0");
+            0
+        }
+    };
+    while alive() {
+        match chain.block_number().await {
+            Ok(head) if head >= next => match chain.locked_payments(next, head).await {
+                Ok(locked) => {
+                    for (agreement, did) in locked {
+                        if let Err(e) = grant_if_ours(&chain, &store, agreement, did).await {
+                            tracing::warn!(agreement = %agreement, error = %e, "payment watcher: cannot grant compute");
+                        }
+                    }
+                    next = head + 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "payment watcher: cannot read logs"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "payment watcher: chain unavailable"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Grants compute for `agreement` if `did` is a priced dataset of this
+/// provider, the payment is locked as priced and compute is not yet granted.
+async fn grant_if_ours(
+    chain: &Chain,
+    store: &Store,
+    agreement: B256,
+    did: B256,
+) -> Result<(), ChainError> {
+    let Ok(dataset) = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did))) else {
+        return Ok(());
+    };
+    let Some(price) = price_of(store, &dataset, chain.provider_address) else {
+        return Ok(()); // not ours, or not priced
+    };
+    let Some((consumer, on_chain_did)) = chain.agreement_data(agreement).await? else {
+        return Ok(());
+    };
+    if on_chain_did != did {
+        return Ok(());
+    }
+    let a = &chain.addresses;
+    let lock_id = ids::condition_id(
+        agreement,
+        a.lock_payment,
+        ids::lock_hash(did, a.escrow_payment, &price),
+    );
+    let compute_id = ids::condition_id(agreement, a.compute, ids::compute_hash(did, consumer));
+    if chain.condition(lock_id).await?.state != ConditionState::Fulfilled
+        || chain.condition(compute_id).await?.state != ConditionState::Unfulfilled
+    {
+        return Ok(());
+    }
+    let tx = chain.fulfill_compute(agreement, did, consumer).await?;
+    tracing::info!(agreement = %agreement, tx = %tx, "payment locked; compute granted on-chain");
+    Ok(())
+}
+
 /// The price a dataset's compute service asks, from its DDO (`price` in wei
 /// of the native currency, paid to the provider); `None` when it has none.
 pub fn price_of(store: &Store, did: &Did, provider: Address) -> Option<Price> {
@@ -631,11 +740,16 @@ impl ChainAgreements {
         match compute.state {
             ConditionState::Fulfilled => {}
             ConditionState::Unfulfilled => {
-                let tx = self
-                    .chain
-                    .fulfill_compute(id, did, on_chain_consumer)
-                    .await?;
-                tracing::info!(agreement = agreement_id, tx = %tx, "compute granted on-chain");
+                match self.chain.fulfill_compute(id, did, on_chain_consumer).await {
+                    Ok(tx) => {
+                        tracing::info!(agreement = agreement_id, tx = %tx, "compute granted on-chain");
+                    }
+                    // The payment watcher may have granted it meanwhile.
+                    Err(ChainError::Reverted { .. })
+                        if self.chain.condition(compute_id).await?.state
+                            == ConditionState::Fulfilled => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             other => {
                 return Err(denied(format!(

@@ -665,3 +665,32 @@ async fn a_pending_settlement_is_retried_after_a_restart() {
     assert_eq!(settlement["receipt_hash"], receipt.hash);
     assert!(w.store.pending_settlements().unwrap().is_empty());
 }
+
+/// Spec step 7: once the consumer locks the payment, the gateway grants
+/// compute by itself, before any execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_grants_compute_when_payment_is_locked() {
+    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    let w = world().await;
+    let mut config = ServeConfig::new(w.data.clone());
+    config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
+    config.chain = Some(ChainConfig {
+        rpc: w.anvil.url.clone(),
+        contracts: fixture("out/addresses.json"),
+        cache_ttl: Duration::from_secs(10),
+    });
+    let (_router, _gateway) = build(&config).unwrap();
+    let (_, unpaid_compute) = w.agreement(31, false).await;
+    let (_, compute_id) = w.agreement(32, true).await;
+    let chain = &w.agreements.chain;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while chain.condition(compute_id).await.unwrap().state != ConditionState::Fulfilled {
+        assert!(Instant::now() < deadline, "compute was not granted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The unpaid one is left alone.
+    assert_eq!(
+        chain.condition(unpaid_compute).await.unwrap().state,
+        ConditionState::Unfulfilled
+    );
+}

@@ -480,14 +480,16 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     });
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut watcher = None;
     let permissions: Arc<dyn Permissions> = match (&config.permissions, &config.chain) {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => {
             let addresses = insitu_chain::Addresses::from_file(&c.contracts)?;
-            let chain = insitu_chain::Chain::connect(&c.rpc, addresses, &key)?;
+            let chain = Arc::new(insitu_chain::Chain::connect(&c.rpc, addresses, &key)?);
             tracing::info!(rpc = %c.rpc, provider = %key.address(), "chain mode: agreements on-chain");
+            watcher = Some(chain.clone());
             Arc::new(insitu_chain::ChainAgreements::new(
-                Arc::new(chain),
+                chain,
                 store.clone(),
                 c.cache_ttl,
             ))
@@ -508,6 +510,25 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         stage_seconds: Histogram::default(),
         _lock: lock,
     });
+    if let Some(chain) = watcher {
+        let (store, g) = (gateway.store.clone(), Arc::downgrade(&gateway));
+        std::thread::Builder::new()
+            .name("insitu-payments".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(insitu_chain::watch_payments(
+                    chain,
+                    store,
+                    Duration::from_millis(500),
+                    move || g.strong_count() > 0,
+                ));
+            })?;
+    }
     if gateway.permissions.settles() {
         let g = Arc::downgrade(&gateway);
         std::thread::Builder::new()
