@@ -3,12 +3,12 @@
 //! (one client) and sustained throughput (many clients), with every state
 //! change persisted in SQLite (WAL, synchronous=FULL) under the data dir.
 
-use anyhow::{Context, bail};
-use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+use anyhow::bail;
+use insitu_gateway::client::{ClientError, Consumer};
 use insitu_gateway::server::{ServeConfig, build, serve};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::ProviderKey;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,73 +20,32 @@ fn now() -> u64 {
 }
 
 struct Client {
-    http: reqwest::Client,
-    base: String,
-    consumer: ProviderKey,
+    c: Consumer,
     agreement: String,
     workflow: String,
     exec_token: String,
 }
 
 impl Client {
-    async fn token(&self, claims: Value) -> anyhow::Result<String> {
-        let jwt = make_grant(&self.consumer, &claims)?;
-        let r = self
-            .http
-            .post(format!("{}/api/v1/node/services/oauth/token", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"))
-            .send()
-            .await?;
-        let body: Value = r.json().await?;
-        Ok(body["access_token"]
-            .as_str()
-            .with_context(|| format!("no token: {body}"))?
-            .to_string())
-    }
-
-    fn claims(&self, aud: &str) -> Value {
-        json!({"iss": self.consumer.address(), "aud": aud, "sub": self.agreement, "did": self.workflow,
-               "eths": "personal", "iat": now(), "exp": now() + 3600})
-    }
-
     /// One execution: (time to 202, time to `succeeded`), or None on 429.
     async fn execute(&self, pause: Duration) -> anyhow::Result<Option<(Duration, Duration)>> {
         let t = Instant::now();
-        let r = self
-            .http
-            .post(format!(
-                "{}/api/v1/node/services/compute/execute/{}",
-                self.base, self.agreement
-            ))
-            .bearer_auth(&self.exec_token)
-            .json(&json!({"workflowDid": self.workflow, "consumer": self.consumer.address()}))
-            .send()
-            .await?;
-        if r.status() == 429 {
-            return Ok(None);
-        }
-        let body: Value = r.json().await?;
+        let id = match self
+            .c
+            .execute(&self.exec_token, &self.agreement, &self.workflow)
+            .await
+        {
+            Ok(id) => id,
+            Err(ClientError::Refused { status: 429, .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         let accepted = t.elapsed();
-        let id = body["workflowId"]
-            .as_str()
-            .with_context(|| format!("execute: {body}"))?
-            .to_string();
-        let mut c = self.claims(AUD_COMPUTE);
-        c["execution_id"] = json!(id);
-        let token = self.token(c).await?;
+        let token = self
+            .c
+            .token(&self.c.claims(&self.agreement, &self.workflow, Some(&id)))
+            .await?;
         loop {
-            let s: Value = self
-                .http
-                .get(format!(
-                    "{}/api/v1/node/services/compute/status/{id}",
-                    self.base
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let s = self.c.get(&token, &format!("status/{id}")).await?;
             match s["workflowStatus"]["status"].as_str() {
                 Some("succeeded") => return Ok(Some((accepted, t.elapsed()))),
                 Some("failed" | "stopped") => bail!("execution ended: {s}"),
@@ -145,14 +104,15 @@ async fn run() -> anyhow::Result<()> {
     let consumer = ProviderKey::load_or_create(&tmp.path().join("consumer.key"))?;
     let agreement = gateway.store.grant(&consumer.address(), &ds, &wf, 3600)?;
     let mut client = Client {
-        http: reqwest::Client::new(),
-        base,
-        consumer,
+        c: Consumer::new(base, consumer),
         agreement,
         workflow: wf.to_string(),
         exec_token: String::new(),
     };
-    client.exec_token = client.token(client.claims(AUD_EXECUTE)).await?;
+    client.exec_token = client
+        .c
+        .token(&client.c.claims(&client.agreement, &client.workflow, None))
+        .await?;
     let client = Arc::new(client);
     println!("data dir {} ({} workers)", tmp.path().display(), workers);
 

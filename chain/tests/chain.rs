@@ -400,7 +400,7 @@ async fn rpc_down_is_unavailable_not_denied() {
 /// hash on-chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agreement_execute_and_release_over_http() {
-    use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+    use insitu_gateway::client::Consumer;
     use insitu_gateway::server::{ChainConfig, ServeConfig, build};
     let w = world().await;
     let (id, _) = w.agreement(5, true).await;
@@ -423,62 +423,20 @@ async fn agreement_execute_and_release_over_http() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
-    let consumer = ProviderKey::from_hex(CONSUMER).unwrap();
-    let http = reqwest::Client::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let client = Consumer::new(base, ProviderKey::from_hex(CONSUMER).unwrap());
     let agreement = format!("{id:#x}");
-    let token = |claims: serde_json::Value| {
-        let jwt = make_grant(&consumer, &claims).unwrap();
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let r = http
-                .post(format!("{base}/api/v1/node/services/oauth/token"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<serde_json::Value>().await.unwrap()["access_token"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let claims = json!({"iss": consumer.address(), "aud": AUD_EXECUTE, "sub": agreement, "did": w.workflow,
-                        "eths": "personal", "iat": now, "exp": now + 300});
-    let t = token(claims.clone()).await;
-    let r = http
-        .post(format!(
-            "{base}/api/v1/node/services/compute/execute/{agreement}"
-        ))
-        .bearer_auth(&t)
-        .json(&json!({"workflowDid": w.workflow, "consumer": consumer.address()}))
-        .send()
+    let t = client
+        .token(&client.claims(&agreement, &w.workflow, None))
         .await
         .unwrap();
-    let status = r.status();
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(status, 202, "{body}");
-    let exec = body["workflowId"].as_str().unwrap().to_string();
-    let mut c = claims.clone();
-    c["aud"] = json!(AUD_COMPUTE);
-    c["execution_id"] = json!(exec);
-    let t = token(c).await;
+    let exec = client.execute(&t, &agreement, &w.workflow).await.unwrap();
+    let t = client
+        .token(&client.claims(&agreement, &w.workflow, Some(&exec)))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let s: serde_json::Value = http
-            .get(format!("{base}/api/v1/node/services/compute/status/{exec}"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = client.get(&t, &format!("status/{exec}")).await.unwrap();
         let settlement = &s["execution"]["settlement"];
         if settlement.get("release_tx").is_some() || settlement.get("error").is_some() {
             break s;

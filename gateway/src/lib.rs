@@ -3,6 +3,7 @@
 //! JWT grants and issues access tokens.
 
 pub mod auth;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod server;

@@ -512,58 +512,30 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     });
     if let Some(chain) = watcher {
         let (store, g) = (gateway.store.clone(), Arc::downgrade(&gateway));
-        std::thread::Builder::new()
-            .name("insitu-payments".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(insitu_chain::watch_payments(
-                    chain,
-                    store,
-                    Duration::from_millis(500),
-                    move || g.strong_count() > 0,
-                ));
-            })?;
+        on_thread("insitu-payments".into(), async move {
+            let alive = move || g.strong_count() > 0;
+            insitu_chain::watch_payments(chain, store, Duration::from_millis(500), alive).await;
+        })?;
     }
     if gateway.permissions.settles() {
         let g = Arc::downgrade(&gateway);
-        std::thread::Builder::new()
-            .name("insitu-settle".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                if let Some(g) = g.upgrade() {
-                    rt.block_on(g.settle_pending());
-                }
-            })?;
+        on_thread("insitu-settle".into(), async move {
+            if let Some(g) = g.upgrade() {
+                g.settle_pending().await;
+            }
+        })?;
     }
     for n in 0..config.workers.max(1) {
         let (rx, g) = (rx.clone(), Arc::downgrade(&gateway));
-        std::thread::Builder::new()
-            .name(format!("insitu-worker-{n}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("worker runtime");
-                rt.block_on(async move {
-                    loop {
-                        let Some(job) = rx.lock().await.recv().await else {
-                            return;
-                        };
-                        let Some(g) = g.upgrade() else { return };
-                        g.run_job(job).await;
-                    }
-                });
-            })?;
+        on_thread(format!("insitu-worker-{n}"), async move {
+            loop {
+                let Some(job) = rx.lock().await.recv().await else {
+                    return;
+                };
+                let Some(g) = g.upgrade() else { return };
+                g.run_job(job).await;
+            }
+        })?;
     }
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -600,6 +572,24 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         .layer(DefaultBodyLimit::max(64 << 10))
         .with_state(gateway.clone());
     Ok((router, gateway))
+}
+
+/// Runs `task` on a new thread named `name`, on its own single-threaded
+/// runtime (executions and chain work never share the HTTP runtime).
+fn on_thread(
+    name: String,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(task),
+            Err(e) => tracing::error!(error = %e, "cannot start a thread's runtime"),
+        }
+    })?;
+    Ok(())
 }
 
 /// Serves `router` on `listener` until `signal` completes, then shuts down

@@ -686,7 +686,11 @@ fn the_readme_walkthrough_runs_as_written() {
     let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -euo pipefail\ncargo() {{ :; }}\n{block}\n"))
+        .arg(format!(
+            // Background jobs die with the script, whatever happens, so no
+            // orphan keeps our output pipes open.
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
+        ))
         .current_dir(e.tmp.path())
         .env(
             "PATH",
@@ -744,7 +748,11 @@ fn the_readme_chain_walkthrough_runs_as_written() {
     let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -euo pipefail\ncargo() {{ :; }}\n{block}\n"))
+        .arg(format!(
+            // Background jobs die with the script, whatever happens, so no
+            // orphan keeps our output pipes open.
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
+        ))
         .current_dir(e.tmp.path())
         .env(
             "PATH",

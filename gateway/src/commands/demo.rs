@@ -13,16 +13,16 @@
 //!    lists and downloads the results, and verifies the provider's signed
 //!    receipt. Then the gateway shuts down gracefully.
 
-use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
+use crate::client::Consumer;
 use crate::server::{ServeConfig, build, serve};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use insitu_examples::{ALL, CSV_STATS, REPORT_WASM, Sample};
 use insitu_runtime::Status;
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
 use insitu_runtime::sandbox::{JobSpec, StopHandle};
-use serde_json::{Value, json};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use serde_json::json;
+use std::time::{Duration, Instant};
 
 /// Runs the demo; returns whether everything succeeded.
 ///
@@ -99,12 +99,6 @@ fn excerpt(text: &str, max: usize) -> String {
     format!("{}{more}", shown.replace('\n', "\n  "))
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Parts 2 and 3: provider and consumer over loopback HTTP.
 async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
     println!("== 2. the provider: gateway, images, dataset, workflow, agreement\n");
@@ -164,64 +158,23 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
     );
 
     println!("\n== 3. the consumer, over HTTP\n");
-    let http = reqwest::Client::new();
-    let claims = |aud: &str| {
-        json!({"iss": consumer.address(), "aud": aud, "sub": agreement, "did": workflow.as_str(),
-               "eths": "personal", "iat": now(), "exp": now() + 600})
-    };
-    let token = |claims: Value| {
-        let (http, base) = (http.clone(), base.clone());
-        let jwt = make_grant(&consumer, &claims);
-        async move {
-            let r = http
-                .post(format!("{base}/api/v1/node/services/oauth/token"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={}", jwt?))
-                .send()
-                .await?;
-            let status = r.status();
-            let body: Value = r.json().await?;
-            if !status.is_success() {
-                bail!("token refused ({status}): {body}");
-            }
-            Ok::<String, anyhow::Error>(
-                body["access_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        }
-    };
-    let exec_token = token(claims(AUD_EXECUTE)).await?;
-    println!("token       signed a JWT grant (ES256K, personal_sign) → access token");
-    let r = http
-        .post(format!(
-            "{base}/api/v1/node/services/compute/execute/{agreement}"
-        ))
-        .bearer_auth(&exec_token)
-        .json(&json!({"workflowDid": workflow.as_str(), "consumer": consumer.address()}))
-        .send()
+    let client = Consumer::new(base.clone(), consumer.clone());
+    let exec_token = client
+        .token(&client.claims(&agreement, workflow.as_str(), None))
         .await?;
-    let body: Value = r.json().await?;
-    let id = body["workflowId"]
-        .as_str()
-        .with_context(|| format!("execute refused: {body}"))?
-        .to_string();
+    println!("token       signed a JWT grant (ES256K, personal_sign) → access token");
+    let id = client
+        .execute(&exec_token, &agreement, workflow.as_str())
+        .await?;
     println!("execute     POST …/compute/execute/{agreement:.10}… → execution {id}");
 
-    let mut c = claims(AUD_COMPUTE);
-    c["execution_id"] = json!(id);
-    let t = token(c).await?;
+    let t = client
+        .token(&client.claims(&agreement, workflow.as_str(), Some(&id)))
+        .await?;
     let started = Instant::now();
     let mut last = String::new();
     let status = loop {
-        let s: Value = http
-            .get(format!("{base}/api/v1/node/services/compute/status/{id}"))
-            .bearer_auth(&t)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let s = client.get(&t, &format!("status/{id}")).await?;
         let st = s["workflowStatus"]["status"]
             .as_str()
             .unwrap_or("?")
@@ -262,13 +215,7 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
     if !ok {
         println!("  reason: {}", status["execution"]["reason"]);
     } else {
-        let results: Value = http
-            .get(format!("{base}/api/v1/node/services/compute/results/{id}"))
-            .bearer_auth(&t)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let results = client.get(&t, &format!("results/{id}")).await?;
         println!(
             "results     asset {} owned by the consumer",
             results["did"].as_str().unwrap_or("?")
@@ -281,16 +228,8 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
                 f["sha256"].as_str().unwrap_or("?")
             );
         }
-        let text = http
-            .get(format!(
-                "{base}/api/v1/node/services/compute/results/{id}/report.md"
-            ))
-            .bearer_auth(&t)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text =
+            String::from_utf8_lossy(&client.download(&t, &id, "report.md").await?).into_owned();
         println!("\nreport.md (downloaded):\n  {}\n", excerpt(&text, 900));
         let receipt: Receipt = serde_json::from_value(results["receipt"].clone())?;
         let signer = verify(&receipt)?;
