@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 use insitu_gateway::client::{ClientError, Consumer};
-use insitu_gateway::server::{ServeConfig, build, serve};
+use insitu_gateway::server::{Local, ServeConfig};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::ProviderKey;
 use serde_json::json;
@@ -73,19 +73,8 @@ async fn run() -> anyhow::Result<()> {
     config.layouts = vec![tmp.path().join("layout")];
     config.queue = 256;
     let workers = config.workers;
-    let (router, gateway) = build(&config)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (halt, halted) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        router,
-        gateway.clone(),
-        Duration::from_secs(5),
-        async move {
-            let _ = halted.await;
-        },
-    ));
+    let local = Local::start(&config, Duration::from_secs(5)).await?;
+    let (base, gateway) = (local.base.clone(), local.gateway.clone());
     let input = tmp.path().join("input");
     std::fs::create_dir_all(&input)?;
     std::fs::write(
@@ -217,8 +206,8 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "anchors: one `wasmtime run` process per job 6.0 ms warm here (insitu-bench cli; ~8 ms in DESIGN §6); Nevermined's published Argo sample workflow 17 s"
     );
-    let _ = halt.send(());
-    server.await??;
+    drop(gateway);
+    local.stop().await?;
     println!();
     Ok(())
 }

@@ -401,7 +401,7 @@ async fn rpc_down_is_unavailable_not_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agreement_execute_and_release_over_http() {
     use insitu_gateway::client::Consumer;
-    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
     let w = world().await;
     let (id, _) = w.agreement(5, true).await;
     let provider = address(PROVIDER);
@@ -418,10 +418,8 @@ async fn agreement_execute_and_release_over_http() {
         contracts: fixture("out/addresses.json"),
         cache_ttl: Duration::from_secs(10),
     });
-    let (router, _gateway) = build(&config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
+    let base = local.base.clone();
 
     let client = Consumer::new(base, ProviderKey::from_hex(CONSUMER).unwrap());
     let agreement = format!("{id:#x}");

@@ -625,6 +625,56 @@ pub async fn serve(
     Ok(stopped)
 }
 
+/// A gateway serving on a random loopback port of this process (the demo,
+/// benchmarks and tests); [`Local::stop`] shuts it down gracefully.
+pub struct Local {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub gateway: Arc<Gateway>,
+    halt: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<usize>>,
+}
+
+impl Local {
+    /// Builds the gateway for `config` and serves it on `127.0.0.1:0`; a
+    /// shutdown gives running executions `grace`.
+    ///
+    /// # Errors
+    /// As [`build`], or when no loopback port can be bound.
+    pub async fn start(config: &ServeConfig, grace: Duration) -> anyhow::Result<Local> {
+        let (router, gateway) = build(config)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(
+            listener,
+            router,
+            gateway.clone(),
+            grace,
+            async move {
+                let _ = halted.await;
+            },
+        ));
+        Ok(Local {
+            base,
+            gateway,
+            halt,
+            served,
+        })
+    }
+
+    /// Shuts down gracefully and waits; returns how many executions had to
+    /// be stopped. The gateway is gone (and its data dir free) once every
+    /// other `Arc` of it is dropped.
+    ///
+    /// # Errors
+    /// When serving failed.
+    pub async fn stop(self) -> anyhow::Result<usize> {
+        let _ = self.halt.send(());
+        Ok(self.served.await??)
+    }
+}
+
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 

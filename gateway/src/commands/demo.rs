@@ -14,7 +14,7 @@
 //!    receipt. Then the gateway shuts down gracefully.
 
 use crate::client::Consumer;
-use crate::server::{ServeConfig, build, serve};
+use crate::server::{Local, ServeConfig};
 use anyhow::bail;
 use insitu_examples::{ALL, CSV_STATS, REPORT_WASM, Sample};
 use insitu_runtime::Status;
@@ -113,19 +113,8 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
 
     let mut config = ServeConfig::new(work.join("provider"));
     config.layouts = vec![layout];
-    let (router, gateway) = build(&config)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (halt, halted) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        router,
-        gateway.clone(),
-        Duration::from_secs(5),
-        async move {
-            let _ = halted.await;
-        },
-    ));
+    let local = Local::start(&config, Duration::from_secs(5)).await?;
+    let (base, gateway) = (local.base.clone(), local.gateway.clone());
     println!(
         "gateway     {base} (data dir {})",
         config.data_dir.display()
@@ -241,8 +230,8 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
             if ok { "verified" } else { "DOES NOT MATCH" }
         );
     }
-    let _ = halt.send(());
-    server.await??;
+    drop(gateway);
+    local.stop().await?;
     println!("gateway     shut down");
     Ok(ok)
 }

@@ -1,7 +1,7 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
-use insitu_gateway::server::{Gateway, ServeConfig, build, serve};
+use insitu_gateway::server::{Gateway, Local, ServeConfig, build};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
 use insitu_runtime::workflow::Did;
@@ -9,8 +9,6 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 struct Api {
     base: String,
@@ -24,8 +22,8 @@ struct Api {
     /// Manifest digests of the word-count and spinner images in the layout.
     wc: String,
     spin: String,
-    halt: Option<oneshot::Sender<()>>,
-    served: Option<JoinHandle<std::io::Result<usize>>>,
+    /// The server; `None` once halted.
+    local: Option<Local>,
 }
 
 fn now() -> u64 {
@@ -36,34 +34,15 @@ fn now() -> u64 {
 }
 
 /// Starts a gateway on `dir/data` (layouts `dir/layout`), served on a random
-/// loopback port until the returned sender fires.
-async fn serve_on(
-    dir: &Path,
-    tweak: impl FnOnce(&mut ServeConfig),
-) -> (
-    String,
-    Arc<Gateway>,
-    oneshot::Sender<()>,
-    JoinHandle<std::io::Result<usize>>,
-) {
+/// loopback port; shutdowns give running executions 300 ms.
+async fn serve_on(dir: &Path, tweak: impl FnOnce(&mut ServeConfig)) -> Local {
     let mut config = ServeConfig::new(dir.join("data"));
     config.layouts = vec![dir.join("layout")];
     config.workers = 2;
     tweak(&mut config);
-    let (router, gateway) = build(&config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let served = tokio::spawn(serve(
-        listener,
-        router,
-        gateway.clone(),
-        Duration::from_millis(300),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (base, gateway, tx, served)
+    Local::start(&config, Duration::from_millis(300))
+        .await
+        .unwrap()
 }
 
 async fn start() -> Api {
@@ -76,7 +55,8 @@ async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Api {
     package::write_layout(&tmp.path().join("layout"), "wc", &wc).unwrap();
     let spin = package::wasm_artifact(&insitu_tests::spinner()).unwrap();
     package::write_layout(&tmp.path().join("layout"), "spin", &spin).unwrap();
-    let (base, gateway, halt, served) = serve_on(tmp.path(), tweak).await;
+    let local = serve_on(tmp.path(), tweak).await;
+    let (base, gateway) = (local.base.clone(), local.gateway.clone());
 
     let input = tmp.path().join("input");
     std::fs::create_dir_all(&input).unwrap();
@@ -102,8 +82,7 @@ async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Api {
         dataset: ds,
         wc: wc.manifest_digest,
         spin: spin.manifest_digest,
-        halt: Some(halt),
-        served: Some(served),
+        local: Some(local),
     };
     let (wf, agreement) = api.grant(&api.wc.clone(), 600);
     (api.workflow, api.agreement) = (wf, agreement);
@@ -140,15 +119,14 @@ impl Api {
             weak.upgrade().is_none(),
             "the old gateway is still referenced"
         );
-        let (base, gateway, halt, served) = serve_on(self.tmp.path(), |_| {}).await;
-        (self.base, self.gateway) = (base, Some(gateway));
-        (self.halt, self.served) = (Some(halt), Some(served));
+        let local = serve_on(self.tmp.path(), |_| {}).await;
+        (self.base, self.gateway) = (local.base.clone(), Some(local.gateway.clone()));
+        self.local = Some(local);
     }
 
     /// Shuts the server down gracefully; returns how many executions it stopped.
     async fn halt(&mut self) -> usize {
-        self.halt.take().unwrap().send(()).unwrap();
-        self.served.take().unwrap().await.unwrap().unwrap()
+        self.local.take().unwrap().stop().await.unwrap()
     }
 
     async fn token(&self, key: &ProviderKey, claims: Value) -> reqwest::Response {
