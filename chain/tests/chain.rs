@@ -650,3 +650,51 @@ async fn the_gateway_grants_compute_when_payment_is_locked() {
         ConditionState::Unfulfilled
     );
 }
+
+/// With the chain's RPC down, new executions get 503 with the reason, and
+/// nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_answers_503_while_the_chain_is_down() {
+    use insitu_gateway::client::{ClientError, Consumer};
+    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
+    let mut w = world().await;
+    let (id, _) = w.agreement(41, true).await;
+    let mut config = ServeConfig::new(w.data.clone());
+    config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
+    config.chain = Some(ChainConfig {
+        rpc: w.anvil.url.clone(),
+        contracts: fixture("out/addresses.json"),
+        cache_ttl: Duration::from_secs(10),
+    });
+    let local = Local::start(&config, Duration::from_secs(1)).await.unwrap();
+    let client = Consumer::new(local.base.clone(), ProviderKey::from_hex(CONSUMER).unwrap());
+    let agreement = format!("{id:#x}");
+    let t = client
+        .token(&client.claims(&agreement, &w.workflow, None))
+        .await
+        .unwrap();
+    let _ = w.anvil.child.kill();
+    let _ = w.anvil.child.wait();
+    match client.execute(&t, &agreement, &w.workflow).await {
+        Err(ClientError::Refused { status, body, .. }) => {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["error"], "unavailable");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("the chain RPC at {} is unavailable", w.anvil.url)),
+                "{body}"
+            );
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert!(
+        local
+            .gateway
+            .store
+            .executions_of(&format!("{:#x}", address(CONSUMER)))
+            .unwrap()
+            .is_empty()
+    );
+}
