@@ -7,7 +7,6 @@ use insitu_chain::{Addresses, Chain, ChainAgreements, Price};
 use insitu_runtime::permissions::Permissions;
 use insitu_runtime::receipt::ProviderKey;
 use insitu_runtime::store::{DatasetSpec, Server, Store};
-use insitu_runtime::workflow::Did;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,8 +74,7 @@ async fn bench(port: u16) -> anyhow::Result<()> {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data)?;
     let store = Arc::new(Store::open(tmp.path().join("insitu.db"))?);
-    let dataset = Did::parse(&format!("did:nv:{}", insitu_chain::alloy::hex::encode(did)))
-        .map_err(anyhow::Error::msg)?;
+    let dataset = insitu_chain::did_of(did);
     store.register_dataset(&DatasetSpec {
         name: "bench",
         path: &data,

@@ -572,9 +572,7 @@ async fn grant_if_ours(
     agreement: B256,
     did: B256,
 ) -> Result<(), ChainError> {
-    let Ok(dataset) = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did))) else {
-        return Ok(());
-    };
+    let dataset = did_of(did);
     let Some(price) = price_of(store, &dataset, chain.provider_address) else {
         return Ok(()); // not ours, or not priced
     };
@@ -599,6 +597,19 @@ async fn grant_if_ours(
     let tx = chain.fulfill_compute(agreement, did, consumer).await?;
     tracing::info!(agreement = %agreement, tx = %tx, "payment locked; compute granted on-chain");
     Ok(())
+}
+
+/// A catalog DID (`did:nv:` + 64 hex) as the on-chain `bytes32`: the same value.
+pub fn did_bytes(did: &Did) -> B256 {
+    did.as_str()
+        .trim_start_matches("did:nv:")
+        .parse()
+        .expect("a Did is did:nv: followed by 64 hex digits")
+}
+
+/// An on-chain `bytes32` DID as the catalog's `did:nv:` form.
+pub fn did_of(bytes: B256) -> Did {
+    Did::parse(&format!("did:nv:{}", alloy::hex::encode(bytes))).expect("64 hex digits")
 }
 
 /// The price a dataset's compute service asks, from its DDO (`price` in wei
@@ -689,8 +700,7 @@ impl ChainAgreements {
                 "agreement {agreement_id} belongs to another consumer"
             )));
         }
-        let dataset = Did::parse(&format!("did:nv:{}", alloy::hex::encode(did)))
-            .map_err(insitu_runtime::Error::Engine)?;
+        let dataset = did_of(did);
         self.store.dataset(&dataset).map_err(|_| {
             denied(format!(
                 "agreement {agreement_id} is for {dataset}, which is not a dataset of this provider"
@@ -793,12 +803,7 @@ impl ChainAgreements {
         let hash: B256 = receipt_hash
             .parse()
             .map_err(|_| invalid("receipt hash", receipt_hash))?;
-        let did: B256 = format!(
-            "0x{}",
-            agreement.dataset.as_str().trim_start_matches("did:nv:")
-        )
-        .parse()
-        .map_err(|_| invalid("DID", agreement.dataset.as_str()))?;
+        let did = did_bytes(&agreement.dataset);
         let consumer: Address =
             agreement
                 .consumer

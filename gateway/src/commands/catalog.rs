@@ -87,7 +87,7 @@ pub fn add_dataset_on_chain(
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     let (did, tx) =
         super::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
-    let did = Did::parse(&format!("did:nv:{}", hex::encode(did))).map_err(anyhow::Error::msg)?;
+    let did = insitu_chain::did_of(did);
     store.register_dataset(&DatasetSpec {
         name,
         path,

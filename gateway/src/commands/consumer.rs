@@ -92,10 +92,11 @@ pub fn create_agreement(
     provider: &str,
     price: &str,
 ) -> anyhow::Result<String> {
-    use alloy_primitives::{Address, B256, U256};
+    use alloy_primitives::{Address, U256};
     let key = load(key)?;
-    let did = insitu_runtime::workflow::Did::parse(dataset).map_err(anyhow::Error::msg)?;
-    let did: B256 = format!("0x{}", did.as_str().trim_start_matches("did:nv:")).parse()?;
+    let did = insitu_chain::did_bytes(
+        &insitu_runtime::workflow::Did::parse(dataset).map_err(anyhow::Error::msg)?,
+    );
     let provider: Address = provider
         .parse()
         .with_context(|| format!("--provider `{provider}` is not an address"))?;
