@@ -88,6 +88,24 @@ pub enum ChainError {
     Rpc { url: String, reason: String },
     #[error("{call} reverted: {reason}")]
     Reverted { call: String, reason: String },
+    /// The node serves another chain than the configured one.
+    #[error(
+        "the chain RPC at {url} serves chain id {actual}, not the configured {expected}; fix chain_rpc or chain_id"
+    )]
+    WrongChain {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// Gas costs more than the provider's cap; sending is left for later.
+    #[error(
+        "{call} not sent: the chain's base fee of {base_fee} wei per gas is above max_fee_per_gas ({cap} wei); it is retried later, or raise the cap"
+    )]
+    GasAboveCap {
+        call: String,
+        base_fee: u128,
+        cap: u128,
+    },
 }
 
 impl From<ChainError> for insitu_runtime::Error {
@@ -95,9 +113,10 @@ impl From<ChainError> for insitu_runtime::Error {
     /// refuses is `Denied` with its revert reason.
     fn from(e: ChainError) -> Self {
         match e {
-            ChainError::Rpc { .. } | ChainError::Addresses { .. } => {
-                insitu_runtime::Error::Unavailable(e.to_string())
-            }
+            ChainError::Rpc { .. }
+            | ChainError::Addresses { .. }
+            | ChainError::WrongChain { .. }
+            | ChainError::GasAboveCap { .. } => insitu_runtime::Error::Unavailable(e.to_string()),
             ChainError::Reverted { .. } => insitu_runtime::Error::Denied(e.to_string()),
         }
     }
@@ -194,11 +213,47 @@ pub struct Price {
     pub receivers: Vec<Address>,
 }
 
+/// How the provider's transactions are priced, sent and awaited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TxPolicy {
+    /// The chain id transactions are signed for (EIP-155); when set, a node
+    /// serving another chain is refused before anything is read or sent.
+    /// Default: whatever the node says.
+    pub chain_id: Option<u64>,
+    /// Blocks on top of the one including a transaction before it counts
+    /// as done (1 = mined). Default 1.
+    pub confirmations: u64,
+    /// The gas limit is the node's estimate times this (at least 1.0).
+    /// Default 1.2.
+    pub gas_multiplier: f64,
+    /// The most the provider pays per gas, in wei (EIP-1559 `maxFeePerGas`).
+    /// While the base fee is above it nothing is sent (payouts are retried).
+    /// Default: no cap (the node's suggestion).
+    pub max_fee_per_gas: Option<u128>,
+    /// How long to wait for a sent transaction to be confirmed. Default 120 s.
+    pub timeout: Duration,
+}
+
+impl Default for TxPolicy {
+    fn default() -> Self {
+        TxPolicy {
+            chain_id: None,
+            confirmations: 1,
+            gas_multiplier: 1.2,
+            max_fee_per_gas: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
 /// An RPC connection with the provider's key.
 #[derive(Debug)]
 pub struct Chain {
     provider: DynProvider,
     url: String,
+    policy: TxPolicy,
+    /// Set once the node's chain id matched [`TxPolicy::chain_id`].
+    chain_checked: tokio::sync::OnceCell<()>,
     pub addresses: Addresses,
     /// The provider's address (sender of its transactions).
     pub provider_address: Address,
@@ -218,7 +273,8 @@ fn rpc_err(url: &str) -> impl Fn(alloy::contract::Error) -> ChainError + '_ {
 }
 
 impl Chain {
-    /// Connects to `url` (HTTP JSON-RPC) with the provider's `key` for transactions.
+    /// Connects to `url` (HTTP JSON-RPC) with the provider's `key` for
+    /// transactions, sent with the default [`TxPolicy`].
     ///
     /// # Errors
     /// [`ChainError::Rpc`] for a malformed URL.
@@ -227,19 +283,36 @@ impl Chain {
         addresses: Addresses,
         key: &ProviderKey,
     ) -> Result<Chain, ChainError> {
+        Chain::connect_with(url, addresses, key, TxPolicy::default())
+    }
+
+    /// [`Chain::connect`] with a transaction policy. Nothing is sent to the
+    /// node yet: a chain down at start-up is reported by the first call.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`] for a malformed URL.
+    pub fn connect_with(
+        url: &str,
+        addresses: Addresses,
+        key: &ProviderKey,
+        policy: TxPolicy,
+    ) -> Result<Chain, ChainError> {
         let parsed = url.parse().map_err(|e| ChainError::Rpc {
             url: url.to_string(),
             reason: format!("not a URL: {e}"),
         })?;
         let signer = key.signer();
         let provider_address = signer.address();
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(parsed)
-            .erased();
+        let builder = ProviderBuilder::new().wallet(EthereumWallet::from(signer));
+        let provider = match policy.chain_id {
+            Some(id) => builder.with_chain_id(id).connect_http(parsed).erased(),
+            None => builder.connect_http(parsed).erased(),
+        };
         Ok(Chain {
             provider,
             url: url.to_string(),
+            policy,
+            chain_checked: tokio::sync::OnceCell::new(),
             addresses,
             provider_address,
         })
@@ -250,11 +323,50 @@ impl Chain {
         &self.provider
     }
 
+    /// The transaction policy.
+    pub fn policy(&self) -> &TxPolicy {
+        &self.policy
+    }
+
+    /// Refuses a node serving another chain than [`TxPolicy::chain_id`]
+    /// (asked once; a no-op without a configured id).
+    ///
+    /// # Errors
+    /// [`ChainError::WrongChain`], [`ChainError::Rpc`].
+    pub async fn check_chain(&self) -> Result<(), ChainError> {
+        let Some(expected) = self.policy.chain_id else {
+            return Ok(());
+        };
+        self.chain_checked
+            .get_or_try_init(|| async {
+                let actual = self
+                    .provider
+                    .get_chain_id()
+                    .await
+                    .map_err(|e| ChainError::Rpc {
+                        url: self.url.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if actual == expected {
+                    Ok(())
+                } else {
+                    Err(ChainError::WrongChain {
+                        url: self.url.clone(),
+                        expected,
+                        actual,
+                    })
+                }
+            })
+            .await
+            .copied()
+    }
+
     /// The current block number.
     ///
     /// # Errors
-    /// [`ChainError::Rpc`].
+    /// [`ChainError::Rpc`], [`ChainError::WrongChain`].
     pub async fn block_number(&self) -> Result<u64, ChainError> {
+        self.check_chain().await?;
         self.provider
             .get_block_number()
             .await
@@ -267,8 +379,9 @@ impl Chain {
     /// The agreement's (consumer, DID); `None` when no such agreement exists.
     ///
     /// # Errors
-    /// [`ChainError::Rpc`].
+    /// [`ChainError::Rpc`], [`ChainError::WrongChain`].
     pub async fn agreement_data(&self, id: B256) -> Result<Option<(Address, B256)>, ChainError> {
+        self.check_chain().await?;
         let t = IEscrowComputeExecutionTemplate::new(self.addresses.template, &self.provider);
         let d = t
             .getAgreementData(id)
@@ -295,7 +408,8 @@ impl Chain {
         })
     }
 
-    /// Sends a transaction and waits for it to be mined; its hash.
+    /// Sends a transaction under the [`TxPolicy`] (gas = estimate ×
+    /// multiplier, fees capped, `confirmations` awaited); its hash.
     async fn transact<P, C>(
         &self,
         what: &str,
@@ -305,6 +419,50 @@ impl Chain {
         P: Provider,
         C: alloy::contract::CallDecoder,
     {
+        self.check_chain().await?;
+        let refused = |e: alloy::contract::Error| match e {
+            alloy::contract::Error::TransportError(t) if t.is_transport_error() => {
+                ChainError::Rpc {
+                    url: self.url.clone(),
+                    reason: t.to_string(),
+                }
+            }
+            other => ChainError::Reverted {
+                call: what.to_string(),
+                reason: other.to_string(),
+            },
+        };
+        // Estimating runs the call: a revert surfaces here, with its reason,
+        // before anything is signed.
+        let estimate = call.estimate_gas().await.map_err(refused)?;
+        let gas = (estimate as f64 * self.policy.gas_multiplier.max(1.0)).ceil() as u64;
+        let mut call = call.gas(gas);
+        if let Some(cap) = self.policy.max_fee_per_gas {
+            let rpc = |e: alloy::transports::TransportError| ChainError::Rpc {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            };
+            let fees = self.provider.estimate_eip1559_fees().await.map_err(rpc)?;
+            if fees.max_fee_per_gas > cap {
+                let base_fee = self
+                    .provider
+                    .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+                    .await
+                    .map_err(rpc)?
+                    .and_then(|b| b.header.base_fee_per_gas)
+                    .map_or(0, u128::from);
+                if base_fee.saturating_add(fees.max_priority_fee_per_gas.min(cap)) > cap {
+                    return Err(ChainError::GasAboveCap {
+                        call: what.to_string(),
+                        base_fee,
+                        cap,
+                    });
+                }
+            }
+            call = call
+                .max_fee_per_gas(fees.max_fee_per_gas.min(cap))
+                .max_priority_fee_per_gas(fees.max_priority_fee_per_gas.min(cap));
+        }
         let pending = call.send().await.map_err(|e| match e {
             alloy::contract::Error::TransportError(t) if t.is_transport_error() => {
                 ChainError::Rpc {
@@ -317,7 +475,26 @@ impl Chain {
                 reason: other.to_string(),
             },
         })?;
-        let receipt = pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+        let hash = *pending.tx_hash();
+        let confirmations = self.policy.confirmations.max(1);
+        // alloy's own timeout stops at inclusion; this one covers the
+        // confirmations too.
+        let receipt = tokio::time::timeout(
+            self.policy.timeout,
+            pending
+                .with_required_confirmations(confirmations)
+                .with_timeout(Some(self.policy.timeout))
+                .get_receipt(),
+        )
+        .await
+        .map_err(|_| ChainError::Rpc {
+            url: self.url.clone(),
+            reason: format!(
+                "{what}: transaction {hash} sent but not confirmed by {confirmations} block(s) within {:?}",
+                self.policy.timeout
+            ),
+        })?
+        .map_err(|e| ChainError::Rpc {
             url: self.url.clone(),
             reason: e.to_string(),
         })?;
@@ -351,6 +528,8 @@ impl Chain {
 
     /// Releases the escrowed payment of `agreement` to the price's receivers
     /// (`EscrowPaymentCondition.fulfill`, released by the compute condition).
+    /// Idempotent: `None` when the escrow condition is already fulfilled
+    /// (e.g. by an attempt whose confirmation timed out).
     ///
     /// # Errors
     /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
@@ -360,7 +539,7 @@ impl Chain {
         did: B256,
         consumer: Address,
         price: &Price,
-    ) -> Result<B256, ChainError> {
+    ) -> Result<Option<B256>, ChainError> {
         let a = &self.addresses;
         let compute_id = ids::condition_id(agreement, a.compute, ids::compute_hash(did, consumer));
         let lock_id = ids::condition_id(
@@ -368,6 +547,14 @@ impl Chain {
             a.lock_payment,
             ids::lock_hash(did, a.escrow_payment, price),
         );
+        let escrow_id = ids::condition_id(
+            agreement,
+            a.escrow_payment,
+            ids::escrow_hash(did, price, consumer, a.escrow_payment, lock_id, compute_id),
+        );
+        if self.condition(escrow_id).await?.state == ConditionState::Fulfilled {
+            return Ok(None);
+        }
         let c = IEscrowPaymentCondition::new(a.escrow_payment, &self.provider);
         self.transact(
             "EscrowPaymentCondition.fulfill",
@@ -387,6 +574,7 @@ impl Chain {
             ),
         )
         .await
+        .map(Some)
     }
 
     /// Registers a new DID owned by the provider, with the provider as its
@@ -473,11 +661,24 @@ impl Chain {
     /// Commits a receipt hash on-chain as a provenance entry of `did`
     /// (`DIDRegistry.used` with the hash as the provenance id, activity
     /// `keccak256("compute")`): unique, and emitted as a `Used` event.
+    /// Idempotent: `None` when the hash is already committed.
     ///
     /// # Errors
-    /// [`ChainError::Reverted`] (e.g. a hash already committed); [`ChainError::Rpc`].
-    pub async fn commit_receipt(&self, receipt_hash: B256, did: B256) -> Result<B256, ChainError> {
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    pub async fn commit_receipt(
+        &self,
+        receipt_hash: B256,
+        did: B256,
+    ) -> Result<Option<B256>, ChainError> {
         let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
+        let entry = r
+            .getProvenanceEntry(receipt_hash)
+            .call()
+            .await
+            .map_err(rpc_err(&self.url))?;
+        if entry.did != B256::ZERO {
+            return Ok(None);
+        }
         self.transact(
             "DIDRegistry.used",
             r.used(
@@ -490,6 +691,7 @@ impl Chain {
             ),
         )
         .await
+        .map(Some)
     }
 }
 
@@ -817,12 +1019,17 @@ impl ChainAgreements {
             .ok_or_else(|| denied(format!("dataset {} has no price", agreement.dataset)))?;
         let release = self.chain.release(id, did, consumer, &price).await?;
         let commit = self.chain.commit_receipt(hash, did).await?;
-        tracing::info!(agreement = %agreement.id, release = %release, receipt = %commit, "settled on-chain");
-        Ok(serde_json::json!({
-            "release_tx": format!("{release:#x}"),
-            "receipt_tx": format!("{commit:#x}"),
+        tracing::info!(agreement = %agreement.id, release = ?release, receipt = ?commit, "settled on-chain");
+        let tx = |t: Option<B256>| t.map(|t| format!("{t:#x}"));
+        let mut settled = serde_json::json!({
+            "release_tx": tx(release),
+            "receipt_tx": tx(commit),
             "receipt_hash": receipt_hash,
-        }))
+        });
+        if release.is_none() || commit.is_none() {
+            settled["note"] = "done by an earlier attempt whose confirmation was not seen; null transactions were not sent again".into();
+        }
+        Ok(settled)
     }
 }
 

@@ -9,7 +9,8 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use insitu_chain::{
     Addresses, Chain, ChainAgreements, ConditionState, IComputeExecutionCondition, IDIDRegistry,
-    IEscrowComputeExecutionTemplate, IEscrowPaymentCondition, ILockPaymentCondition, Price, ids,
+    IEscrowComputeExecutionTemplate, IEscrowPaymentCondition, ILockPaymentCondition, Price,
+    TxPolicy, ids,
 };
 use insitu_runtime::Error;
 use insitu_runtime::permissions::Permissions;
@@ -413,11 +414,10 @@ async fn agreement_execute_and_release_over_http() {
     config.layouts = vec![w.layout.clone()];
     config.workers = 1;
     config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
-    config.chain = Some(ChainConfig {
-        rpc: w.anvil.url.clone(),
-        contracts: fixture("out/addresses.json"),
-        cache_ttl: Duration::from_secs(10),
-    });
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
     let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
     let base = local.base.clone();
 
@@ -484,6 +484,21 @@ async fn agreement_execute_and_release_over_http() {
         .unwrap();
     assert_eq!(entry.did, w.did);
     assert_eq!(entry.createdBy, provider);
+
+    // Settling again (a retry after a confirmation timed out) sends nothing.
+    let agreement = w.store.agreement(&agreement).unwrap();
+    let again = w
+        .agreements
+        .settle(&agreement, &format!("{receipt_hash:#x}"))
+        .await
+        .unwrap();
+    assert_eq!(again["release_tx"], serde_json::Value::Null, "{again}");
+    assert_eq!(again["receipt_tx"], serde_json::Value::Null, "{again}");
+    assert_eq!(
+        rpc.get_block_number().await.unwrap(),
+        last,
+        "no transaction"
+    );
 }
 
 /// `insitu asset add` in chain mode: the DID is registered on-chain by the
@@ -551,6 +566,117 @@ async fn asset_add_registers_the_did_on_chain() {
     );
 }
 
+/// Chain id, gas multiplier, fee cap and confirmations of `TxPolicy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transaction_policy_is_applied() {
+    let w = world().await;
+    let key = ProviderKey::from_hex(PROVIDER).unwrap();
+    let rpc = w.anvil.wallet(CONSUMER);
+    let with = |policy: TxPolicy| {
+        Chain::connect_with(&w.anvil.url, w.addresses.clone(), &key, policy).unwrap()
+    };
+    let nonce = || rpc.get_transaction_count(address(PROVIDER));
+    let before = nonce().await.unwrap();
+
+    // Another chain's node is refused before anything is read or sent.
+    let mainnet = with(TxPolicy {
+        chain_id: Some(1),
+        ..TxPolicy::default()
+    });
+    let err = mainnet
+        .register_did(B256::repeat_byte(1), B256::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the chain RPC at {} serves chain id 31337, not the configured 1; fix chain_rpc or chain_id",
+            w.anvil.url
+        )
+    );
+    assert!(mainnet.block_number().await.is_err());
+    assert!(matches!(Error::from(err), Error::Unavailable(_)));
+
+    // A fee cap below the base fee: nothing is sent.
+    let stingy = with(TxPolicy {
+        max_fee_per_gas: Some(1),
+        ..TxPolicy::default()
+    });
+    let err = stingy
+        .register_did(B256::repeat_byte(2), B256::ZERO)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("DIDRegistry.registerDID not sent: the chain's base fee of ")
+            && err.ends_with(
+                "is above max_fee_per_gas (1 wei); it is retried later, or raise the cap"
+            ),
+        "{err}"
+    );
+    assert_eq!(nonce().await.unwrap(), before, "no transaction was sent");
+
+    // The right chain, a generous multiplier and a cap above the base fee.
+    let careful = with(TxPolicy {
+        chain_id: Some(31337),
+        gas_multiplier: 2.0,
+        max_fee_per_gas: Some(100_000_000_000),
+        ..TxPolicy::default()
+    });
+    let (_, hash) = careful
+        .register_did(B256::repeat_byte(3), B256::ZERO)
+        .await
+        .unwrap();
+    let tx = rpc.get_transaction_by_hash(hash).await.unwrap().unwrap();
+    let receipt = rpc.get_transaction_receipt(hash).await.unwrap().unwrap();
+    use alloy::consensus::Transaction as _;
+    assert!(
+        tx.gas_limit() >= 2 * receipt.gas_used,
+        "gas limit {} for {} used",
+        tx.gas_limit(),
+        receipt.gas_used
+    );
+    assert!(tx.max_fee_per_gas() <= 100_000_000_000);
+
+    // Two confirmations: the transaction is mined at once (automine), but
+    // only done when a further block exists.
+    let patient = with(TxPolicy {
+        confirmations: 2,
+        timeout: Duration::from_millis(1500),
+        ..TxPolicy::default()
+    });
+    let err = patient
+        .register_did(B256::repeat_byte(4), B256::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sent but not confirmed by 2 block(s) within 1.5s"),
+        "{err}"
+    );
+    assert!(matches!(Error::from(err), Error::Unavailable(_)));
+    let miner = {
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            rpc.raw_request::<_, serde_json::Value>("anvil_mine".into(), ("0x1",))
+                .await
+                .unwrap();
+        })
+    };
+    let (_, hash) = patient
+        .register_did(B256::repeat_byte(5), B256::ZERO)
+        .await
+        .unwrap();
+    miner.await.unwrap();
+    let mined = rpc.get_transaction_receipt(hash).await.unwrap().unwrap();
+    let head = rpc.get_block_number().await.unwrap();
+    assert!(
+        head > mined.block_number.unwrap(),
+        "confirmed by a later block"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_agreement_is_refused() {
     let w = world().await;
@@ -603,11 +729,10 @@ async fn a_pending_settlement_is_retried_after_a_restart() {
 
     let mut config = ServeConfig::new(w.data.clone());
     config.provider_key = Some(key);
-    config.chain = Some(ChainConfig {
-        rpc: w.anvil.url.clone(),
-        contracts: fixture("out/addresses.json"),
-        cache_ttl: Duration::from_secs(10),
-    });
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
     let (_router, gateway) = build(&config).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let settlement = loop {
@@ -630,11 +755,10 @@ async fn the_gateway_grants_compute_when_payment_is_locked() {
     let w = world().await;
     let mut config = ServeConfig::new(w.data.clone());
     config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
-    config.chain = Some(ChainConfig {
-        rpc: w.anvil.url.clone(),
-        contracts: fixture("out/addresses.json"),
-        cache_ttl: Duration::from_secs(10),
-    });
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
     let (_router, _gateway) = build(&config).unwrap();
     let (_, unpaid_compute) = w.agreement(31, false).await;
     let (_, compute_id) = w.agreement(32, true).await;
@@ -661,11 +785,10 @@ async fn execute_answers_503_while_the_chain_is_down() {
     let (id, _) = w.agreement(41, true).await;
     let mut config = ServeConfig::new(w.data.clone());
     config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
-    config.chain = Some(ChainConfig {
-        rpc: w.anvil.url.clone(),
-        contracts: fixture("out/addresses.json"),
-        cache_ttl: Duration::from_secs(10),
-    });
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
     let local = Local::start(&config, Duration::from_secs(1)).await.unwrap();
     let client = Consumer::new(local.base.clone(), ProviderKey::from_hex(CONSUMER).unwrap());
     let agreement = format!("{id:#x}");

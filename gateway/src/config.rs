@@ -12,8 +12,15 @@
 //! provider_key_file = "/etc/insitu/provider.key"   # default: <data_dir>/provider.key
 //! log_format = "json"         # or "text" (default)
 //! shutdown_grace = "30s"
+//! mode = "chain"             # or "local" (default unless chain_rpc is set)
 //! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
 //! contracts = "/etc/insitu/contracts.json"
+//! provider_keystore = "/etc/insitu/provider.json"  # password: INSITU_KEYSTORE_PASSWORD
+//! chain_id = 31337            # refuse a node serving another chain
+//! confirmations = 2           # default 1
+//! gas_multiplier = 1.2        # gas limit = estimate × this (default 1.2)
+//! max_fee_per_gas = "50gwei"  # default: the node's suggestion, uncapped
+//! tx_timeout = "2m"
 //! chain_cache_ttl = "10s"
 //!
 //! [limits]                    # per-stage defaults
@@ -30,7 +37,11 @@
 //! `INSITU_QUEUE`, `INSITU_LAYOUTS` and `INSITU_INSECURE_REGISTRIES`
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
-//! `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`, `INSITU_CHAIN_CACHE_TTL`,
+//! `INSITU_MODE`, `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`,
+//! `INSITU_PROVIDER_KEYSTORE` with `INSITU_KEYSTORE_PASSWORD` (only ever from
+//! the environment), `INSITU_CHAIN_ID`, `INSITU_CONFIRMATIONS`,
+//! `INSITU_GAS_MULTIPLIER`, `INSITU_MAX_FEE_PER_GAS`, `INSITU_TX_TIMEOUT`,
+//! `INSITU_CHAIN_CACHE_TTL`,
 //! `INSITU_TIMEOUT`, `INSITU_MEMORY`, `INSITU_OUTPUT_QUOTA`, `INSITU_LOG_QUOTA`
 //! and `INSITU_MAX_*` for the maxima.
 
@@ -75,6 +86,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where agreements are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The embedded agreement store (`insitu agreement grant`).
+    Local,
+    /// The Nevermined contracts, through `chain_rpc` and `contracts`.
+    Chain,
+}
+
 /// Optional limits, as text (`"30s"`, `"512MiB"`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,13 +119,31 @@ pub struct Layer {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     pub provider_key_file: Option<PathBuf>,
+    /// An encrypted key file (Web3 Secret Storage), opened with
+    /// `keystore_password`.
+    pub provider_keystore: Option<PathBuf>,
+    /// Only from the environment (`INSITU_KEYSTORE_PASSWORD`).
+    #[serde(skip)]
+    pub keystore_password: Option<String>,
     /// Hex private key; only from the environment (`INSITU_PROVIDER_KEY`).
     #[serde(skip)]
     pub provider_key: Option<String>,
     pub log_format: Option<LogFormat>,
     pub shutdown_grace: Option<String>,
+    /// `local` or `chain`; default: chain when `chain_rpc` is set.
+    pub mode: Option<Mode>,
     /// Chain mode: the JSON-RPC endpoint (with `contracts`).
     pub chain_rpc: Option<String>,
+    /// Chain mode: the chain id transactions are signed for.
+    pub chain_id: Option<u64>,
+    /// Chain mode: blocks to wait on top of a transaction's (default 1).
+    pub confirmations: Option<u64>,
+    /// Chain mode: gas limit = estimate × this (default 1.2).
+    pub gas_multiplier: Option<f64>,
+    /// Chain mode: cap on the fee per gas (`50gwei`, or wei).
+    pub max_fee_per_gas: Option<String>,
+    /// Chain mode: how long to wait for a transaction (default 2m).
+    pub tx_timeout: Option<String>,
     /// Chain mode: the JSON file of contract name → address.
     pub contracts: Option<PathBuf>,
     /// Chain mode: how long a positive permission answer is reused (default 10s).
@@ -177,6 +216,38 @@ impl Layer {
                 })
                 .transpose()
         };
+        fn parsed<T: std::str::FromStr>(
+            var: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            what: &'static str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            var(name)
+                .map(|v| {
+                    v.trim().parse().map_err(|e: T::Err| ConfigError::Value {
+                        origin: format!("environment variable {name}"),
+                        what,
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        }
+        let mode = match var("INSITU_MODE").as_deref().map(str::trim) {
+            None => None,
+            Some("local") => Some(Mode::Local),
+            Some("chain") => Some(Mode::Chain),
+            Some(other) => {
+                return Err(ConfigError::Value {
+                    origin: "environment variable INSITU_MODE".into(),
+                    what: "mode",
+                    value: other.into(),
+                    reason: "use `local` or `chain`".into(),
+                });
+            }
+        };
         let log_format = match var("INSITU_LOG_FORMAT").as_deref().map(str::trim) {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -201,10 +272,18 @@ impl Layer {
                 .collect(),
             insecure_registries: list("INSITU_INSECURE_REGISTRIES"),
             provider_key_file: var("INSITU_PROVIDER_KEY_FILE").map(PathBuf::from),
+            provider_keystore: var("INSITU_PROVIDER_KEYSTORE").map(PathBuf::from),
+            keystore_password: var("INSITU_KEYSTORE_PASSWORD"),
             provider_key: var("INSITU_PROVIDER_KEY"),
             log_format,
             shutdown_grace: var("INSITU_SHUTDOWN_GRACE"),
+            mode,
             chain_rpc: var("INSITU_CHAIN_RPC"),
+            chain_id: parsed(&var, "INSITU_CHAIN_ID", "chain id")?,
+            confirmations: parsed(&var, "INSITU_CONFIRMATIONS", "number")?,
+            gas_multiplier: parsed(&var, "INSITU_GAS_MULTIPLIER", "multiplier")?,
+            max_fee_per_gas: var("INSITU_MAX_FEE_PER_GAS"),
+            tx_timeout: var("INSITU_TX_TIMEOUT"),
             contracts: var("INSITU_CONTRACTS").map(PathBuf::from),
             chain_cache_ttl: var("INSITU_CHAIN_CACHE_TTL"),
             limits: LimitsText {
@@ -222,6 +301,47 @@ impl Layer {
             origin: "environment".into(),
         })
     }
+}
+
+/// Where the provider's key comes from.
+enum KeySource {
+    /// Hex, or a keystore recognised by its content; created when missing.
+    File(PathBuf),
+    /// An encrypted keystore; never created.
+    Keystore(PathBuf),
+}
+
+/// A fee per gas: wei (`1000000000`), `gwei` or `wei` suffixed, decimals
+/// allowed for gwei (`1.5gwei`).
+fn parse_wei(text: &str) -> Result<u128, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let hint = || "use wei (digits) or gwei, e.g. `50gwei`".to_string();
+    if let Some(g) = t.strip_suffix("gwei") {
+        let g = g.trim();
+        let (whole, frac) = g.split_once('.').unwrap_or((g, ""));
+        if whole.is_empty() && frac.is_empty() || frac.len() > 9 {
+            return Err(hint());
+        }
+        let digits = |d: &str| d.is_empty() || d.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(frac) {
+            return Err(hint());
+        }
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| hint())?
+        };
+        let frac: u128 = format!("{frac:0<9}").parse().map_err(|_| hint())?;
+        return whole
+            .checked_mul(1_000_000_000)
+            .and_then(|w| w.checked_add(frac))
+            .ok_or_else(hint);
+    }
+    t.strip_suffix("wei")
+        .unwrap_or(&t)
+        .trim()
+        .parse()
+        .map_err(|_| hint())
 }
 
 fn apply_limits(
@@ -270,9 +390,68 @@ impl Settings {
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(30),
         };
-        let mut key_file = None;
+        let mut key_file: Option<(KeySource, String)> = None;
+        let mut password = None;
         let (mut rpc, mut contracts, mut ttl) = (None, None, Duration::from_secs(10));
+        let mut mode = None;
+        let mut tx = insitu_chain::TxPolicy::default();
         for l in layers {
+            mode = l.mode.or(mode);
+            if let Some(v) = l.chain_id {
+                tx.chain_id = Some(v);
+            }
+            if let Some(v) = l.confirmations {
+                if v == 0 {
+                    return Err(ConfigError::Value {
+                        origin: format!("{}, confirmations", l.origin),
+                        what: "number of confirmations",
+                        value: v.to_string(),
+                        reason: "use 1 (mined) or more".into(),
+                    });
+                }
+                tx.confirmations = v;
+            }
+            if let Some(v) = l.gas_multiplier {
+                if !(1.0..=10.0).contains(&v) {
+                    return Err(ConfigError::Value {
+                        origin: format!("{}, gas_multiplier", l.origin),
+                        what: "gas multiplier",
+                        value: v.to_string(),
+                        reason: "use a factor from 1.0 to 10.0 (e.g. 1.2)".into(),
+                    });
+                }
+                tx.gas_multiplier = v;
+            }
+            if let Some(v) = &l.max_fee_per_gas {
+                tx.max_fee_per_gas = Some(parse_wei(v).map_err(|reason| ConfigError::Value {
+                    origin: format!("{}, max_fee_per_gas", l.origin),
+                    what: "fee per gas",
+                    value: v.clone(),
+                    reason,
+                })?);
+            }
+            if let Some(v) = &l.tx_timeout {
+                tx.timeout = parse_duration(v).map_err(|e| ConfigError::Value {
+                    origin: format!("{}, tx_timeout", l.origin),
+                    what: "duration",
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            if l.keystore_password.is_some() {
+                password.clone_from(&l.keystore_password);
+            }
+            if l.provider_key_file.is_some() && l.provider_keystore.is_some() {
+                return Err(ConfigError::Value {
+                    origin: format!("{}, provider_keystore", l.origin),
+                    what: "key setting",
+                    value: "both provider_key_file and provider_keystore".into(),
+                    reason: "set one of them".into(),
+                });
+            }
+            if let Some(f) = &l.provider_keystore {
+                key_file = Some((KeySource::Keystore(f.clone()), l.origin.clone()));
+            }
             if let Some(v) = &l.chain_rpc {
                 rpc = Some(v.clone());
             }
@@ -310,7 +489,7 @@ impl Settings {
                 serve.insecure_registries = l.insecure_registries.clone();
             }
             if let Some(f) = &l.provider_key_file {
-                key_file = Some((f.clone(), l.origin.clone()));
+                key_file = Some((KeySource::File(f.clone()), l.origin.clone()));
             }
             if let Some(hex) = &l.provider_key {
                 serve.provider_key =
@@ -338,23 +517,56 @@ impl Settings {
             apply_limits(&mut serve.limits, &l.limits, &l.origin, "limits")?;
             apply_limits(&mut serve.max, &l.max, &l.origin, "max")?;
         }
-        if let Some((file, origin)) = key_file {
-            serve.provider_key =
-                Some(
-                    ProviderKey::load_or_create(&file).map_err(|e| ConfigError::Value {
-                        origin: format!("{origin}, provider_key_file"),
-                        what: "key file",
+        match key_file {
+            Some((KeySource::File(file), origin)) => {
+                let key = if file.exists() {
+                    ProviderKey::open(&file, password.as_deref())
+                } else {
+                    ProviderKey::load_or_create(&file)
+                };
+                serve.provider_key = Some(key.map_err(|e| ConfigError::Value {
+                    origin: format!("{origin}, provider_key_file"),
+                    what: "key file",
+                    value: file.display().to_string(),
+                    reason: e.to_string(),
+                })?);
+            }
+            Some((KeySource::Keystore(file), origin)) => {
+                let Some(password) = password else {
+                    return Err(ConfigError::Value {
+                        origin: format!("{origin}, provider_keystore"),
+                        what: "keystore setting",
                         value: file.display().to_string(),
-                        reason: e.to_string(),
-                    })?,
-                );
+                        reason: "its password is missing; set INSITU_KEYSTORE_PASSWORD".into(),
+                    });
+                };
+                serve.provider_key =
+                    Some(ProviderKey::from_keystore(&file, &password).map_err(|e| {
+                        ConfigError::Value {
+                            origin: format!("{origin}, provider_keystore"),
+                            what: "keystore",
+                            value: file.display().to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?);
+            }
+            None => {}
+        }
+        if mode == Some(Mode::Local) {
+            (rpc, contracts) = (None, None);
         }
         serve.chain = match (rpc, contracts) {
             (Some(rpc), Some(contracts)) => Some(crate::server::ChainConfig {
                 rpc,
                 contracts,
                 cache_ttl: ttl,
+                tx,
             }),
+            (None, None) if mode == Some(Mode::Chain) => {
+                return Err(ConfigError::Limits(
+                    "mode is chain but no chain is configured: set --chain-rpc URL and --contracts FILE (or chain_rpc and contracts / INSITU_CHAIN_RPC and INSITU_CONTRACTS)".into(),
+                ));
+            }
             (None, None) => None,
             (Some(_), None) => {
                 return Err(ConfigError::Limits(
@@ -460,5 +672,114 @@ mod tests {
                 .to_string()
                 .starts_with("environment variable INSITU_WORKERS: `two` is not a valid number")
         );
+    }
+
+    #[test]
+    fn chain_settings_keystore_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = dir.path().join("provider.json");
+        let key = ProviderKey::random();
+        key.write_keystore(&keystore, "pw").unwrap();
+        let file = dir.path().join("insitu.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "chain_rpc = \"http://127.0.0.1:8545\"\ncontracts = \"c.json\"\nprovider_keystore = \"{}\"\nchain_id = 31337\nconfirmations = 3\nmax_fee_per_gas = \"1.5gwei\"\ntx_timeout = \"45s\"\n",
+                keystore.display()
+            ),
+        )
+        .unwrap();
+        let s = Settings::resolve(&[
+            Layer::from_file(&file).unwrap(),
+            env(&[
+                ("INSITU_KEYSTORE_PASSWORD", "pw"),
+                ("INSITU_GAS_MULTIPLIER", "1.5"),
+            ]),
+        ])
+        .unwrap();
+        assert_eq!(s.serve.provider_key.unwrap().address(), key.address());
+        let chain = s.serve.chain.unwrap();
+        assert_eq!(chain.tx.chain_id, Some(31337));
+        assert_eq!(chain.tx.confirmations, 3);
+        assert_eq!(chain.tx.gas_multiplier, 1.5);
+        assert_eq!(chain.tx.max_fee_per_gas, Some(1_500_000_000));
+        assert_eq!(chain.tx.timeout, Duration::from_secs(45));
+
+        // The password is required, and checked; neither is ever printed.
+        let err = Settings::resolve(&[Layer::from_file(&file).unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("its password is missing; set INSITU_KEYSTORE_PASSWORD"),
+            "{err}"
+        );
+        let err = Settings::resolve(&[
+            Layer::from_file(&file).unwrap(),
+            env(&[("INSITU_KEYSTORE_PASSWORD", "wrong")]),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("wrong password"), "{err}");
+        assert!(
+            !err.contains("wrong\"") && !err.contains("`wrong`"),
+            "{err}"
+        );
+
+        // `--mode local` overrides a file's chain settings; `chain` needs them.
+        let local = Layer {
+            mode: Some(Mode::Local),
+            origin: "flags".into(),
+            ..Layer::default()
+        };
+        let s = Settings::resolve(&[
+            Layer::from_file(&file).unwrap(),
+            env(&[("INSITU_KEYSTORE_PASSWORD", "pw")]),
+            local,
+        ])
+        .unwrap();
+        assert!(s.serve.chain.is_none());
+        let err = Settings::resolve(&[env(&[("INSITU_MODE", "chain")])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("mode is chain but no chain is configured"),
+            "{err}"
+        );
+        let err = Settings::resolve(&[env(&[("INSITU_CONFIRMATIONS", "0")])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use 1 (mined) or more"), "{err}");
+        let err = Settings::resolve(&[env(&[("INSITU_GAS_MULTIPLIER", "0.5")])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 1.0 to 10.0"), "{err}");
+        let both = Layer {
+            provider_key_file: Some("a".into()),
+            provider_keystore: Some("b".into()),
+            origin: "flags".into(),
+            ..Layer::default()
+        };
+        let err = Settings::resolve(&[both]).unwrap_err().to_string();
+        assert!(err.ends_with("set one of them"), "{err}");
+    }
+
+    #[test]
+    fn fees_parse_in_wei_and_gwei() {
+        assert_eq!(parse_wei("1000"), Ok(1000));
+        assert_eq!(parse_wei("7 wei"), Ok(7));
+        assert_eq!(parse_wei("50gwei"), Ok(50_000_000_000));
+        assert_eq!(parse_wei("0.000000001gwei"), Ok(1));
+        assert_eq!(parse_wei(".5 GWei"), Ok(500_000_000));
+        for bad in [
+            "",
+            "gwei",
+            "1.2.3gwei",
+            "-1",
+            "1e9",
+            "0.0000000001gwei",
+            "5 eth",
+        ] {
+            assert!(parse_wei(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -59,8 +59,19 @@ enum Command {
 #[derive(Subcommand)]
 enum KeyCmd {
     /// Create a key file (mode 0600); prints its address.
-    New { file: PathBuf },
-    /// Print the address of a key file.
+    New {
+        file: PathBuf,
+        /// Write an encrypted keystore (Web3 Secret Storage, scrypt) with the
+        /// password in env INSITU_KEYSTORE_PASSWORD, instead of hex.
+        #[arg(long)]
+        keystore: bool,
+        /// With --keystore: encrypt the existing key in this file (hex)
+        /// instead of generating one.
+        #[arg(long, value_name = "HEX_FILE", requires = "keystore")]
+        from: Option<PathBuf>,
+    },
+    /// Print the address of a key file (hex, or a keystore opened with
+    /// INSITU_KEYSTORE_PASSWORD).
     Address { file: PathBuf },
 }
 
@@ -119,6 +130,24 @@ struct ServeCli {
     /// Chain mode: JSON file of contract name → address.
     #[arg(long, value_name = "ADDRESSES.json", requires = "chain_rpc")]
     contracts: Option<PathBuf>,
+    /// `local` (the embedded agreement store) or `chain` [default: chain
+    /// when --chain-rpc is set].
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// The provider's encrypted key file (Web3 Secret Storage, as geth or
+    /// `insitu key new --keystore` write it); password in env
+    /// INSITU_KEYSTORE_PASSWORD.
+    #[arg(long, value_name = "FILE", conflicts_with = "provider_key_file")]
+    provider_keystore: Option<PathBuf>,
+    /// Chain mode: the chain id to sign for; a node serving another chain is refused.
+    #[arg(long, value_name = "ID")]
+    chain_id: Option<u64>,
+    /// Chain mode: blocks to wait on top of each transaction [default: 1].
+    #[arg(long, value_name = "N")]
+    confirmations: Option<u64>,
+    /// Chain mode: the most paid per gas, e.g. `50gwei` [default: uncapped].
+    #[arg(long, value_name = "FEE")]
+    max_fee_per_gas: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +190,15 @@ enum AssetCmd {
         /// env INSITU_PROVIDER_KEY wins].
         #[arg(long, value_name = "FILE", requires = "chain_rpc")]
         provider_key_file: Option<PathBuf>,
+        /// Chain mode: the provider's encrypted key file; password in env
+        /// INSITU_KEYSTORE_PASSWORD.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "chain_rpc",
+            conflicts_with = "provider_key_file"
+        )]
+        provider_keystore: Option<PathBuf>,
     },
 }
 
@@ -303,7 +341,7 @@ struct RunCli {
 }
 
 fn serve(s: ServeCli) -> anyhow::Result<bool> {
-    use insitu_gateway::config::{Layer, LogFormat, Settings};
+    use insitu_gateway::config::{Layer, LogFormat, Mode, Settings};
     let mut layers = Vec::new();
     if let Some(file) = &s.config {
         layers.push(Layer::from_file(file)?);
@@ -316,8 +354,18 @@ fn serve(s: ServeCli) -> anyhow::Result<bool> {
         layouts: s.layout,
         insecure_registries: s.insecure_registry,
         provider_key_file: s.provider_key_file,
+        provider_keystore: s.provider_keystore,
         chain_rpc: s.chain_rpc,
         contracts: s.contracts,
+        chain_id: s.chain_id,
+        confirmations: s.confirmations,
+        max_fee_per_gas: s.max_fee_per_gas,
+        mode: match s.mode.as_deref() {
+            None => None,
+            Some("local") => Some(Mode::Local),
+            Some("chain") => Some(Mode::Chain),
+            Some(other) => anyhow::bail!("--mode must be `local` or `chain`, not `{other}`"),
+        },
         log_format: match s.log_format.as_deref() {
             None => None,
             Some("json") => Some(LogFormat::Json),
@@ -418,6 +466,7 @@ fn main() -> ExitCode {
             contracts,
             price,
             provider_key_file,
+            provider_keystore,
         }) => {
             let server = insitu_runtime::store::Server {
                 memory,
@@ -425,26 +474,27 @@ fn main() -> ExitCode {
                 max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
             };
             match (chain_rpc, contracts, price) {
-                (Some(rpc), Some(contracts), Some(price)) => {
-                    commands::provider_key(&data_dir, provider_key_file.as_deref()).and_then(
-                        |key| {
-                            print_line(commands::catalog::add_dataset_on_chain(
-                                &data_dir,
-                                &path,
-                                &name,
-                                &allow_images,
-                                timeout,
-                                &server,
-                                &commands::catalog::OnChain {
-                                    rpc,
-                                    contracts,
-                                    key,
-                                    price,
-                                },
-                            ))
+                (Some(rpc), Some(contracts), Some(price)) => commands::provider_key(
+                    &data_dir,
+                    provider_key_file.as_deref(),
+                    provider_keystore.as_deref(),
+                )
+                .and_then(|key| {
+                    print_line(commands::catalog::add_dataset_on_chain(
+                        &data_dir,
+                        &path,
+                        &name,
+                        &allow_images,
+                        timeout,
+                        &server,
+                        &commands::catalog::OnChain {
+                            rpc,
+                            contracts,
+                            key,
+                            price,
                         },
-                    )
-                }
+                    ))
+                }),
                 _ => print_line(commands::catalog::add_dataset(
                     &data_dir,
                     &path,
@@ -479,7 +529,15 @@ fn main() -> ExitCode {
         )),
         Command::Serve(s) => serve(s),
         Command::Demo => commands::demo::execute(),
-        Command::Key(KeyCmd::New { file }) => print_line(commands::consumer::new_key(&file)),
+        Command::Key(KeyCmd::New {
+            file,
+            keystore,
+            from,
+        }) => print_line(commands::consumer::new_key(
+            &file,
+            keystore,
+            from.as_deref(),
+        )),
         Command::Key(KeyCmd::Address { file }) => print_line(commands::consumer::address(&file)),
         Command::Grant(g) => print_line(commands::consumer::grant(
             &g.key,

@@ -76,6 +76,21 @@ pub struct ChainConfig {
     pub contracts: PathBuf,
     /// How long a positive permission answer is reused. Default 10 s.
     pub cache_ttl: Duration,
+    /// Chain id, confirmations, gas and fee policy of the provider's transactions.
+    pub tx: insitu_chain::TxPolicy,
+}
+
+impl ChainConfig {
+    /// Chain mode through `rpc` with the contracts in `contracts`, other
+    /// settings at their defaults.
+    pub fn new(rpc: impl Into<String>, contracts: impl Into<PathBuf>) -> ChainConfig {
+        ChainConfig {
+            rpc: rpc.into(),
+            contracts: contracts.into(),
+            cache_ttl: Duration::from_secs(10),
+            tx: insitu_chain::TxPolicy::default(),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -485,7 +500,9 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => {
             let addresses = insitu_chain::Addresses::from_file(&c.contracts)?;
-            let chain = Arc::new(insitu_chain::Chain::connect(&c.rpc, addresses, &key)?);
+            let chain = Arc::new(insitu_chain::Chain::connect_with(
+                &c.rpc, addresses, &key, c.tx,
+            )?);
             tracing::info!(rpc = %c.rpc, provider = %key.address(), "chain mode: agreements on-chain");
             watcher = Some(chain.clone());
             Arc::new(insitu_chain::ChainAgreements::new(

@@ -262,6 +262,37 @@ fn bad_invocations_fail_with_one_clear_line() {
         "{}",
         stderr(&out)
     );
+
+    // A keystore without its password; a keystore opened with a wrong one.
+    let out = e.insitu(&["key", "new", "--keystore", &e.p("k.json")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: set the keystore's password in INSITU_KEYSTORE_PASSWORD\n"
+    );
+    assert!(!e.tmp.path().join("k.json").exists());
+    let with = |password: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args(args)
+            .env("INSITU_KEYSTORE_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let made = with("pw", &["key", "new", "--keystore", &e.p("k.json")]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let address = String::from_utf8(made.stdout).unwrap();
+    let back = with("pw", &["key", "address", &e.p("k.json")]);
+    assert_eq!(String::from_utf8(back.stdout).unwrap(), address);
+    let wrong = with("nope", &["key", "address", &e.p("k.json")]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(
+        stderr(&wrong).starts_with(&format!(
+            "error: keystore {}: wrong password",
+            e.p("k.json")
+        )),
+        "{}",
+        stderr(&wrong)
+    );
 }
 
 #[test]
@@ -771,4 +802,14 @@ fn the_readme_chain_walkthrough_runs_as_written() {
     ] {
         assert!(text.contains(want), "no `{want}` in\n{text}");
     }
+    // The provider's key and the keystore's password are never printed.
+    let all = format!("{text}{}", stderr(&out));
+    for secret in [
+        "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+        "correct-horse-battery-staple",
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+    }
+    let keystore = std::fs::read_to_string(e.tmp.path().join("chainwalk/provider.json")).unwrap();
+    assert!(keystore.contains("\"kdf\":\"scrypt\"") && !keystore.contains("59c6995e"));
 }

@@ -105,6 +105,11 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An encrypted key file (Web3 Secret Storage) could not be read,
+    /// decrypted or written.
+    #[error("keystore {}: {reason}", path.display())]
+    Keystore { path: PathBuf, reason: String },
+
     /// The agreement or a dataset's compute service does not permit this.
     #[error("not permitted: {0}")]
     Denied(String),

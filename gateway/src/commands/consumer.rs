@@ -10,17 +10,31 @@ use serde_json::json;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Creates a secp256k1 key file (hex, mode 0600); returns its address.
+/// Creates a secp256k1 key file (mode 0600): hex, or with `keystore` an
+/// encrypted keystore with the password in `INSITU_KEYSTORE_PASSWORD` —
+/// of a fresh key, or of the hex key in `from`; returns its address.
 ///
 /// # Errors
-/// When the file exists (never overwritten) or cannot be written.
-pub fn new_key(path: &Path) -> anyhow::Result<String> {
+/// When the file exists (never overwritten), cannot be written, or a
+/// keystore's password is not set.
+pub fn new_key(path: &Path, keystore: bool, from: Option<&Path>) -> anyhow::Result<String> {
     if path.exists() {
         bail!(
             "{} already exists; keys are never overwritten (its address: insitu key address {})",
             path.display(),
             path.display()
         );
+    }
+    if keystore {
+        let password = super::keystore_password().ok_or_else(|| {
+            anyhow::anyhow!("set the keystore's password in INSITU_KEYSTORE_PASSWORD")
+        })?;
+        let key = match from {
+            Some(f) => ProviderKey::open(f, None)?,
+            None => ProviderKey::random(),
+        };
+        key.write_keystore(path, &password)?;
+        return Ok(key.address());
     }
     Ok(ProviderKey::load_or_create(path)?.address())
 }
@@ -33,10 +47,12 @@ pub fn address(path: &Path) -> anyhow::Result<String> {
     Ok(load(path)?.address())
 }
 
+/// A key file: hex, or a keystore opened with `INSITU_KEYSTORE_PASSWORD`.
 fn load(path: &Path) -> anyhow::Result<ProviderKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the key file {}", path.display()))?;
-    Ok(ProviderKey::from_hex(text.trim())?)
+    Ok(ProviderKey::open(
+        path,
+        super::keystore_password().as_deref(),
+    )?)
 }
 
 /// A signed grant for `agreement`: to execute `workflow`, or for execution

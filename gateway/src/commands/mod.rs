@@ -77,17 +77,37 @@ pub async fn shutdown_signal() {
 pub fn provider_key(
     data_dir: &std::path::Path,
     file: Option<&std::path::Path>,
+    keystore: Option<&std::path::Path>,
 ) -> anyhow::Result<insitu_runtime::receipt::ProviderKey> {
     use insitu_runtime::receipt::ProviderKey;
     if let Ok(hex) = std::env::var("INSITU_PROVIDER_KEY") {
         return Ok(ProviderKey::from_hex(hex.trim())?);
     }
+    let password = keystore_password();
+    if let Some(path) = keystore {
+        let password = password.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the keystore {} needs its password: set INSITU_KEYSTORE_PASSWORD",
+                path.display()
+            )
+        })?;
+        return Ok(ProviderKey::from_keystore(path, &password)?);
+    }
     let path = file.map_or_else(
         || data_dir.join("provider.key"),
         std::path::Path::to_path_buf,
     );
+    if path.exists() {
+        return Ok(ProviderKey::open(&path, password.as_deref())?);
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     Ok(ProviderKey::load_or_create(&path)?)
+}
+
+/// The password of encrypted key files: env `INSITU_KEYSTORE_PASSWORD`
+/// (never a flag, so it stays out of `ps` and shell history).
+pub fn keystore_password() -> Option<String> {
+    std::env::var("INSITU_KEYSTORE_PASSWORD").ok()
 }
