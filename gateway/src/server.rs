@@ -479,6 +479,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         cache_dir: Some(dir.join("modules")),
         ..SandboxConfig::default()
     })?);
+    let backends = Pipeline::local(&sandbox);
     let pipeline = Arc::new(Pipeline {
         sandbox,
         store: store.clone(),
@@ -492,6 +493,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         limits: config.limits,
         key: key.clone(),
         caches: Default::default(),
+        backends,
     });
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));

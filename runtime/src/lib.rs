@@ -5,6 +5,8 @@
 //!
 //! - [`sandbox`] owns the shared wasmtime engine, the compiled-module cache and
 //!   the per-job store: preopens, limits, quotas and outcome classification.
+//! - [`backend`] is the seam between the pipeline and what runs a stage
+//!   ([`backend::Backend`]: the in-process sandbox, or Kubernetes pods).
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
 //! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
@@ -32,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod error;
 pub mod image;
 pub mod outcome;

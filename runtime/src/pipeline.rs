@@ -12,11 +12,12 @@
 //! codes, times, bytes), outputs (each file's sha256) and the result DID.
 
 use crate::Error;
+use crate::backend::{Backend, LocalWasm, StageCode, StageJob};
 use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, RegistrySource};
 use crate::outcome::{Outcome, Status};
 use crate::receipt::{self, ProviderKey};
 use crate::resolve::{Resolved, ResolvedInput, ResolvedStage};
-use crate::sandbox::{JobSpec, Limits, Prepared, Sandbox, StopHandle};
+use crate::sandbox::{JobSpec, Limits, Sandbox, StopHandle};
 use crate::store::Store;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -71,6 +72,9 @@ pub struct Pipeline {
     pub key: ProviderKey,
     /// What later executions reuse.
     pub caches: Caches,
+    /// Who runs stages, in order of preference: each stage goes to the first
+    /// that accepts its code. Default ([`Pipeline::local`]): the sandbox only.
+    pub backends: Vec<Arc<dyn Backend>>,
 }
 
 /// Memos of a [`Pipeline`]; start with `Caches::default()`.
@@ -102,6 +106,11 @@ fn create(dir: &Path) -> Result<(), Error> {
 }
 
 impl Pipeline {
+    /// The default backends: wasm in `sandbox`, no native images.
+    pub fn local(sandbox: &Arc<Sandbox>) -> Vec<Arc<dyn Backend>> {
+        vec![Arc::new(LocalWasm(sandbox.clone()))]
+    }
+
     /// The output directory of stage `index` of execution `id`.
     pub fn outputs(&self, id: &str, index: u32) -> PathBuf {
         self.root
@@ -118,7 +127,7 @@ impl Pipeline {
             .join("logs")
     }
 
-    async fn configure(&self, stage: &ResolvedStage) -> Result<(Arc<Prepared>, String), Error> {
+    async fn configure(&self, stage: &ResolvedStage) -> Result<(StageCode, String), Error> {
         let known = self
             .caches
             .images
@@ -129,14 +138,13 @@ impl Pipeline {
         if let Some((module, manifest)) = known
             && let Some(module) = self.sandbox.cached(&module)
         {
-            return Ok((module, manifest));
+            return Ok((StageCode::Wasm(module), manifest));
         }
         let source = self.images.source(&stage.reference, &stage.checksum)?;
         let pulled = self.puller.pull(&source, &stage.checksum).await?;
-        let wasm = pulled.wasm.ok_or_else(|| Error::BadImage {
-            digest: stage.checksum.clone(),
-            reason: "a native (non-wasm) image; it needs the Kubernetes backend, which this provider has not configured".into(),
-        })?;
+        let Some(wasm) = pulled.wasm else {
+            return Ok((StageCode::Native, pulled.manifest_digest));
+        };
         let module = self.sandbox.prepare(&wasm)?;
         self.caches
             .images
@@ -146,7 +154,19 @@ impl Pipeline {
                 stage.checksum.clone(),
                 (module.digest.clone(), pulled.manifest_digest.clone()),
             );
-        Ok((module, pulled.manifest_digest))
+        Ok((StageCode::Wasm(module), pulled.manifest_digest))
+    }
+
+    /// The first backend that accepts `code`.
+    fn backend(&self, stage: &ResolvedStage, code: &StageCode) -> Result<&dyn Backend, Error> {
+        self.backends
+            .iter()
+            .find(|b| b.accepts(code))
+            .map(|b| b.as_ref())
+            .ok_or_else(|| Error::BadImage {
+                digest: stage.checksum.clone(),
+                reason: "a native (non-wasm) image; it needs the Kubernetes backend, which this provider has not configured ([kubernetes] in the config file)".into(),
+            })
     }
 
     /// The sha256 of the canonical JSON of [`collect`]`(root)`, memoized by
@@ -197,7 +217,11 @@ impl Pipeline {
             let (outputs, logs) = (self.outputs(id, stage.index), self.logs(id, stage.index));
             create(&outputs)?;
             create(&logs)?;
-            let (module, image_digest) = match self.configure(stage).await {
+            let configured = self
+                .configure(stage)
+                .await
+                .and_then(|(code, digest)| Ok((self.backend(stage, &code)?, code, digest)));
+            let (backend, code, image_digest) = match configured {
                 Ok(m) => m,
                 Err(e) => {
                     let why = format!("stage {}: {e}", stage.index);
@@ -226,19 +250,36 @@ impl Pipeline {
                     ResolvedInput::PreviousStage(n) => self.outputs(id, *n),
                 })
                 .collect();
-            let spec = JobSpec {
-                name: format!("stage-{}", stage.index),
-                inputs,
-                output: outputs,
-                logs,
-                args: Vec::new(),
-                env: Vec::new(),
-                limits: stage.server.cap(self.limits),
+            let job = StageJob {
+                execution: id.to_string(),
+                agreement: resolved.agreement.id.clone(),
+                stage: stage.index,
+                image: pinned(&stage.reference, &stage.checksum),
+                checksum: stage.checksum.clone(),
+                code,
+                spec: JobSpec {
+                    name: format!("stage-{}", stage.index),
+                    inputs,
+                    output: outputs,
+                    logs,
+                    args: Vec::new(),
+                    env: Vec::new(),
+                    limits: stage.server.cap(self.limits),
+                },
+                datasets: stage
+                    .inputs
+                    .iter()
+                    .map(|i| match i {
+                        ResolvedInput::Dataset { did, .. } => Some(did.clone()),
+                        ResolvedInput::PreviousStage(_) => None,
+                    })
+                    .collect(),
             };
-            let report = self.sandbox.run(&module, &spec, stop).await?;
+            let report = backend.run(&job, stop).await?;
             records.push(json!({
                 "index": stage.index, "status": report.status, "outcome": report.outcome, "exit_code": report.exit_code,
                 "image": stage.reference, "image_digest": image_digest, "module_digest": report.module_digest,
+                "backend": backend.name(),
                 "started_at": started, "finished_at": now_ms(), "duration_ms": report.duration_ms,
                 "output_bytes": report.output_bytes, "log_bytes": report.log_bytes, "error": report.error,
             }));
@@ -308,6 +349,18 @@ impl Pipeline {
         }
         Ok(Status::Succeeded)
     }
+}
+
+/// `repository@sha256:…` of a workflow's `image:tag@sha256:…` reference:
+/// the tag dropped (a registry port is kept), pinned by `checksum`.
+pub fn pinned(reference: &str, checksum: &str) -> String {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let repo = match name[slash..].find(':') {
+        Some(colon) => &name[..slash + colon],
+        None => name,
+    };
+    format!("{repo}@{checksum}")
 }
 
 /// Every regular file under `root` as `{"path", "size", "sha256"}`, sorted;
@@ -409,6 +462,18 @@ fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_references_drop_the_tag_and_keep_ports() {
+        let d = "sha256:ab";
+        assert_eq!(
+            pinned("reg:5000/a/b:1@sha256:00", d),
+            "reg:5000/a/b@sha256:ab"
+        );
+        assert_eq!(pinned("reg:5000/a/b", d), "reg:5000/a/b@sha256:ab");
+        assert_eq!(pinned("busybox:1.36", d), "busybox@sha256:ab");
+        assert_eq!(pinned("local/wc", d), "local/wc@sha256:ab");
+    }
 
     #[test]
     fn fingerprints_change_with_any_file() {

@@ -246,7 +246,8 @@ impl StopHandle {
         self.0.stopped.load(Ordering::SeqCst)
     }
 
-    async fn wait(&self) {
+    /// Resolves once [`StopHandle::stop`] has been called.
+    pub async fn wait(&self) {
         loop {
             let notified = self.0.notify.notified();
             tokio::pin!(notified);

@@ -32,14 +32,16 @@ fn world() -> World {
         )
         .unwrap();
     }
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            concurrency: 2,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
     let pipeline = Pipeline {
-        sandbox: Arc::new(
-            Sandbox::new(SandboxConfig {
-                concurrency: 2,
-                ..SandboxConfig::default()
-            })
-            .unwrap(),
-        ),
+        backends: Pipeline::local(&sandbox),
+        sandbox,
         store: store.clone(),
         puller: Puller::new(BlobStore::open(tmp.path().join("blobs")).unwrap()),
         images: ImageResolver {
