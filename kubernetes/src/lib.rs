@@ -214,8 +214,18 @@ impl KubeSettings {
                 ))
             })?,
         };
-        kube::Client::try_from(config).map_err(|e| bad(format!("client: {e}")))
+        client(config)
     }
+}
+
+/// A client for `config` (TLS through rustls with ring).
+///
+/// # Errors
+/// [`KubeError::Config`] when the client cannot be built from `config`.
+pub fn client(config: kube::Config) -> Result<kube::Client, KubeError> {
+    // Several crypto providers are compiled in; rustls refuses to guess.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kube::Client::try_from(config).map_err(|e| KubeError::Config(format!("client: {e}")))
 }
 
 /// How long the backend waits between attempts when the API server answers
@@ -293,6 +303,17 @@ const PULL_ERRORS: [&str; 5] = [
 /// `Some` once `pod` has ended (or can never start).
 fn ended(pod: &Pod) -> Option<Ended> {
     let status = pod.status.as_ref()?;
+    // The kubelet's verdict on the pod comes first: a deadline or an
+    // eviction also terminates the container, with a plain exit code.
+    let reason = status.reason.clone().unwrap_or_default();
+    if status.phase.as_deref() == Some("Failed")
+        && (reason == "DeadlineExceeded" || reason == "Evicted")
+    {
+        return Some(Ended::PodFailed {
+            reason,
+            message: status.message.clone().unwrap_or_default(),
+        });
+    }
     let container = status
         .container_statuses
         .as_ref()
