@@ -31,6 +31,9 @@
 //!
 //! [max]                       # the provider's maxima (same keys)
 //! timeout = "1h"
+//!
+//! [kubernetes]                # native images as pods; see insitu_kubernetes::KubeSettings
+//! namespace = "insitu"
 //! ```
 //!
 //! Environment: `INSITU_LISTEN`, `INSITU_DATA_DIR`, `INSITU_WORKERS`,
@@ -152,6 +155,8 @@ pub struct Layer {
     pub limits: LimitsText,
     #[serde(default)]
     pub max: LimitsText,
+    /// The Kubernetes backend (only from the config file).
+    pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
     /// Where this layer came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -298,6 +303,7 @@ impl Layer {
                 output_quota: var("INSITU_MAX_OUTPUT_QUOTA"),
                 log_quota: var("INSITU_MAX_LOG_QUOTA"),
             },
+            kubernetes: None,
             origin: "environment".into(),
         })
     }
@@ -513,6 +519,15 @@ impl Settings {
                     value: g.clone(),
                     reason: e.to_string(),
                 })?;
+            }
+            if let Some(k) = &l.kubernetes {
+                k.check().map_err(|e| ConfigError::Value {
+                    origin: format!("{}, [kubernetes]", l.origin),
+                    what: "kubernetes table",
+                    value: k.namespace.clone(),
+                    reason: e.to_string(),
+                })?;
+                serve.kubernetes = Some(k.clone());
             }
             apply_limits(&mut serve.limits, &l.limits, &l.origin, "limits")?;
             apply_limits(&mut serve.max, &l.max, &l.origin, "max")?;

@@ -47,12 +47,35 @@ enum Command {
     Key(KeyCmd),
     /// Print a signed Nevermined JWT grant, to trade for an access token.
     Grant(GrantCli),
+    /// Kubernetes: what a stage creates on the cluster.
+    #[command(subcommand)]
+    K8s(K8sCmd),
     /// Print the personal_sign (EIP-191) signature of a text, e.g. an agreement id.
     Sign {
         /// The key file (hex).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
         message: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sCmd {
+    /// Print the NetworkPolicy and Pod (YAML) stage N of a workflow would
+    /// create, for review or `kubectl apply --dry-run=server -f -`.
+    Manifests {
+        /// The workflow (its metadata, or a DDO holding it).
+        #[arg(long, value_name = "WORKFLOW.json")]
+        workflow: PathBuf,
+        #[arg(long, value_name = "N")]
+        stage: u32,
+        /// Resolve datasets in this data dir's catalog; without it they are
+        /// placeholder volumes named `unresolved-dataset-N`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config file holding `[kubernetes]` and `[limits]`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -528,6 +551,28 @@ fn main() -> ExitCode {
             &chain_rpc, &contracts, &key, &dataset, &provider, &price,
         )),
         Command::Serve(s) => serve(s),
+        Command::K8s(K8sCmd::Manifests {
+            workflow,
+            stage,
+            data_dir,
+            config,
+        }) => (|| {
+            use insitu_gateway::config::{Layer, Settings};
+            let layers = match &config {
+                Some(f) => vec![Layer::from_file(f)?],
+                None => Vec::new(),
+            };
+            let settings = Settings::resolve(&layers)?;
+            let yaml = commands::k8s::manifests(
+                &workflow,
+                stage,
+                data_dir.as_deref(),
+                &settings.serve.kubernetes.unwrap_or_default(),
+                settings.serve.limits,
+            )?;
+            print!("{yaml}");
+            Ok(true)
+        })(),
         Command::Demo => commands::demo::execute(),
         Command::Key(KeyCmd::New {
             file,

@@ -65,6 +65,8 @@ pub struct ServeConfig {
     pub permissions: Option<Arc<dyn Permissions>>,
     /// Chain mode: agreements live in the Nevermined contracts.
     pub chain: Option<ChainConfig>,
+    /// Native images (and, if asked, wasm stages) run as pods on this cluster.
+    pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
 }
 
 /// Chain mode's settings.
@@ -107,6 +109,7 @@ impl ServeConfig {
             provider_key: None,
             permissions: None,
             chain: None,
+            kubernetes: None,
         }
     }
 }
@@ -436,6 +439,34 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The Kubernetes backend for `settings`; must run on the gateway's runtime
+/// (the client's connection pool lives there).
+fn kubernetes_backend(
+    settings: &insitu_kubernetes::KubeSettings,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<insitu_kubernetes::KubeBackend> {
+    settings.check()?;
+    // Reading the kubeconfig is async; do it on a thread of its own, as
+    // this function may be called from within the runtime.
+    let config = std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| Ok(rt.block_on(settings.config())?))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the kubeconfig panicked"))?
+    })?;
+    let client = insitu_kubernetes::client(config)?;
+    Ok(insitu_kubernetes::KubeBackend::new(
+        client,
+        settings.clone(),
+        data_dir.to_path_buf(),
+    )?)
+}
+
 /// Builds the gateway: locks the data dir, opens the store (failing
 /// executions a crash left), loads or creates the keys, starts the workers.
 ///
@@ -443,8 +474,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// When the data dir is locked by another process, or the database, keys or
 /// sandbox cannot be set up.
 pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    // Absolute: pods mount its directories by path.
+    let dir = &std::fs::canonicalize(&config.data_dir)?;
     let lock_path = dir.join("insitu.lock");
     let lock = std::fs::File::create(&lock_path)?;
     if lock.try_lock().is_err() {
@@ -479,7 +511,27 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         cache_dir: Some(dir.join("modules")),
         ..SandboxConfig::default()
     })?);
-    let backends = Pipeline::local(&sandbox);
+    let mut backends = Pipeline::local(&sandbox);
+    if let Some(k) = &config.kubernetes {
+        let backend = Arc::new(kubernetes_backend(k, dir)?);
+        let reconciler = backend.clone();
+        tokio::spawn(async move {
+            match reconciler.reconcile(&[]).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    objects = n,
+                    "kubernetes: removed what the previous run left"
+                ),
+                Err(e) => tracing::error!(error = %e, "kubernetes: cannot reconcile"),
+            }
+        });
+        tracing::info!(namespace = %k.namespace, wasm = k.wasm, "kubernetes backend: native images run as pods");
+        if k.wasm {
+            backends.insert(0, backend);
+        } else {
+            backends.push(backend);
+        }
+    }
     let pipeline = Arc::new(Pipeline {
         sandbox,
         store: store.clone(),

@@ -813,3 +813,68 @@ fn the_readme_chain_walkthrough_runs_as_written() {
     let keystore = std::fs::read_to_string(e.tmp.path().join("chainwalk/provider.json")).unwrap();
     assert!(keystore.contains("\"kdf\":\"scrypt\"") && !keystore.contains("59c6995e"));
 }
+
+/// `insitu k8s manifests`: the objects a stage would create, for review.
+#[test]
+fn k8s_manifests_print_the_objects_of_a_stage() {
+    let e = Env::new();
+    let checksum = format!("sha256:{}", "4".repeat(64));
+    let dataset = format!("did:nv:{}", "5".repeat(64));
+    std::fs::write(
+        e.tmp.path().join("wf.json"),
+        serde_json::json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "reg.example:5000/algos/tool", "tag": "2", "checksum": checksum}},
+             "input": [{"index": 0, "id": dataset}]},
+            {"index": 1, "requirements": {"container": {"image": "reg.example:5000/algos/report", "tag": "", "checksum": checksum}},
+             "input": [{"index": 0, "previousStage": 0}]}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = e.insitu(&[
+        "k8s",
+        "manifests",
+        "--workflow",
+        &e.p("wf.json"),
+        "--stage",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "kind: NetworkPolicy",
+        "kind: Pod",
+        &format!("image: reg.example:5000/algos/tool@{checksum}"),
+        "name: unresolved-dataset-1",
+        "readOnlyRootFilesystem: true",
+        "- --input1=/data/inputs/1",
+    ] {
+        assert!(yaml.contains(want), "no `{want}` in\n{yaml}");
+    }
+    // Stage 1 reads stage 0's output from the data volume, read-only.
+    let out = e.insitu(&[
+        "k8s",
+        "manifests",
+        "--workflow",
+        &e.p("wf.json"),
+        "--stage",
+        "1",
+    ]);
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains("subPath: executions/nv-00000000000000000000000000000000/stage-0/outputs"),
+        "{yaml}"
+    );
+    let out = e.insitu(&[
+        "k8s",
+        "manifests",
+        "--workflow",
+        &e.p("wf.json"),
+        "--stage",
+        "7",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: the workflow has no stage 7 (its stages: [0, 1])\n"
+    );
+}

@@ -187,11 +187,21 @@ impl KubeSettings {
         Ok(())
     }
 
-    /// A client for the configured cluster.
+    /// A client for the configured cluster (must be created, and used, on
+    /// a tokio runtime).
     ///
     /// # Errors
     /// [`KubeError::Config`] for an unreadable kubeconfig or unknown context.
     pub async fn client(&self) -> Result<kube::Client, KubeError> {
+        client(self.config().await?)
+    }
+
+    /// The client configuration: `kubeconfig` (and `context`), else
+    /// `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
+    ///
+    /// # Errors
+    /// [`KubeError::Config`] for an unreadable kubeconfig or unknown context.
+    pub async fn config(&self) -> Result<kube::Config, KubeError> {
         let bad = |e: String| KubeError::Config(e);
         let options = kube::config::KubeConfigOptions {
             context: self.context.clone(),
@@ -214,7 +224,7 @@ impl KubeSettings {
                 ))
             })?,
         };
-        client(config)
+        Ok(config)
     }
 }
 

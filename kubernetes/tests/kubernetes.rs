@@ -508,3 +508,152 @@ async fn real_cluster_runs_a_native_stage() {
         .unwrap();
     assert!(left.items.is_empty(), "nothing left on the cluster");
 }
+
+/// A native OCI image in a local layout (manifest and config; the layers
+/// are the kubelet's business): its manifest digest.
+fn native_layout(dir: &Path, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let blob = |bytes: &[u8]| {
+        let d = hex::encode(Sha256::digest(bytes));
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(&d), bytes).unwrap();
+        (format!("sha256:{d}"), bytes.len())
+    };
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": [format!("/bin/{name}")]}, "rootfs": {"type": "layers", "diff_ids": []}}))
+    .unwrap();
+    let (config_digest, config_size) = blob(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{}", "a".repeat(64)), "size": 1234}]}))
+    .unwrap();
+    let (digest, size) = blob(&manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(
+            &serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType":
+            "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+            "annotations": {"org.opencontainers.image.ref.name": name}}]}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    digest
+}
+
+/// A workflow whose stage is a native image runs through the gateway on the
+/// Kubernetes backend (the fake cluster, reached through a kubeconfig file);
+/// without `[kubernetes]` the same workflow fails with what to configure; a
+/// pod left by an earlier run is removed when the gateway starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_native_stages_on_the_cluster() {
+    use insitu_gateway::client::Consumer;
+    use insitu_gateway::server::{Local, ServeConfig};
+    use insitu_runtime::receipt::ProviderKey;
+    use insitu_runtime::store::Store;
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Fake::start().await;
+    let kubeconfig = tmp.path().join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let layout = tmp.path().join("layout");
+    let image = native_layout(&layout, "ok");
+    let data = tmp.path().join("data");
+    let books = tmp.path().join("books");
+    std::fs::create_dir_all(&books).unwrap();
+    std::fs::write(books.join("a.txt"), "one\n").unwrap();
+    let consumer = ProviderKey::random();
+    let (agreement, workflow) = {
+        std::fs::create_dir_all(&data).unwrap();
+        let store = Store::open(data.join("insitu.db")).unwrap();
+        let ds = store
+            .add_dataset("books", &books, std::slice::from_ref(&image), 3600)
+            .unwrap();
+        let wf = store
+            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "native", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "registry.example/algos/ok", "tag": "1", "checksum": image}},
+                 "input": [{"index": 0, "id": ds}]}]}}}))
+            .unwrap();
+        (
+            store.grant(&consumer.address(), &ds, &wf, 3600).unwrap(),
+            wf.to_string(),
+        )
+    };
+    // A leftover of an earlier run of this provider.
+    let leftover = job(&data, &books, "sleep");
+    let (pod, _) = stage_objects(&leftover, &KubeSettings::default(), &data).unwrap();
+    fake.put("pods", serde_json::to_value(&pod).unwrap(), "Pod");
+
+    let run = |kubernetes: Option<KubeSettings>| {
+        let (data, layout, consumer, agreement, workflow) = (
+            data.clone(),
+            layout.clone(),
+            consumer.clone(),
+            agreement.clone(),
+            workflow.clone(),
+        );
+        async move {
+            let mut config = ServeConfig::new(data);
+            config.layouts = vec![layout];
+            config.workers = 1;
+            config.kubernetes = kubernetes;
+            let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
+            let client = Consumer::new(local.base.clone(), consumer);
+            let t = client
+                .token(&client.claims(&agreement, &workflow, None))
+                .await
+                .unwrap();
+            let exec = client.execute(&t, &agreement, &workflow).await.unwrap();
+            let t = client
+                .token(&client.claims(&agreement, &workflow, Some(&exec)))
+                .await
+                .unwrap();
+            let status = loop {
+                let s = client.get(&t, &format!("status/{exec}")).await.unwrap();
+                if ["succeeded", "failed", "stopped"]
+                    .contains(&s["workflowStatus"]["status"].as_str().unwrap_or(""))
+                {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let result = if status["workflowStatus"]["status"] == "succeeded" {
+                Some(client.download(&t, &exec, "result.txt").await.unwrap())
+            } else {
+                None
+            };
+            local.stop().await.unwrap();
+            (status, result)
+        }
+    };
+
+    let (status, _) = run(None).await;
+    assert_eq!(status["workflowStatus"]["status"], "failed", "{status}");
+    assert!(
+        status["execution"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("it needs the Kubernetes backend, which this provider has not configured"),
+        "{status}"
+    );
+
+    let settings = KubeSettings {
+        kubeconfig: Some(kubeconfig),
+        ..KubeSettings::default()
+    };
+    let (status, result) = run(Some(settings)).await;
+    assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
+    assert_eq!(
+        status["execution"]["stages"][0]["backend"], "kubernetes",
+        "{status}"
+    );
+    assert_eq!(result.unwrap(), b"1 input files\n");
+    assert!(
+        fake.names("pods").is_empty(),
+        "the leftover and the stage's pod are gone: {:?}",
+        fake.names("pods")
+    );
+    assert!(fake.names("networkpolicies").is_empty());
+}

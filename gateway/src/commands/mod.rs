@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod consumer;
 pub mod demo;
 pub mod image;
+pub mod k8s;
 pub mod run;
 
 use insitu_runtime::sandbox::{Limits, Sandbox, SandboxConfig};

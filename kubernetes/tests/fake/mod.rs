@@ -89,7 +89,6 @@ impl Fake {
     }
 
     /// A kubeconfig file for this server.
-    #[allow(dead_code)]
     pub fn kubeconfig(&self, path: &std::path::Path) {
         std::fs::write(
             path,
