@@ -20,35 +20,14 @@ const CHECKSUM: &str = "sha256:2222222222222222222222222222222222222222222222222
 const AGREEMENT: &str = "0x3333333333333333333333333333333333333333333333333333333333333333";
 
 /// A native stage of execution `nv-…` reading `dataset`, its output and logs
-/// under `data_dir/executions`.
+/// (created) under `data_dir/executions`.
 fn job(data_dir: &Path, dataset: &Path, image_word: &str) -> StageJob {
     let stage = data_dir.join("executions/nv-0123456789abcdef0123456789abcdef/stage-0");
-    let (output, logs) = (stage.join("outputs"), stage.join("logs"));
-    std::fs::create_dir_all(&output).unwrap();
-    std::fs::create_dir_all(&logs).unwrap();
-    StageJob {
-        execution: "nv-0123456789abcdef0123456789abcdef".into(),
-        agreement: AGREEMENT.into(),
-        stage: 0,
-        image: format!("registry.example:5000/algos/{image_word}@{CHECKSUM}"),
-        checksum: CHECKSUM.into(),
-        code: StageCode::Native,
-        spec: JobSpec {
-            name: "stage-0".into(),
-            inputs: vec![dataset.to_path_buf()],
-            output,
-            logs,
-            args: Vec::new(),
-            env: Vec::new(),
-            limits: Limits {
-                timeout: Duration::from_secs(30),
-                memory: 256 << 20,
-                output_quota: 1 << 20,
-                log_quota: 1 << 20,
-            },
-        },
-        datasets: vec![Some(Did::parse(DATASET).unwrap())],
-    }
+    let mut j = job_unchecked(stage, image_word);
+    std::fs::create_dir_all(&j.spec.output).unwrap();
+    std::fs::create_dir_all(&j.spec.logs).unwrap();
+    j.spec.inputs = vec![dataset.to_path_buf()];
+    j
 }
 
 #[test]
