@@ -636,3 +636,77 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
     );
     assert!(fake.names("networkpolicies").is_empty());
 }
+
+/// Scale-out: with `wasm = true`, a wasm stage whose module is a verified
+/// blob of the data dir runs as a pod executing `insitu run` on it, mounted
+/// read-only (no network needed); its JSON line is the stage's report.
+#[tokio::test]
+async fn wasm_stages_scale_out_as_insitu_run_pods() {
+    use insitu_runtime::sandbox::{Sandbox, SandboxConfig};
+    let w = world().await;
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let module = sandbox.prepare(insitu_tests::WORD_COUNT_P1).unwrap();
+    let insitu_image = format!("registry.example/insitu@sha256:{}", "9".repeat(64));
+    let settings = KubeSettings {
+        wasm: true,
+        insitu_image: Some(insitu_image.clone()),
+        ..KubeSettings::default()
+    };
+    let backend = KubeBackend::new(w.fake.client(), settings.clone(), w.data.clone()).unwrap();
+    let code = StageCode::Wasm(module.clone());
+    assert!(
+        !backend.accepts(&code),
+        "the module is not a blob of the data dir yet"
+    );
+    let blob = w
+        .data
+        .join("blobs/sha256")
+        .join(module.digest.trim_start_matches("sha256:"));
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    std::fs::write(&blob, insitu_tests::WORD_COUNT_P1).unwrap();
+    assert!(backend.accepts(&code));
+    assert!(backend.accepts(&StageCode::Native));
+
+    let mut j = job(&w.data, &w.dataset, "unused");
+    j.code = code;
+    let (pod, _) = stage_objects(&j, &settings, &w.data).unwrap();
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some(insitu_image.as_str()));
+    assert_eq!(c.command.as_ref().unwrap(), &["insitu"]);
+    let args = c.args.as_ref().unwrap().join(" ");
+    assert!(
+        args.starts_with("run --module /data/module.wasm --input /data/inputs/1 --output /data/outputs --logs /data/logs --timeout 30000ms --memory 262144KiB"),
+        "{args}"
+    );
+    let m = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/data/module.wasm")
+        .unwrap();
+    assert_eq!(m.read_only, Some(true));
+    assert_eq!(
+        m.sub_path.as_deref(),
+        Some(
+            format!(
+                "blobs/sha256/{}",
+                module.digest.trim_start_matches("sha256:")
+            )
+            .as_str()
+        )
+    );
+
+    let r = backend.run(&j, &StopHandle::default()).await.unwrap();
+    assert_eq!(
+        (r.status, r.outcome, r.exit_code),
+        (Status::Succeeded, Outcome::Exited, Some(0)),
+        "{r:?}"
+    );
+    assert_eq!(r.module_digest, module.digest);
+    assert_eq!(
+        std::fs::read_to_string(j.spec.logs.join("stdout.log")).unwrap(),
+        "guest output\n"
+    );
+    w.assert_clean();
+}

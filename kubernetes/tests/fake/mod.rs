@@ -219,6 +219,29 @@ impl Fake {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let out = Fake::host_dir(&pod, "/data/outputs");
             let status = match word.as_str() {
+                // `insitu run` in the pod: the guest's logs go to the logs
+                // dir, its one JSON line to the pod's log.
+                "insitu" => {
+                    let module = pod["spec"]["containers"][0]["args"][2]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Some(logs) = Fake::host_dir(&pod, "/data/logs") {
+                        std::fs::write(logs.join("stdout.log"), "guest output\n").unwrap();
+                    }
+                    let digest = Fake::host_dir(&pod, &module)
+                        .and_then(|p| {
+                            p.file_name()
+                                .map(|n| format!("sha256:{}", n.to_string_lossy()))
+                        })
+                        .unwrap_or_default();
+                    fake.inner.lock().unwrap().logs.insert(
+                        name.clone(),
+                        format!("{}\n", json!({"status": "succeeded", "outcome": "exited", "exit_code": 0,
+                            "duration_ms": 3, "module_digest": digest, "output_bytes": 0, "log_bytes": 13})),
+                    );
+                    terminated(0, "Completed", "Succeeded")
+                }
                 "ok" => {
                     let input = Fake::host_dir(&pod, "/data/inputs/1");
                     let files = input
