@@ -12,6 +12,9 @@
 //! provider_key_file = "/etc/insitu/provider.key"   # default: <data_dir>/provider.key
 //! log_format = "json"         # or "text" (default)
 //! shutdown_grace = "30s"
+//! header_timeout = "10s"      # slow clients: time to send the headers
+//! request_timeout = "30s"     # … and to send the body and get the answer (408)
+//! max_connections = 1024
 //! mode = "chain"             # or "local" (default unless chain_rpc is set)
 //! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
 //! contracts = "/etc/insitu/contracts.json"
@@ -40,6 +43,7 @@
 //! `INSITU_QUEUE`, `INSITU_LAYOUTS` and `INSITU_INSECURE_REGISTRIES`
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
+//! `INSITU_HEADER_TIMEOUT`, `INSITU_REQUEST_TIMEOUT`, `INSITU_MAX_CONNECTIONS`,
 //! `INSITU_MODE`, `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`,
 //! `INSITU_PROVIDER_KEYSTORE` with `INSITU_KEYSTORE_PASSWORD` (only ever from
 //! the environment), `INSITU_CHAIN_ID`, `INSITU_CONFIRMATIONS`,
@@ -133,6 +137,9 @@ pub struct Layer {
     pub provider_key: Option<String>,
     pub log_format: Option<LogFormat>,
     pub shutdown_grace: Option<String>,
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub max_connections: Option<usize>,
     /// `local` or `chain`; default: chain when `chain_rpc` is set.
     pub mode: Option<Mode>,
     /// Chain mode: the JSON-RPC endpoint (with `contracts`).
@@ -282,6 +289,9 @@ impl Layer {
             provider_key: var("INSITU_PROVIDER_KEY"),
             log_format,
             shutdown_grace: var("INSITU_SHUTDOWN_GRACE"),
+            header_timeout: var("INSITU_HEADER_TIMEOUT"),
+            request_timeout: var("INSITU_REQUEST_TIMEOUT"),
+            max_connections: number("INSITU_MAX_CONNECTIONS")?,
             mode,
             chain_rpc: var("INSITU_CHAIN_RPC"),
             chain_id: parsed(&var, "INSITU_CHAIN_ID", "chain id")?,
@@ -508,6 +518,30 @@ impl Settings {
                         })?,
                     );
                 key_file = None;
+            }
+            for (text, slot, key) in [
+                (
+                    &l.header_timeout,
+                    &mut serve.http.header_timeout,
+                    "header_timeout",
+                ),
+                (
+                    &l.request_timeout,
+                    &mut serve.http.request_timeout,
+                    "request_timeout",
+                ),
+            ] {
+                if let Some(v) = text {
+                    *slot = parse_duration(v).map_err(|e| ConfigError::Value {
+                        origin: format!("{}, {key}", l.origin),
+                        what: "duration",
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            if let Some(n) = l.max_connections {
+                serve.http.max_connections = n.max(1);
             }
             if let Some(f) = l.log_format {
                 settings.log_format = f;

@@ -67,6 +67,30 @@ pub struct ServeConfig {
     pub chain: Option<ChainConfig>,
     /// Native images (and, if asked, wasm stages) run as pods on this cluster.
     pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
+    /// Timeouts and connection limits of the HTTP server.
+    pub http: HttpLimits,
+}
+
+/// What slow or numerous clients may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time to send a request's headers (slow-loris). Default 10 s.
+    pub header_timeout: Duration,
+    /// Time from the headers to the handler's answer, reading the body
+    /// included (408). Streams (followed logs) are not cut. Default 30 s.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait to be accepted. Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
 }
 
 /// Chain mode's settings.
@@ -110,6 +134,7 @@ impl ServeConfig {
             permissions: None,
             chain: None,
             kubernetes: None,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -134,6 +159,7 @@ pub struct Gateway {
     /// Executions queued or running.
     active: AtomicUsize,
     stage_seconds: Histogram,
+    http: HttpLimits,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -579,6 +605,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         closing: AtomicBool::new(false),
         active: AtomicUsize::new(0),
         stage_seconds: Histogram::default(),
+        http: config.http,
         _lock: lock,
     });
     if let Some(chain) = watcher {
@@ -641,6 +668,10 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         )
         .route("/api/v1/metadata/assets/ddo/{did}", get(ddo))
         .layer(DefaultBodyLimit::max(64 << 10))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.http.request_timeout,
+        ))
         .with_state(gateway.clone());
     Ok((router, gateway))
 }
@@ -678,20 +709,50 @@ pub async fn serve(
     grace: Duration,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<usize> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let limits = gateway.http;
     let g = gateway.clone();
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
     let draining = tokio::spawn(async move {
         signal.await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
         let _ = tx.send(());
         g.shutdown(grace).await
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-        })
-        .await?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut rx => break,
+            p = connections.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut rx => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of descriptors and the like: wait, do not spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Open connections finish their requests (followed logs end with their
+    // executions, which the drain stops within the grace).
     let stopped = draining.await.unwrap_or(0);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     tracing::info!(stopped, "gateway stopped");
     Ok(stopped)
 }

@@ -1170,3 +1170,63 @@ async fn a_full_queue_answers_429_with_retry_after() {
     );
     assert_eq!(api.halt().await, 1);
 }
+
+/// Slow clients cannot hold the server: headers must arrive within
+/// `header_timeout` (slow-loris), a body within `request_timeout` (408), and
+/// idle connections beyond `max_connections` are closed so new clients get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use insitu_gateway::server::HttpLimits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = start_with(|c| {
+        c.http = HttpLimits {
+            header_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(800),
+            max_connections: 4,
+        }
+    })
+    .await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        let t = Instant::now();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
+    };
+
+    // Headers trickling in: the connection is closed at the header timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (text, took) = read_all(s).await;
+    assert!(!text.contains("200 OK"), "{text}");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+
+    // A body that never completes: 408 at the request timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /api/v1/node/services/oauth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nclient_as")
+        .await
+        .unwrap();
+    let (text, took) = read_all(s).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+
+    // Every connection slot held by a silent client: they are dropped at the
+    // header timeout, and a real client gets its answer.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let t = Instant::now();
+    let health = api
+        .http
+        .get(format!("{}/healthz", api.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    drop(idle);
+}
