@@ -3,6 +3,7 @@
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
 //! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|all]
+//! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
 //! the `insitu` binary next to this one; `native` needs the example binaries
@@ -11,6 +12,7 @@
 
 mod chain;
 mod http;
+mod load;
 
 use anyhow::{Context, bail};
 use insitu_runtime::sandbox::{
@@ -52,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "chain" {
         chain::chain()?;
+    }
+    if what == "load" {
+        load::load()?;
     }
     Ok(())
 }
