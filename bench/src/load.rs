@@ -215,7 +215,9 @@ async fn drive(
         tokio::time::sleep(every).await;
         let done = tally.done.load(Ordering::Relaxed);
         let (rss, fds) = process(pid);
-        let size = |f: &str| std::fs::metadata(data.join(f)).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
+        let size = |f: &str| {
+            std::fs::metadata(data.join(f)).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64
+        };
         println!(
             "| {:>4.0} s | {:.0} | {:.1} MiB | {fds} | {:.1} + {:.1} MiB |",
             start.elapsed().as_secs_f64(),

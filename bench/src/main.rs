@@ -4,6 +4,7 @@
 //! scripts/bench            # builds everything in release, then runs all
 //! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|all]
 //! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
+//! insitu-bench scale      # not in `all`: csv-stats 1 MB … 1 GB, 100 executions at once
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
 //! the `insitu` binary next to this one; `native` needs the example binaries
@@ -13,6 +14,7 @@
 mod chain;
 mod http;
 mod load;
+mod scale;
 
 use anyhow::{Context, bail};
 use insitu_runtime::sandbox::{
@@ -57,6 +59,9 @@ fn main() -> anyhow::Result<()> {
     }
     if what == "load" {
         load::load()?;
+    }
+    if what == "scale" {
+        scale::scale()?;
     }
     Ok(())
 }

@@ -453,6 +453,9 @@ impl IntoResponse for ApiError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
                 }
                 E::Transition { .. } => (StatusCode::CONFLICT, "conflict", e.to_string()),
+                E::DiskFull { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+                }
                 _ => {
                     tracing::error!(error = %e, "internal error");
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
@@ -1233,12 +1236,33 @@ async fn download(
     }
     let last = e.stages.as_array().map_or(0, |a| a.len().saturating_sub(1)) as u32;
     let path = g.pipeline.outputs(&id, last).join(&file);
-    let bytes = std::fs::read(&path).map_err(|err| insitu_runtime::Error::Io {
+    // Streamed, so a large result costs a buffer, not its size in memory;
+    // O_NOFOLLOW: what was published as a regular file is what is served.
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .await;
+    let read_err = |err| insitu_runtime::Error::Io {
         action: "read result",
         path: path.clone(),
         source: err,
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    };
+    let file = opened.map_err(read_err)?;
+    let len = file.metadata().await.map_err(read_err)?.len();
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Prometheus text format: executions by status, queue depth, active

@@ -878,3 +878,174 @@ fn k8s_manifests_print_the_objects_of_a_stage() {
         "error: the workflow has no stage 7 (its stages: [0, 1])\n"
     );
 }
+
+/// `insitu serve` killed with SIGKILL at many points of its executions, then
+/// restarted, over and over: every execution ends in a terminal state (the
+/// interrupted ones `failed`, saying in which status they were cut), every
+/// published result is intact (each file's sha256 as recorded), and no
+/// temporary files are left in the blob store or the module cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_any_point_leaves_consistent_state() {
+    use insitu_gateway::client::Consumer;
+    use insitu_runtime::image::package;
+    use insitu_runtime::receipt::ProviderKey;
+    use insitu_runtime::store::Store;
+    let e = Env::new();
+    let (data, layout, input) = (
+        e.tmp.path().join("data"),
+        e.tmp.path().join("layout"),
+        e.tmp.path().join("books"),
+    );
+    let wc = package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
+    package::write_layout(&layout, "wc", &wc).unwrap();
+    std::fs::create_dir_all(&input).unwrap();
+    // Big enough that running takes a while, so kills land in every status.
+    std::fs::write(
+        input.join("a.txt"),
+        "the quick brown fox jumps over the lazy dog\n".repeat(400_000),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let consumer = ProviderKey::random();
+    let (agreement, workflow) = {
+        let store = Store::open(data.join("insitu.db")).unwrap();
+        let ds = store
+            .add_dataset(
+                "books",
+                &input,
+                std::slice::from_ref(&wc.manifest_digest),
+                86_400,
+            )
+            .unwrap();
+        let wf = store
+            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": wc.manifest_digest}},
+                 "input": [{"index": 0, "id": ds}]}]}}}))
+            .unwrap();
+        (
+            store.grant(&consumer.address(), &ds, &wf, 86_400).unwrap(),
+            wf.to_string(),
+        )
+    };
+    let serve = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args([
+                "serve",
+                "--workers",
+                "2",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--layout")
+            .arg(&layout)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    let mut ids = Vec::new();
+    // Kill delays after the burst: at once, then a fixed pseudo-random
+    // sequence up to 1.2 s (compiling, running, publishing, done).
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..10 {
+        let (mut child, base) = serve();
+        let c = Consumer::new(base.clone(), consumer.clone());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let token = loop {
+            match c.token(&c.claims(&agreement, &workflow, None)).await {
+                Ok(t) => break t,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("the server did not come up: {e}"),
+            }
+        };
+        for _ in 0..4 {
+            ids.push(c.execute(&token, &agreement, &workflow).await.unwrap());
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = if round == 0 { 0 } else { seed % 1200 };
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // One last start recovers what the last kill interrupted.
+    let (mut child, base) = serve();
+    let c = Consumer::new(base, consumer.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while c
+        .token(&c.claims(&agreement, &workflow, None))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut cut = std::collections::BTreeMap::<String, usize>::new();
+    let mut succeeded = 0;
+    for id in &ids {
+        let token = c
+            .token(&c.claims(&agreement, &workflow, Some(id)))
+            .await
+            .unwrap();
+        let s = c.get(&token, &format!("status/{id}")).await.unwrap();
+        match s["workflowStatus"]["status"].as_str().unwrap() {
+            "succeeded" => {
+                succeeded += 1;
+                let results = c.get(&token, &format!("results/{id}")).await.unwrap();
+                for f in results["files"].as_array().unwrap() {
+                    let bytes = c
+                        .download(&token, id, f["path"].as_str().unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        format!("sha256:{}", insitu_tests::sha256_hex(&bytes)),
+                        f["sha256"].as_str().unwrap(),
+                        "{id}: {} intact",
+                        f["path"]
+                    );
+                }
+            }
+            "failed" => {
+                let reason = s["execution"]["reason"].as_str().unwrap_or_default();
+                let status = reason
+                    .strip_prefix("insitu stopped while the execution was ")
+                    .and_then(|r| r.split(';').next())
+                    .unwrap_or_else(|| panic!("{id}: unexpected failure: {reason}"));
+                *cut.entry(status.to_string()).or_default() += 1;
+            }
+            other => panic!("{id} is {other} after the restart: {s}"),
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "{} executions: {succeeded} succeeded, cut while {cut:?}",
+        ids.len()
+    );
+    assert!(!cut.is_empty(), "some executions were interrupted");
+    assert!(succeeded > 0, "some executions finished between kills");
+    let left: Vec<_> = std::fs::read_dir(data.join("blobs/tmp")).unwrap().collect();
+    assert!(left.is_empty(), "blobs/tmp holds {left:?}");
+    for f in walk(&data.join("modules")) {
+        assert!(
+            f.extension().is_some_and(|x| x == "cwasm"),
+            "a temporary file in the module cache: {}",
+            f.display()
+        );
+    }
+    let store = Store::open(data.join("insitu.db")).unwrap();
+    store.check_integrity().unwrap();
+}

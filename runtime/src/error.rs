@@ -29,6 +29,11 @@ pub enum Error {
     #[error("invalid job: {0}")]
     InvalidJob(String),
 
+    /// The provider's disk (the data dir) is full. Nothing half-written is
+    /// kept; retrying once space is freed works.
+    #[error("the provider's disk is full: cannot {action} {}; free space in the data dir, then retry", path.display())]
+    DiskFull { action: String, path: PathBuf },
+
     /// A host-side I/O operation failed.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -138,6 +143,15 @@ impl Error {
         path: impl Into<PathBuf>,
         source: std::io::Error,
     ) -> Self {
+        if source.kind() == std::io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            return Error::DiskFull {
+                action: action.to_string(),
+                path: path.into(),
+            };
+        }
         Error::Io {
             action,
             path: path.into(),

@@ -350,9 +350,38 @@ impl Store {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return Error::DiskFull {
+                action: "write the database".into(),
+                path: self.path.clone(),
+            };
+        }
         Error::Store {
             path: self.path.clone(),
             reason: e.to_string(),
+        }
+    }
+
+    /// SQLite's `PRAGMA integrity_check` of the whole database.
+    ///
+    /// # Errors
+    /// [`Error::Store`] with SQLite's findings when it is not `ok`.
+    pub fn check_integrity(&self) -> Result<(), Error> {
+        let found: Vec<String> = self
+            .conn()
+            .prepare("PRAGMA integrity_check")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|e| self.err(e))?;
+        if found == ["ok"] {
+            Ok(())
+        } else {
+            Err(Error::Store {
+                path: self.path.clone(),
+                reason: format!("integrity check failed: {}", found.join("; ")),
+            })
         }
     }
 

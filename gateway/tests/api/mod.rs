@@ -1230,3 +1230,111 @@ async fn slow_clients_are_cut_off() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     drop(idle);
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The data dir's disk fills up: executions are refused (507) or fail with
+/// a clear reason, nothing is corrupted (SQLite's integrity check), earlier
+/// results stay intact, and work resumes once space is freed. The data dir
+/// is a 24 MiB tmpfs (CI runs as root; without mount rights this fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_cleanly_and_loses_nothing() {
+    let mut mounted = None;
+    let mut api = start_with(|c| {
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+            .arg(&c.data_dir)
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "mount a tmpfs at {}: needs root",
+            c.data_dir.display()
+        );
+        mounted = Some(c.data_dir.clone());
+    })
+    .await;
+    let _mount = Mount(mounted.unwrap());
+    let data = api.tmp.path().join("data");
+
+    let first = api.run().await;
+    assert_eq!(
+        api.wait_for(&first, &["succeeded", "failed"])
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+    let token = api.compute_token(&first).await;
+    let (_, before) = api
+        .get(
+            &format!("/api/v1/node/services/compute/results/{first}"),
+            &token,
+        )
+        .await;
+
+    // Fill the disk.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(data.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let exec_token = api.access(api.claims(&api.consumer, AUD_EXECUTE)).await;
+    for _ in 0..3 {
+        let (code, body) = api.execute(&exec_token).await;
+        match code {
+            507 => assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("the provider's disk is full"),
+                "{body}"
+            ),
+            202 => {
+                let id = body["workflowId"].as_str().unwrap();
+                let e = api.wait_for(id, &["succeeded", "failed"]).await;
+                assert_eq!(
+                    e.status.as_str(),
+                    "failed",
+                    "nothing can be published on a full disk"
+                );
+                assert!(e.reason.is_some(), "a failure says why");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    api.g().store.check_integrity().unwrap();
+
+    // Space again: nothing was lost, and work resumes.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    api.g().store.check_integrity().unwrap();
+    let (code, after) = api
+        .get(
+            &format!("/api/v1/node/services/compute/results/{first}"),
+            &token,
+        )
+        .await;
+    assert_eq!((code, &after), (200, &before));
+    let again = api.run().await;
+    assert_eq!(
+        api.wait_for(&again, &["succeeded", "failed"])
+            .await
+            .status
+            .as_str(),
+        "succeeded"
+    );
+    api.halt().await;
+}

@@ -9,7 +9,7 @@
 //! size and digest match. A cached image is served without touching the source.
 //! [`package`] builds the CNCF wasm artifact for `insitu push`.
 
-mod archive;
+pub mod archive;
 pub mod package;
 mod source;
 mod store;
