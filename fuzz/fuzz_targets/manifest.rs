@@ -16,11 +16,21 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let w = WORLD.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("layout/blobs/sha256")).unwrap();
-        std::fs::write(dir.path().join("layout/oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        std::fs::write(dir.path().join("layout/index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("layout/oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("layout/index.json"),
+            r#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
         let puller = Puller::new(BlobStore::open(dir.path().join("store")).unwrap());
         World {
-            rt: tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
             dir,
             puller,
         }
