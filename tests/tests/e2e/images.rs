@@ -821,3 +821,117 @@ async fn redirects_to_another_host_cannot_substitute_bytes() {
     assert!(!store.contains(&artifact.layer_digest));
     assert_store_intact(&store);
 }
+
+/// A proxy in front of the real registry that forwards everything but cuts
+/// any response whose path contains `cut` after half its body (a registry or
+/// network failing mid-pull). Each connection serves one request.
+fn cutting_proxy(upstream: u16, cut: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let cut = cut.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                // One request per upstream connection.
+                let head = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                up.write_all(head.as_bytes()).unwrap();
+                let mut resp = Vec::new();
+                let _ = up.read_to_end(&mut resp);
+                let body_at = resp
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(resp.len(), |i| i + 4);
+                let end = if path.contains(&cut) {
+                    body_at + (resp.len() - body_at) / 2
+                } else {
+                    resp.len()
+                };
+                let _ = client.write_all(&resp[..end]);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// The registry fails in the middle of a blob: the pull fails naming the
+/// blob, nothing partial is stored, and the next pull completes.
+#[tokio::test]
+async fn a_registry_failing_mid_pull_leaves_nothing_partial() {
+    let reg = Registry::start();
+    // Half of the ~150 KiB module is a real partial transfer.
+    let artifact = package::wasm_artifact(WORD_COUNT_P1).unwrap();
+    package::push(&registry_source(&reg, "algos/wc:v1"), &artifact)
+        .await
+        .unwrap();
+    let upstream: u16 = reg.host().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = format!(
+        "127.0.0.1:{}",
+        cutting_proxy(upstream, artifact.layer_digest.clone())
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(tmp.path()).unwrap();
+    let (source, digest) = image::registry(
+        &format!("{proxy}/algos/wc:v1@{}", artifact.manifest_digest),
+        std::slice::from_ref(&proxy),
+        RegistryAuth::Anonymous,
+        false,
+    )
+    .await
+    .unwrap();
+    let e = Puller::new(store.clone())
+        .pull(&source, &digest)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "blob {}: truncated: received ",
+            artifact.layer_digest
+        )) && e.contains(&format!(
+            " of the {} bytes its descriptor declares",
+            artifact.layer.len()
+        )),
+        "{e}"
+    );
+    assert_store_intact(&store);
+    assert!(
+        !store
+            .root()
+            .join("sha256")
+            .join(artifact.layer_digest.trim_start_matches("sha256:"))
+            .exists(),
+        "the cut blob was not stored"
+    );
+
+    // The registry is whole again: the same digest pulls and runs.
+    let (source, digest) = image::registry(
+        &format!("{}/algos/wc:v1@{}", reg.host(), artifact.manifest_digest),
+        &[reg.host()],
+        RegistryAuth::Anonymous,
+        false,
+    )
+    .await
+    .unwrap();
+    let pulled = Puller::new(store.clone())
+        .pull(&source, &digest)
+        .await
+        .unwrap();
+    run_word_count(&pulled.wasm.unwrap()).await;
+    assert_store_intact(&store);
+}
