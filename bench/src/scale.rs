@@ -10,18 +10,6 @@ use insitu_runtime::sandbox::{JobSpec, Sandbox, SandboxConfig, StopHandle};
 use std::process::Command;
 use std::time::Duration;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 pub fn scale() -> anyhow::Result<()> {
     println!("## scale: csv-stats from 1 MB to 1 GB (insitu run, one process each)");
     let bin = crate::target_dir()?.join("insitu");
@@ -93,7 +81,7 @@ pub fn scale() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let before = rss_kib();
+    let before = crate::rss_kib("self");
     let (during, reports) = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..100 {
@@ -109,7 +97,7 @@ pub fn scale() -> anyhow::Result<()> {
             }));
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let during = rss_kib();
+        let during = crate::rss_kib("self");
         let mut reports = Vec::new();
         for t in tasks {
             reports.push(t.await??);
