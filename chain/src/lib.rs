@@ -463,18 +463,7 @@ impl Chain {
                 .max_fee_per_gas(fees.max_fee_per_gas.min(cap))
                 .max_priority_fee_per_gas(fees.max_priority_fee_per_gas.min(cap));
         }
-        let pending = call.send().await.map_err(|e| match e {
-            alloy::contract::Error::TransportError(t) if t.is_transport_error() => {
-                ChainError::Rpc {
-                    url: self.url.clone(),
-                    reason: t.to_string(),
-                }
-            }
-            other => ChainError::Reverted {
-                call: what.to_string(),
-                reason: other.to_string(),
-            },
-        })?;
+        let pending = call.send().await.map_err(refused)?;
         let hash = *pending.tx_hash();
         let confirmations = self.policy.confirmations.max(1);
         // alloy's own timeout stops at inclusion; this one covers the

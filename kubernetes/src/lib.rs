@@ -411,6 +411,19 @@ fn outcome(end: &Ended) -> (Outcome, Option<i32>, Option<String>) {
     }
 }
 
+/// The execution id and labels of an object none of `running` owns.
+fn orphan(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    running: &[String],
+) -> Option<(String, BTreeMap<String, String>)> {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let execution = labels
+        .get(manifests::EXECUTION)
+        .cloned()
+        .unwrap_or_default();
+    (!running.contains(&execution)).then_some((execution, labels))
+}
+
 /// Regular files' sizes under `dir`, links not followed.
 fn bytes_under(dir: &Path) -> u64 {
     let mut total = 0;
@@ -472,14 +485,9 @@ impl KubeBackend {
             .map_err(api_err("list pods"))?;
         let mut deleted = 0;
         for pod in pods.items {
-            let labels = pod.metadata.labels.clone().unwrap_or_default();
-            let execution = labels
-                .get(manifests::EXECUTION)
-                .cloned()
-                .unwrap_or_default();
-            if running.contains(&execution) {
+            let Some((execution, labels)) = orphan(&pod.metadata, running) else {
                 continue;
-            }
+            };
             let name = pod.metadata.name.clone().unwrap_or_default();
             let stage = labels.get(manifests::STAGE).cloned().unwrap_or_default();
             let logs = self
@@ -504,12 +512,7 @@ impl KubeBackend {
             .await
             .map_err(api_err("list network policies"))?;
         for p in policies.items {
-            let labels = p.metadata.labels.clone().unwrap_or_default();
-            let execution = labels
-                .get(manifests::EXECUTION)
-                .cloned()
-                .unwrap_or_default();
-            if running.contains(&execution) {
+            if orphan(&p.metadata, running).is_none() {
                 continue;
             }
             self.delete_policy(&p.metadata.name.unwrap_or_default())
