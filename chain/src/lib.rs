@@ -106,6 +106,17 @@ pub enum ChainError {
         base_fee: u128,
         cap: u128,
     },
+    /// Earlier transactions of the provider are still unmined; deciding now
+    /// could send one of them again.
+    #[error(
+        "{call} not sent: {count} earlier transaction(s) of the provider {provider} still wait to be mined after {waited:?}; it is retried later (raise tx_timeout, or the fee cap if they are underpriced)"
+    )]
+    InFlight {
+        call: String,
+        provider: Address,
+        count: u64,
+        waited: Duration,
+    },
 }
 
 impl From<ChainError> for insitu_runtime::Error {
@@ -116,7 +127,8 @@ impl From<ChainError> for insitu_runtime::Error {
             ChainError::Rpc { .. }
             | ChainError::Addresses { .. }
             | ChainError::WrongChain { .. }
-            | ChainError::GasAboveCap { .. } => insitu_runtime::Error::Unavailable(e.to_string()),
+            | ChainError::GasAboveCap { .. }
+            | ChainError::InFlight { .. } => insitu_runtime::Error::Unavailable(e.to_string()),
             ChainError::Reverted { .. } => insitu_runtime::Error::Denied(e.to_string()),
         }
     }
@@ -408,6 +420,43 @@ impl Chain {
         })
     }
 
+    /// Waits until none of the provider's transactions is pending (its
+    /// `pending` nonce equals its `latest` one), polling for up to the
+    /// policy's timeout. Settling reads the chain's state to decide what to
+    /// send; read while an earlier attempt's transaction (from a run killed
+    /// before it was confirmed, say) still waits in the mempool, that state
+    /// would say "not done" and the same transaction would go out twice.
+    ///
+    /// # Errors
+    /// [`ChainError::InFlight`] when they are still pending at the timeout;
+    /// [`ChainError::Rpc`].
+    pub async fn await_in_flight(&self, call: &str) -> Result<(), ChainError> {
+        let rpc = |e: alloy::transports::TransportError| ChainError::Rpc {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        };
+        let started = tokio::time::Instant::now();
+        loop {
+            let me = self.provider_address;
+            let mined = self.provider.get_transaction_count(me).latest();
+            let sent = self.provider.get_transaction_count(me).pending();
+            let (mined, sent) = (mined.await.map_err(rpc)?, sent.await.map_err(rpc)?);
+            if sent <= mined {
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited >= self.policy.timeout {
+                return Err(ChainError::InFlight {
+                    call: call.to_string(),
+                    provider: self.provider_address,
+                    count: sent - mined,
+                    waited: self.policy.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250).min(self.policy.timeout - waited)).await;
+        }
+    }
+
     /// Sends a transaction under the [`TxPolicy`] (gas = estimate ×
     /// multiplier, fees capped, `confirmations` awaited); its hash.
     async fn transact<P, C>(
@@ -517,11 +566,14 @@ impl Chain {
 
     /// Releases the escrowed payment of `agreement` to the price's receivers
     /// (`EscrowPaymentCondition.fulfill`, released by the compute condition).
-    /// Idempotent: `None` when the escrow condition is already fulfilled
-    /// (e.g. by an attempt whose confirmation timed out).
+    /// Idempotent: once the provider's earlier transactions are mined
+    /// ([`Chain::await_in_flight`]), `None` when the escrow condition is
+    /// already fulfilled (by an attempt whose confirmation timed out, or by a
+    /// run killed while its transaction waited in the mempool).
     ///
     /// # Errors
-    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`];
+    /// [`ChainError::InFlight`].
     pub async fn release(
         &self,
         agreement: B256,
@@ -541,6 +593,8 @@ impl Chain {
             a.escrow_payment,
             ids::escrow_hash(did, price, consumer, a.escrow_payment, lock_id, compute_id),
         );
+        self.await_in_flight("EscrowPaymentCondition.fulfill")
+            .await?;
         if self.condition(escrow_id).await?.state == ConditionState::Fulfilled {
             return Ok(None);
         }
@@ -650,15 +704,18 @@ impl Chain {
     /// Commits a receipt hash on-chain as a provenance entry of `did`
     /// (`DIDRegistry.used` with the hash as the provenance id, activity
     /// `keccak256("compute")`): unique, and emitted as a `Used` event.
-    /// Idempotent: `None` when the hash is already committed.
+    /// Idempotent: waits for the provider's pending transactions first, then
+    /// `None` when the hash is already committed.
     ///
     /// # Errors
-    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`];
+    /// [`ChainError::InFlight`].
     pub async fn commit_receipt(
         &self,
         receipt_hash: B256,
         did: B256,
     ) -> Result<Option<B256>, ChainError> {
+        self.await_in_flight("DIDRegistry.used").await?;
         let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
         let entry = r
             .getProvenanceEntry(receipt_hash)

@@ -677,6 +677,82 @@ async fn the_transaction_policy_is_applied() {
     );
 }
 
+/// Settling decides from the chain's state, so it waits while an earlier
+/// transaction of the provider is unmined (one a killed run left in the
+/// mempool would otherwise be sent again), and says so when it times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_waits_for_the_providers_unmined_transactions() {
+    let w = world().await;
+    let rpc = w.anvil.wallet(PROVIDER);
+    let key = ProviderKey::from_hex(PROVIDER).unwrap();
+    let chain = Chain::connect_with(
+        &w.anvil.url,
+        w.addresses.clone(),
+        &key,
+        TxPolicy {
+            timeout: Duration::from_millis(600),
+            ..TxPolicy::default()
+        },
+    )
+    .unwrap();
+    rpc.raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (false,))
+        .await
+        .unwrap();
+    // An earlier run's transaction, sent and not mined.
+    let _pending = IDIDRegistry::new(w.addresses.did_registry, &rpc)
+        .registerDID(
+            B256::repeat_byte(9),
+            B256::ZERO,
+            vec![address(PROVIDER)],
+            String::new(),
+            B256::ZERO,
+            String::new(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let count = |tag: &'static str| {
+        let rpc = rpc.clone();
+        async move {
+            let c = rpc.get_transaction_count(address(PROVIDER));
+            match tag {
+                "pending" => c.pending().await.unwrap(),
+                _ => c.latest().await.unwrap(),
+            }
+        }
+    };
+    let sent = count("pending").await;
+    assert_eq!(sent, count("latest").await + 1);
+    let err = chain
+        .commit_receipt(B256::repeat_byte(7), w.did)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "DIDRegistry.used not sent: 1 earlier transaction(s) of the provider {} still wait to be mined after 600ms; it is retried later (raise tx_timeout, or the fee cap if they are underpriced)",
+            address(PROVIDER)
+        )
+    );
+    assert!(matches!(Error::from(err), Error::Unavailable(_)));
+    assert_eq!(count("pending").await, sent, "nothing more was sent");
+    // Once it is mined, settling goes ahead.
+    rpc.raw_request::<_, serde_json::Value>("evm_setAutomine".into(), (true,))
+        .await
+        .unwrap();
+    rpc.raw_request::<_, serde_json::Value>("anvil_mine".into(), ("0x1",))
+        .await
+        .unwrap();
+    assert!(
+        chain
+            .commit_receipt(B256::repeat_byte(7), w.did)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(count("latest").await, sent + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_agreement_is_refused() {
     let w = world().await;

@@ -1071,3 +1071,266 @@ async fn kill_9_at_any_point_leaves_consistent_state() {
     let store = Store::open(data.join("insitu.db")).unwrap();
     store.check_integrity().unwrap();
 }
+
+/// The chain fixture `scripts/setup` builds: (anvil binary, state snapshot,
+/// contract addresses). A missing part fails the test, it never skips it.
+fn chain_fixture() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testchain");
+    let parts = [
+        "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+        "out/state.json",
+        "out/addresses.json",
+    ]
+    .map(|p| dir.join(p));
+    for p in &parts {
+        assert!(
+            p.exists(),
+            "{} is missing: run scripts/setup (it builds the chain fixture)",
+            p.display()
+        );
+    }
+    let [anvil, state, addresses] = parts;
+    (anvil, state, addresses)
+}
+
+/// One JSON-RPC call; panics on an error answer.
+async fn rpc(url: &str, method: &str, params: Value) -> Value {
+    let answer: Value = reqwest::Client::new()
+        .post(url)
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+fn quantity(v: &Value) -> u128 {
+    u128::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// `insitu serve` in chain mode killed with SIGKILL while its release
+/// transaction waits in the mempool, restarted before that transaction is
+/// mined: the provider is paid exactly once, nothing is sent twice, every
+/// provider transaction succeeds, and the execution ends `succeeded` with
+/// its receipt hash committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_releasing_the_payment_pays_once() {
+    use insitu_gateway::client::Consumer;
+    use insitu_runtime::image::package;
+    use insitu_runtime::receipt::ProviderKey;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    const PROVIDER: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+    const CONSUMER: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+    const PRICE: u128 = 1_000_000_000_000_000;
+    let (anvil, state, contracts) = chain_fixture();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let chain_port = port();
+    let _anvil = Killed(
+        Command::new(anvil)
+            .args(["--host", "127.0.0.1", "--port", &chain_port.to_string()])
+            .arg("--silent")
+            .arg("--load-state")
+            .arg(state)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let chain = format!("http://127.0.0.1:{chain_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::Client::new()
+        .post(&chain)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "anvil did not answer on {chain}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let e = Env::new();
+    let data = e.tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("provider.key"), PROVIDER).unwrap();
+    std::fs::write(e.tmp.path().join("consumer.key"), CONSUMER).unwrap();
+    let provider = ProviderKey::from_hex(PROVIDER).unwrap().address();
+    let layout = e.tmp.path().join("layout");
+    let wc = package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
+    package::write_layout(&layout, "wc", &wc).unwrap();
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.split_whitespace().last().unwrap().to_string()
+    };
+    let dataset = ok(e.insitu(&[
+        "asset",
+        "add",
+        "--data-dir",
+        &e.p("data"),
+        "--path",
+        &e.p("in"),
+        "--name",
+        "notes",
+        "--allow-image",
+        &wc.manifest_digest,
+        "--chain-rpc",
+        &chain,
+        "--contracts",
+        contracts.to_str().unwrap(),
+        "--price",
+        &PRICE.to_string(),
+    ]));
+    std::fs::write(
+        e.tmp.path().join("wf.json"),
+        json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": wc.manifest_digest}},
+             "input": [{"index": 0, "id": dataset}]}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let workflow = ok(e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &e.p("data"),
+        "--file",
+        &e.p("wf.json"),
+    ]));
+    let nonce = |tag: &'static str| {
+        let (chain, provider) = (chain.clone(), provider.clone());
+        async move { quantity(&rpc(&chain, "eth_getTransactionCount", json!([provider, tag])).await) }
+    };
+    let registered = nonce("latest").await;
+    let first_block = quantity(&rpc(&chain, "eth_blockNumber", json!([])).await);
+    let balance_before =
+        quantity(&rpc(&chain, "eth_getBalance", json!([provider, "latest"])).await);
+
+    let serve = || {
+        let port = port();
+        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", &e.p("data"), "--layout", &e.p("layout")])
+            .args([
+                "--chain-rpc",
+                &chain,
+                "--contracts",
+                contracts.to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (Killed(child), format!("http://127.0.0.1:{port}"))
+    };
+    let (mut gateway, base) = serve();
+    let agreement = ok(e.insitu(&[
+        "agreement",
+        "create",
+        "--chain-rpc",
+        &chain,
+        "--contracts",
+        contracts.to_str().unwrap(),
+        "--key",
+        &e.p("consumer.key"),
+        "--dataset",
+        &dataset,
+        "--provider",
+        &provider,
+        "--price",
+        &PRICE.to_string(),
+    ]));
+    // The gateway's payment watcher grants compute once the payment is locked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nonce("latest").await < registered + 1 {
+        assert!(Instant::now() < deadline, "compute was not granted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // From here on transactions wait in the mempool until the test mines.
+    rpc(&chain, "evm_setAutomine", json!([false])).await;
+    let c = Consumer::new(base, ProviderKey::from_hex(CONSUMER).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        match c.token(&c.claims(&agreement, &workflow, None)).await {
+            Ok(t) => break t,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("the gateway did not come up: {e}"),
+        }
+    };
+    let id = c.execute(&token, &agreement, &workflow).await.unwrap();
+    // The release is sent, unmined: kill -9.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nonce("pending").await < registered + 2 {
+        assert!(Instant::now() < deadline, "the release was not sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.0.kill().unwrap();
+    gateway.0.wait().unwrap();
+
+    // Restarted while the release still waits to be mined; blocks come
+    // slowly, as on a real chain.
+    let (_gateway, base) = serve();
+    let c = Consumer::new(base, ProviderKey::from_hex(CONSUMER).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(token) = c.token(&c.claims(&agreement, &workflow, Some(&id))).await {
+            let s = c.get(&token, &format!("status/{id}")).await.unwrap();
+            let settlement = &s["execution"]["settlement"];
+            if settlement.get("receipt_tx").is_some() || settlement.get("error").is_some() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "not settled: {s}");
+        }
+        rpc(&chain, "evm_mine", json!([])).await;
+    };
+    assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
+    let settlement = &status["execution"]["settlement"];
+    assert!(settlement.get("error").is_none(), "{settlement}");
+    assert_eq!(
+        settlement["receipt_hash"], status["execution"]["receipt"]["hash"],
+        "{status}"
+    );
+    rpc(&chain, "evm_mine", json!([])).await;
+    // Exactly three provider transactions since the registration: grant
+    // compute, release, commit the receipt. All succeeded; the provider got
+    // the price once, less its gas.
+    assert_eq!(nonce("pending").await, registered + 3, "{settlement}");
+    let last_block = quantity(&rpc(&chain, "eth_blockNumber", json!([])).await);
+    let mut fees = 0;
+    for n in first_block + 1..=last_block {
+        let block = rpc(
+            &chain,
+            "eth_getBlockByNumber",
+            json!([format!("{n:#x}"), false]),
+        )
+        .await;
+        for tx in block["transactions"].as_array().unwrap() {
+            let r = rpc(&chain, "eth_getTransactionReceipt", json!([tx])).await;
+            if r["from"].as_str().unwrap().eq_ignore_ascii_case(&provider) {
+                assert_eq!(r["status"], "0x1", "a provider transaction failed: {r}");
+                fees += quantity(&r["gasUsed"]) * quantity(&r["effectiveGasPrice"]);
+            }
+        }
+    }
+    let balance_after = quantity(&rpc(&chain, "eth_getBalance", json!([provider, "latest"])).await);
+    assert_eq!(balance_after + fees, balance_before + PRICE);
+}
