@@ -18,7 +18,8 @@
 
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, AuthError, Tokens, verify_grant};
 use axum::extract::rejection::{FormRejection, JsonRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -386,6 +387,35 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// axum's `Path`, refusing with an [`ApiError`] (a JSON body, like every
+/// other error) instead of axum's plain-text rejection.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(r) => Err(ApiError::Body(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, refusing with an [`ApiError`].
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(r) => Err(ApiError::Body(r.status(), r.body_text())),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         ApiError::Body(r.status(), r.body_text())
@@ -427,6 +457,7 @@ impl IntoResponse for ApiError {
                 let code = match status {
                     StatusCode::PAYLOAD_TOO_LARGE => "too_large",
                     StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                     _ => "bad_request",
                 };
                 (status, code, m)
@@ -855,7 +886,7 @@ struct ExecuteBody {
 
 async fn execute(
     State(g): State<Arc<Gateway>>,
-    Path(agreement_id): Path<String>,
+    ApiPath(agreement_id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Json<ExecuteBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -984,7 +1015,7 @@ fn owned(
 
 async fn status(
     State(g): State<Arc<Gateway>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let e = owned(&g, &headers, &id)?;
@@ -1017,8 +1048,8 @@ const LOG_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
 
 async fn logs(
     State(g): State<Arc<Gateway>>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     owned(&g, &headers, &id)?;
@@ -1141,7 +1172,7 @@ fn follow_logs(
 
 async fn stop(
     State(g): State<Arc<Gateway>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let e = owned(&g, &headers, &id)?;
@@ -1209,7 +1240,7 @@ fn result_files(
 
 async fn results(
     State(g): State<Arc<Gateway>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let (e, files) = result_files(&g, &headers, &id)?;
@@ -1220,7 +1251,7 @@ async fn results(
 
 async fn download(
     State(g): State<Arc<Gateway>>,
-    Path((id, file)): Path<(String, String)>,
+    ApiPath((id, file)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (e, files) = result_files(&g, &headers, &id)?;
@@ -1308,7 +1339,10 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-async fn ddo(State(g): State<Arc<Gateway>>, Path(did): Path<String>) -> ApiResult<Json<Value>> {
+async fn ddo(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(did): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
     let did = Did::parse(&did).map_err(ApiError::NotFound)?;
     Ok(Json(g.store.ddo(&did)?.1))
 }

@@ -494,6 +494,75 @@ async fn refusals_have_precise_statuses_and_messages() {
         body["message"].as_str().unwrap().contains("workflowDid"),
         "{body}"
     );
+
+    // Found by schemathesis (scripts/api-fuzz): every refusal is the
+    // documented JSON error, including those of axum's extractors, and its
+    // code is one the OpenAPI document lists.
+    let doc: Value = serde_json::from_str(insitu_gateway::server::OPENAPI).unwrap();
+    let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"];
+    let documented = |body: &Value| codes.as_array().unwrap().contains(&body["error"]);
+    let (code, body) = api
+        .get(
+            &format!("/api/v1/node/services/compute/logs/{id}?follow=null"),
+            &t,
+        )
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("follow"),
+        "{body}"
+    );
+    let (code, body) = raw_get(&api.base, "/api/v1/node/services/compute/status/%FF%FE", &t);
+    assert_eq!(code, 400, "{body}");
+    let body: Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"], "bad_request", "{body}");
+    assert!(documented(&body));
+    for (path, what) in [
+        (
+            format!("compute/execute/{}", api.agreement),
+            "application/json",
+        ),
+        (
+            "oauth/token".to_string(),
+            "application/x-www-form-urlencoded",
+        ),
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/node/services/{path}", api.base))
+            .bearer_auth(&token)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{path}");
+        let body = r.json::<Value>().await.unwrap();
+        assert_eq!(body["error"], "unsupported_media_type", "{body}");
+        assert!(body["message"].as_str().unwrap().contains(what), "{body}");
+        assert!(documented(&body));
+    }
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/node/services/compute/execute/{}",
+            api.base, api.agreement
+        ))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(":{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    for code in ["disk_full", "busy", "unavailable", "conflict", "internal"] {
+        assert!(
+            documented(&json!({"error": code})),
+            "{code} is not in openapi.json"
+        );
+    }
 }
 
 /// `GET path` over a raw TCP connection: the request line goes out unchanged.
