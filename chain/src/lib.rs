@@ -435,12 +435,20 @@ impl Chain {
             url: self.url.clone(),
             reason: e.to_string(),
         };
-        let started = tokio::time::Instant::now();
+        use std::future::IntoFuture;
+        let (me, started) = (self.provider_address, tokio::time::Instant::now());
         loop {
-            let me = self.provider_address;
-            let mined = self.provider.get_transaction_count(me).latest();
-            let sent = self.provider.get_transaction_count(me).pending();
-            let (mined, sent) = (mined.await.map_err(rpc)?, sent.await.map_err(rpc)?);
+            let (mined, sent) = tokio::join!(
+                self.provider
+                    .get_transaction_count(me)
+                    .latest()
+                    .into_future(),
+                self.provider
+                    .get_transaction_count(me)
+                    .pending()
+                    .into_future(),
+            );
+            let (mined, sent) = (mined.map_err(rpc)?, sent.map_err(rpc)?);
             if sent <= mined {
                 return Ok(());
             }
@@ -448,7 +456,7 @@ impl Chain {
             if waited >= self.policy.timeout {
                 return Err(ChainError::InFlight {
                     call: call.to_string(),
-                    provider: self.provider_address,
+                    provider: me,
                     count: sent - mined,
                     waited: self.policy.timeout,
                 });

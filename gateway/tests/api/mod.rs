@@ -458,35 +458,28 @@ async fn refusals_have_precise_statuses_and_messages() {
     }
     // Unknown DIDs and oversized bodies (fresh clients: the server may close a
     // connection whose body it refused, so it must not be reused).
+    let post_json = async |body: Vec<u8>| {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/node/services/compute/execute/{}",
+                api.base, api.agreement
+            ))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    };
     let ghost = format!("did:nv:{}", "ab".repeat(32));
     let (code, body) = api
         .get(&format!("/api/v1/metadata/assets/ddo/{ghost}"), &t)
         .await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/node/services/compute/execute/{}",
-            api.base, api.agreement
-        ))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(vec![b' '; 1 << 20])
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(vec![b' '; 1 << 20]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/node/services/compute/execute/{}",
-            api.base, api.agreement
-        ))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body("{\"workflowDid\": 7}")
-        .send()
-        .await
-        .unwrap();
+    let r = post_json("{\"workflowDid\": 7}".into()).await;
     assert_eq!(r.status(), 422);
     let body = r.json::<Value>().await.unwrap();
     assert_eq!(body["error"], "invalid");
@@ -544,17 +537,7 @@ async fn refusals_have_precise_statuses_and_messages() {
         assert!(body["message"].as_str().unwrap().contains(what), "{body}");
         assert!(documented(&body));
     }
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/node/services/compute/execute/{}",
-            api.base, api.agreement
-        ))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(":{")
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(":{".into()).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
     for code in ["disk_full", "busy", "unavailable", "conflict", "internal"] {
