@@ -7,7 +7,10 @@
 //! the soak's evidence of no growth.
 //!
 //! `INSITU_LOAD_CONSUMERS` (default 32), `INSITU_LOAD_SECONDS` (default 30;
-//! 600 is the soak). Needs the `insitu` binary next to this one.
+//! 600 is the soak). The server reads its own settings from the environment,
+//! so `INSITU_QUEUE=8` with more consumers than that saturates it: refused
+//! executions are counted with how fast their 429 came. Needs the `insitu`
+//! binary next to this one.
 
 use anyhow::{Context, bail};
 use insitu_gateway::client::{ClientError, Consumer};
@@ -39,6 +42,8 @@ struct Tally {
     busy: AtomicU64,
     errors: AtomicU64,
     latencies: Mutex<Vec<Duration>>,
+    /// How long each 429 took to arrive: saturation must be answered fast.
+    refusals: Mutex<Vec<Duration>>,
     first_error: Mutex<Option<String>>,
 }
 
@@ -160,6 +165,8 @@ async fn drive(
                     Ok(id) => id,
                     Err(ClientError::Refused { status: 429, .. }) => {
                         tally.busy.fetch_add(1, Ordering::Relaxed);
+                        tally.refusals.lock().unwrap().push(t.elapsed());
+                        // Back off less than Retry-After asks, to keep the queue full.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -244,6 +251,16 @@ async fn drive(
         tally.errors.load(Ordering::Relaxed),
         tally.busy.load(Ordering::Relaxed),
     );
+    let mut r = std::mem::take(&mut *tally.refusals.lock().unwrap());
+    if !r.is_empty() {
+        r.sort();
+        println!(
+            "429 answered in p50 {} p99 {} max {}",
+            crate::ms(crate::percentile(&r, 0.5)),
+            crate::ms(crate::percentile(&r, 0.99)),
+            crate::ms(r[r.len() - 1]),
+        );
+    }
     if let (Some(first), Some(last)) = (samples.get(1).or(samples.first()), samples.last()) {
         println!(
             "RSS {:.1} → {:.1} MiB, descriptors {} → {} (from the second sample to the last)",
