@@ -355,10 +355,7 @@ impl Chain {
                     .provider
                     .get_chain_id()
                     .await
-                    .map_err(|e| ChainError::Rpc {
-                        url: self.url.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| self.rpc(e))?;
                 if actual == expected {
                     Ok(())
                 } else {
@@ -382,10 +379,7 @@ impl Chain {
         self.provider
             .get_block_number()
             .await
-            .map_err(|e| ChainError::Rpc {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| self.rpc(e))
     }
 
     /// The agreement's (consumer, DID); `None` when no such agreement exists.
@@ -420,6 +414,14 @@ impl Chain {
         })
     }
 
+    /// [`ChainError::Rpc`] naming this node, for a failed request.
+    fn rpc(&self, e: impl std::fmt::Display) -> ChainError {
+        ChainError::Rpc {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
     /// Waits until none of the provider's transactions is pending (its
     /// `pending` nonce equals its `latest` one), polling for up to the
     /// policy's timeout. Settling reads the chain's state to decide what to
@@ -431,10 +433,7 @@ impl Chain {
     /// [`ChainError::InFlight`] when they are still pending at the timeout;
     /// [`ChainError::Rpc`].
     pub async fn await_in_flight(&self, call: &str) -> Result<(), ChainError> {
-        let rpc = |e: alloy::transports::TransportError| ChainError::Rpc {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        };
+        let rpc = |e| self.rpc(e);
         use std::future::IntoFuture;
         let (me, started) = (self.provider_address, tokio::time::Instant::now());
         loop {
@@ -495,10 +494,7 @@ impl Chain {
         let gas = (estimate as f64 * self.policy.gas_multiplier.max(1.0)).ceil() as u64;
         let mut call = call.gas(gas);
         if let Some(cap) = self.policy.max_fee_per_gas {
-            let rpc = |e: alloy::transports::TransportError| ChainError::Rpc {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            };
+            let rpc = |e| self.rpc(e);
             let fees = self.provider.estimate_eip1559_fees().await.map_err(rpc)?;
             if fees.max_fee_per_gas > cap {
                 let base_fee = self
@@ -545,18 +541,16 @@ impl Chain {
                 self.policy.timeout
             ),
         })?
-        .map_err(|e| ChainError::Rpc {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| self.rpc(e))?;
         Self::succeeded(what, receipt)
     }
 
     /// A few quick looks for `hash`'s receipt, at once and then 1 ms apart
-    /// and doubling, for 127 ms in all: dev chains and fast sequencers include a transaction
-    /// within milliseconds, while alloy's watcher, when its first look comes
-    /// too early, looks again only a poll interval later (250 ms on loopback,
-    /// 7 s elsewhere) — a quarter of anvil's transactions waited that long.
+    /// and doubling, for 127 ms in all: dev chains and fast sequencers
+    /// include a transaction within milliseconds, while alloy's watcher, when
+    /// its first look comes too early, looks again only a poll interval later
+    /// (250 ms on loopback, 7 s elsewhere) — a quarter of anvil's
+    /// transactions waited that long.
     /// `None` when the transaction is not in a block yet.
     async fn quick_receipt(
         &self,
@@ -570,10 +564,7 @@ impl Chain {
                 .provider
                 .get_transaction_receipt(hash)
                 .await
-                .map_err(|e| ChainError::Rpc {
-                    url: self.url.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| self.rpc(e))?;
             if receipt.is_some() {
                 return Ok(receipt);
             }
@@ -811,10 +802,7 @@ impl Chain {
             .provider
             .get_logs(&filter)
             .await
-            .map_err(|e| ChainError::Rpc {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.rpc(e))?;
         Ok(logs
             .iter()
             .filter_map(|l| {
