@@ -83,6 +83,7 @@ async fn bench(port: u16) -> anyhow::Result<()> {
         server: Server::default(),
         price: Some("1000".into()),
         did: Some(dataset.clone()),
+        deterministic: false,
     })?;
     let workflow = store
         .add_workflow(&json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [

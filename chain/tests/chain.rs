@@ -173,6 +173,7 @@ async fn world() -> World {
             server: Server::default(),
             price: Some(PRICE_WEI.to_string()),
             did: Some(dataset.clone()),
+            deterministic: false,
         })
         .unwrap();
     let workflow = store
@@ -519,7 +520,17 @@ async fn asset_add_registers_the_did_on_chain() {
     let line = {
         let (data, path, chain) = (data.clone(), path.clone(), chain.clone());
         tokio::task::spawn_blocking(move || {
-            add_dataset_on_chain(&data, &path, "ds", &[], 60, &Server::default(), &chain)
+            add_dataset_on_chain(
+                &data,
+                &path,
+                "ds",
+                &[],
+                &insitu_gateway::commands::catalog::Offer {
+                    timeout_secs: 60,
+                    ..Default::default()
+                },
+                &chain,
+            )
         })
         .await
         .unwrap()
@@ -555,7 +566,17 @@ async fn asset_add_registers_the_did_on_chain() {
         ..chain
     };
     let err = tokio::task::spawn_blocking(move || {
-        add_dataset_on_chain(&data, &path, "ds", &[], 60, &Server::default(), &bad)
+        add_dataset_on_chain(
+            &data,
+            &path,
+            "ds",
+            &[],
+            &insitu_gateway::commands::catalog::Offer {
+                timeout_secs: 60,
+                ..Default::default()
+            },
+            &bad,
+        )
     })
     .await
     .unwrap()

@@ -6,4 +6,6 @@ pub mod auth;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod error;
+pub mod routes;
 pub mod server;

@@ -200,6 +200,11 @@ enum AssetCmd {
         /// Wall time of a stage reading this dataset (server `maxExecutionTime`).
         #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
         max_execution_time: Option<std::time::Duration>,
+        /// Stages reading this dataset run in deterministic mode (fixed
+        /// clocks, seeded random, sorted listings), so their outputs can be
+        /// reproduced and checked with `insitu verify --reproduce`.
+        #[arg(long)]
+        deterministic: bool,
         /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
         #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
         chain_rpc: Option<String>,
@@ -358,6 +363,11 @@ struct RunCli {
     /// Do not read or write the caches.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Run in deterministic mode, seeded as stage 0 of execution ID (fixed
+    /// clocks, seeded random, sorted listings): what a deterministic
+    /// dataset's stages get, and what `insitu verify --reproduce` runs.
+    #[arg(long, value_name = "EXECUTION_ID", num_args = 0..=1, default_missing_value = "local")]
+    deterministic: Option<String>,
     /// Extra arguments passed to the algorithm after the contract's.
     #[arg(last = true, value_name = "EXTRA_ARGS")]
     extra: Vec<String>,
@@ -448,6 +458,9 @@ fn main() -> ExitCode {
                 log_quota: r.log_quota,
             },
             extra: r.extra,
+            deterministic: r
+                .deterministic
+                .map(|id| insitu_runtime::sandbox::Determinism::for_stage(&id, 0)),
         })
         .map(|report| report.status == Status::Succeeded),
         Command::Push(p) => {
@@ -485,16 +498,21 @@ fn main() -> ExitCode {
             memory,
             disk,
             max_execution_time,
+            deterministic,
             chain_rpc,
             contracts,
             price,
             provider_key_file,
             provider_keystore,
         }) => {
-            let server = insitu_runtime::store::Server {
-                memory,
-                disk,
-                max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
+            let offer = commands::catalog::Offer {
+                timeout_secs: timeout,
+                server: insitu_runtime::store::Server {
+                    memory,
+                    disk,
+                    max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
+                },
+                deterministic,
             };
             match (chain_rpc, contracts, price) {
                 (Some(rpc), Some(contracts), Some(price)) => commands::provider_key(
@@ -508,8 +526,7 @@ fn main() -> ExitCode {
                         &path,
                         &name,
                         &allow_images,
-                        timeout,
-                        &server,
+                        &offer,
                         &commands::catalog::OnChain {
                             rpc,
                             contracts,
@@ -523,8 +540,7 @@ fn main() -> ExitCode {
                     &path,
                     &name,
                     &allow_images,
-                    timeout,
-                    &server,
+                    &offer,
                 )),
             }
         }

@@ -750,6 +750,8 @@ impl KubeBackend {
             module_digest,
             output_bytes,
             log_bytes,
+            peak_memory_bytes: None,
+            fuel_consumed: None,
             error,
         }
     }

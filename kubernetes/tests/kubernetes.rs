@@ -161,6 +161,7 @@ fn job_unchecked(stage: PathBuf, word: &str) -> StageJob {
                 output_quota: 1 << 20,
                 log_quota: 1 << 20,
             },
+            deterministic: None,
         },
         datasets: vec![Some(Did::parse(DATASET).unwrap())],
     }

@@ -25,6 +25,11 @@ pub enum Error {
         maximum: String,
     },
 
+    /// A receipt or attestation file is malformed (not what was signed is a
+    /// failing [`crate::verify::Check`], not this).
+    #[error("receipt: {0}")]
+    Receipt(String),
+
     /// A job specification is unusable (missing input dir, non-empty output, ...).
     #[error("invalid job: {0}")]
     InvalidJob(String),

@@ -37,6 +37,7 @@
 pub mod backend;
 pub mod error;
 pub mod image;
+pub mod jcs;
 pub mod outcome;
 pub mod permissions;
 pub mod pipeline;
@@ -45,6 +46,7 @@ pub mod resolve;
 pub mod sandbox;
 pub mod store;
 pub mod units;
+pub mod verify;
 pub mod workflow;
 
 pub use error::Error;

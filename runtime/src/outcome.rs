@@ -85,6 +85,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Exited => "exited",
+            Outcome::Trapped => "trapped",
+            Outcome::TimedOut => "timed_out",
+            Outcome::MemoryExceeded => "memory_exceeded",
+            Outcome::OutputQuotaExceeded => "output_quota_exceeded",
+            Outcome::LogQuotaExceeded => "log_quota_exceeded",
+            Outcome::Rejected => "rejected",
+            Outcome::Stopped => "stopped",
+        }
+    }
+
     /// The status a stage ends in given this outcome and exit code.
     pub fn status(self, exit_code: Option<i32>) -> Status {
         match self {
@@ -109,6 +123,15 @@ pub struct RunReport {
     pub output_bytes: u64,
     /// Sum of the sizes of the regular files in the logs dir, including stdout.log and stderr.log.
     pub log_bytes: u64,
+    /// The most linear memory the guest held at once, in bytes (wasm memories
+    /// never shrink, so this is what it had grown to); `null` when the
+    /// backend cannot tell (pods).
+    #[serde(default)]
+    pub peak_memory_bytes: Option<u64>,
+    /// Fuel (wasm instructions, roughly) the guest consumed, when the sandbox
+    /// meters fuel ([`crate::sandbox::Interruption::Fuel`]); `null` otherwise.
+    #[serde(default)]
+    pub fuel_consumed: Option<u64>,
     /// Why the stage failed, when it did: the trap, the limit hit, the rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -17,7 +17,7 @@ use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, Registry
 use crate::outcome::{Outcome, Status};
 use crate::receipt::{self, ProviderKey};
 use crate::resolve::{Resolved, ResolvedInput, ResolvedStage};
-use crate::sandbox::{JobSpec, Limits, Sandbox, StopHandle};
+use crate::sandbox::{Determinism, JobSpec, Limits, Sandbox, StopHandle};
 use crate::store::Store;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -38,7 +38,11 @@ pub struct ImageResolver {
 }
 
 impl ImageResolver {
-    fn source(&self, reference: &str, checksum: &str) -> Result<AnySource, Error> {
+    /// Where the image `reference` pinned by `checksum` is pulled from.
+    ///
+    /// # Errors
+    /// [`Error::Reference`] for a malformed registry reference.
+    pub fn source(&self, reference: &str, checksum: &str) -> Result<AnySource, Error> {
         let hex = checksum.trim_start_matches("sha256:");
         if let Some(dir) = self
             .layouts
@@ -157,6 +161,27 @@ impl Pipeline {
         Ok((StageCode::Wasm(module), pulled.manifest_digest))
     }
 
+    /// Ends execution `id` `failed` because stage `stage`'s image or module
+    /// was refused (`rejected`), recording it after `records`.
+    fn reject(
+        &self,
+        id: &str,
+        stage: &ResolvedStage,
+        started: u64,
+        e: &Error,
+        mut records: Vec<Value>,
+    ) -> Result<Status, Error> {
+        let why = format!("stage {}: {e}", stage.index);
+        records.push(
+            json!({"index": stage.index, "status": "failed", "outcome": Outcome::Rejected,
+            "image": stage.reference, "arguments": stage.arguments,
+            "started_at": started, "finished_at": now_ms(), "error": why}),
+        );
+        self.store
+            .advance(id, Status::Failed, Some(&why), Some(&Value::Array(records)))?;
+        Ok(Status::Failed)
+    }
+
     /// The first backend that accepts `code`.
     fn backend(&self, stage: &ResolvedStage, code: &StageCode) -> Result<&dyn Backend, Error> {
         self.backends
@@ -180,11 +205,7 @@ impl Pipeline {
             return Ok(digest.clone());
         }
         drop(memo);
-        let (listing, _) = collect(root)?;
-        let digest = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(receipt::canonical(&Value::Array(listing))))
-        );
+        let digest = listing_digest(root)?;
         if newest.elapsed().is_ok_and(|age| age > RACY) {
             self.caches
                 .inputs
@@ -223,18 +244,7 @@ impl Pipeline {
                 .and_then(|(code, digest)| Ok((self.backend(stage, &code)?, code, digest)));
             let (backend, code, image_digest) = match configured {
                 Ok(m) => m,
-                Err(e) => {
-                    let why = format!("stage {}: {e}", stage.index);
-                    records.push(json!({"index": stage.index, "status": "failed", "outcome": Outcome::Rejected,
-                        "image": stage.reference, "started_at": started, "finished_at": now_ms(), "error": why}));
-                    self.store.advance(
-                        id,
-                        Status::Failed,
-                        Some(&why),
-                        Some(&Value::Array(records)),
-                    )?;
-                    return Ok(Status::Failed);
-                }
+                Err(e) => return self.reject(id, stage, started, &e, records),
             };
             if stop.is_stopped() {
                 self.store
@@ -262,9 +272,12 @@ impl Pipeline {
                     inputs,
                     output: outputs,
                     logs,
-                    args: Vec::new(),
+                    args: stage.arguments.clone(),
                     env: Vec::new(),
                     limits: stage.server.cap(self.limits),
+                    deterministic: resolved
+                        .deterministic
+                        .then(|| Determinism::for_stage(id, stage.index)),
                 },
                 datasets: stage
                     .inputs
@@ -275,13 +288,30 @@ impl Pipeline {
                     })
                     .collect(),
             };
-            let report = backend.run(&job, stop).await?;
+            let report = match backend.run(&job, stop).await {
+                Ok(r) => r,
+                Err(e @ Error::Rejected { .. }) => {
+                    return self.reject(id, stage, started, &e, records);
+                }
+                Err(e) => return Err(e),
+            };
+            let (logs, _) = collect(&job.spec.logs)?;
             records.push(json!({
                 "index": stage.index, "status": report.status, "outcome": report.outcome, "exit_code": report.exit_code,
                 "image": stage.reference, "image_digest": image_digest, "module_digest": report.module_digest,
-                "backend": backend.name(),
-                "started_at": started, "finished_at": now_ms(), "duration_ms": report.duration_ms,
-                "output_bytes": report.output_bytes, "log_bytes": report.log_bytes, "error": report.error,
+                "backend": backend.name(), "arguments": stage.arguments,
+                "inputs": stage.inputs.iter().map(|i| match i {
+                    ResolvedInput::Dataset { did, .. } => json!({"dataset": did}),
+                    ResolvedInput::PreviousStage(n) => json!({"previous_stage": n}),
+                }).collect::<Vec<_>>(),
+                "limits": job.spec.limits,
+                "started_at": started, "finished_at": now_ms(),
+                "resources": {
+                    "wall_time_ms": report.duration_ms, "peak_memory_bytes": report.peak_memory_bytes,
+                    "output_bytes": report.output_bytes, "log_bytes": report.log_bytes,
+                    "fuel_consumed": report.fuel_consumed,
+                },
+                "logs": logs, "error": report.error,
             }));
             if report.status != Status::Succeeded {
                 let why = format!(
@@ -325,7 +355,9 @@ impl Pipeline {
             }
         }
         let body = json!({
-            "version": 1,
+            "version": receipt::VERSION,
+            "schema": receipt::SCHEMA_ID,
+            "deterministic": resolved.deterministic,
             "execution": id,
             "agreement": resolved.agreement.id,
             "workflow": resolved.agreement.workflow,
@@ -349,6 +381,19 @@ impl Pipeline {
         }
         Ok(Status::Succeeded)
     }
+}
+
+/// What a receipt records of an input dataset: `sha256:` of the JCS form of
+/// its [`collect`] listing (every file's path, size and sha256).
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be read.
+pub fn listing_digest(root: &Path) -> Result<String, Error> {
+    let (listing, _) = collect(root)?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(receipt::canonical(&Value::Array(listing))))
+    ))
 }
 
 /// `repository@sha256:…` of a workflow's `image:tag@sha256:…` reference:

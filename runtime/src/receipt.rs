@@ -242,6 +242,14 @@ pub fn recover_personal(message: &[u8], signature: &str) -> Result<Address, Erro
     sig.recover_address_from_msg(message).map_err(|_| invalid())
 }
 
+/// The version of the receipt body this provider writes (`version`).
+/// Version 1 (before logs, arguments and resources) verifies the same way.
+pub const VERSION: u64 = 2;
+
+/// The `$id` of the JSON Schema of version [`VERSION`] bodies
+/// (`docs/receipt.schema.json` in the repository), written as `schema`.
+pub const SCHEMA_ID: &str = "https://insitu.dev/schemas/receipt/v2.json";
+
 /// A signed receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -255,41 +263,9 @@ pub struct Receipt {
     pub signer: String,
 }
 
-/// JSON with object keys sorted at every level and no insignificant
-/// whitespace; the bytes that are hashed.
+/// The bytes that are hashed: the JCS form ([`crate::jcs`], RFC 8785) of `v`.
 pub fn canonical(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String(k.clone()).to_string());
-                    out.push(':');
-                    write(&m[k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
+    crate::jcs::canonicalize(v)
 }
 
 /// Signs `body` with `key`.

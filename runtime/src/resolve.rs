@@ -29,6 +29,8 @@ pub struct ResolvedStage {
     /// The tightest resources the compute services of the workflow's
     /// datasets offer; caps the provider's limits for this stage.
     pub server: Server,
+    /// Extra arguments after the guest contract's.
+    pub arguments: Vec<String>,
 }
 
 /// An execution ready to run.
@@ -37,6 +39,9 @@ pub struct Resolved {
     pub agreement: Agreement,
     pub workflow: Workflow,
     pub stages: Vec<ResolvedStage>,
+    /// Every stage runs in deterministic mode: the workflow or one of its
+    /// datasets asks for it.
+    pub deterministic: bool,
 }
 
 /// Resolves `agreement`'s workflow at time `now` (unix seconds).
@@ -114,10 +119,12 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
             server: datasets
                 .iter()
                 .fold(Server::default(), |s, d| s.min(&d.server)),
+            arguments: stage.arguments.clone(),
         });
     }
     Ok(Resolved {
         agreement: agreement.clone(),
+        deterministic: workflow.deterministic || datasets.iter().any(|d| d.deterministic),
         workflow,
         stages,
     })

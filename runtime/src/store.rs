@@ -48,6 +48,9 @@ pub struct Dataset {
     pub allowed_images: Vec<String>,
     /// The resources its compute service offers each stage.
     pub server: Server,
+    /// Its compute service requires deterministic mode (`"deterministic":
+    /// true` in the compute service's attributes).
+    pub deterministic: bool,
 }
 
 /// What [`Store::register_dataset`] records.
@@ -66,6 +69,8 @@ pub struct DatasetSpec<'a> {
     /// The DID to register it under (chain mode: the DID registered on-chain);
     /// `None` draws a random one.
     pub did: Option<Did>,
+    /// Stages reading it run in deterministic mode.
+    pub deterministic: bool,
 }
 
 /// The resources a dataset's compute service offers a stage — the first of
@@ -467,6 +472,7 @@ impl Store {
             server: *server,
             price: None,
             did: None,
+            deterministic: false,
         })
     }
 
@@ -504,6 +510,9 @@ impl Store {
         });
         if let Some(price) = &spec.price {
             compute["price"] = json!(price);
+        }
+        if spec.deterministic {
+            compute["deterministic"] = json!(true);
         }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
@@ -634,6 +643,8 @@ impl Store {
                 .pointer("/service/1/attributes/main/provider/environment/supportedServers/0")
                 .map(Server::from_ddo)
                 .unwrap_or_default(),
+            deterministic: ddo.pointer("/service/1/attributes/main/deterministic")
+                == Some(&Value::Bool(true)),
         })
     }
 

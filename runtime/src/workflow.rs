@@ -88,6 +88,8 @@ pub struct Stage {
     pub inputs: Vec<Input>,
     /// The algorithm asset, when given (optional when the image is the algorithm).
     pub transformation: Option<Did>,
+    /// `arguments`: extra arguments after the guest contract's (none by default).
+    pub arguments: Vec<String>,
 }
 
 /// A validated workflow.
@@ -95,6 +97,9 @@ pub struct Stage {
 pub struct Workflow {
     pub name: String,
     pub stages: Vec<Stage>,
+    /// `workflow.deterministic`: every stage runs in deterministic mode
+    /// ([`crate::sandbox::Determinism`]). Default false.
+    pub deterministic: bool,
 }
 
 fn err(path: &str, reason: impl Into<String>) -> Error {
@@ -223,9 +228,20 @@ impl Workflow {
         for (pos, s) in stages.iter().enumerate() {
             parsed.push(parse_stage(s, &format!("{stages_path}[{pos}]"), pos)?);
         }
+        let deterministic = match main.pointer("/workflow/deterministic") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(err(
+                    &format!("{base}.workflow.deterministic"),
+                    format!("must be true or false, found {}", kind(other)),
+                ));
+            }
+        };
         Ok(Workflow {
             name,
             stages: parsed,
+            deterministic,
         })
     }
 
@@ -322,7 +338,23 @@ fn parse_stage(s: &Value, path: &str, pos: usize) -> Result<Stage, Error> {
             Some(Did::parse(string(v, &p)?).map_err(|r| err(&p, r))?)
         }
     };
+    let apath = format!("{path}.arguments");
+    let arguments = match s.get("arguments") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| string(v, &format!("{apath}[{i}]")).map(str::to_string))
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(err(
+                &apath,
+                format!("must be an array of strings, found {}", kind(other)),
+            ));
+        }
+    };
     Ok(Stage {
+        arguments,
         index: idx,
         stage_type,
         container: Container {

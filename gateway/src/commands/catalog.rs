@@ -22,6 +22,17 @@ fn checksum(image: &str) -> &str {
     image.rsplit_once('@').map_or(image, |(_, d)| d)
 }
 
+/// What a dataset's compute service offers.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// The compute service's time-out, seconds.
+    pub timeout_secs: u64,
+    /// The resources it offers each stage.
+    pub server: insitu_runtime::store::Server,
+    /// Stages reading it run in deterministic mode.
+    pub deterministic: bool,
+}
+
 /// Registers a dataset; returns the line to print.
 ///
 /// # Errors
@@ -31,11 +42,19 @@ pub fn add_dataset(
     path: &Path,
     name: &str,
     allow: &[String],
-    timeout_secs: u64,
-    server: &insitu_runtime::store::Server,
+    offer: &Offer,
 ) -> anyhow::Result<String> {
     let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
-    let did = open(data_dir)?.add_dataset_on(name, path, &allowed, timeout_secs, server)?;
+    let did = open(data_dir)?.register_dataset(&insitu_runtime::store::DatasetSpec {
+        name,
+        path,
+        allowed_images: &allowed,
+        timeout_secs: offer.timeout_secs,
+        server: offer.server,
+        price: None,
+        did: None,
+        deterministic: offer.deterministic,
+    })?;
     Ok(format!("dataset `{name}` registered as {did}"))
 }
 
@@ -61,8 +80,7 @@ pub fn add_dataset_on_chain(
     path: &Path,
     name: &str,
     allow: &[String],
-    timeout_secs: u64,
-    server: &insitu_runtime::store::Server,
+    offer: &Offer,
     chain: &OnChain,
 ) -> anyhow::Result<String> {
     use insitu_runtime::store::DatasetSpec;
@@ -92,10 +110,11 @@ pub fn add_dataset_on_chain(
         name,
         path,
         allowed_images: &allowed,
-        timeout_secs,
-        server: *server,
+        timeout_secs: offer.timeout_secs,
+        server: offer.server,
         price: Some(chain.price.clone()),
         did: Some(did.clone()),
+        deterministic: offer.deterministic,
     })?;
     Ok(format!(
         "dataset `{name}` registered on-chain (tx {tx:#x}) as {did}"

@@ -197,8 +197,8 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
             stage["status"].as_str().unwrap_or("?"),
             stage["outcome"].as_str().unwrap_or("?"),
             stage["exit_code"],
-            stage["duration_ms"],
-            stage["output_bytes"]
+            stage["resources"]["wall_time_ms"],
+            stage["resources"]["output_bytes"]
         );
     }
     if !ok {

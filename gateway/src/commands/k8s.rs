@@ -86,6 +86,7 @@ pub fn manifests(
             args: Vec::new(),
             env: Vec::new(),
             limits,
+            deterministic: None,
         },
         datasets,
     };

@@ -23,6 +23,8 @@ pub struct RunArgs {
     pub limits: Limits,
     pub cache_dir: Option<PathBuf>,
     pub extra: Vec<String>,
+    /// Deterministic mode, if asked for.
+    pub deterministic: Option<insitu_runtime::sandbox::Determinism>,
 }
 
 /// Runs the stage and prints its report. Returns the report; the caller maps
@@ -76,6 +78,7 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
         args: args.extra.clone(),
         env: Vec::new(),
         limits: args.limits,
+        deterministic: args.deterministic,
     };
     let sandbox = super::local_sandbox(args.cache_dir.as_deref())?;
     let started = std::time::Instant::now();
@@ -91,6 +94,8 @@ pub fn execute(args: RunArgs) -> anyhow::Result<RunReport> {
             module_digest: digest,
             output_bytes: 0,
             log_bytes: 0,
+            peak_memory_bytes: None,
+            fuel_consumed: None,
             error: Some(format!("module rejected: {reason}")),
         },
         Err(e) => return Err(e.into()),

@@ -257,7 +257,141 @@ pub fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<JobState>> {
         },
     )?;
 
+    // Deterministic mode: listings in name order, and file metadata that
+    // does not depend on the host (no device, inode or times).
+    linker.func_wrap_async(
+        P1,
+        "fd_readdir",
+        |mut c, (fd, buf, len, cookie, out): (i32, i32, i32, i64, i32)| {
+            Box::new(async move {
+                if !c.data().deterministic {
+                    return original!(&mut c, fd_readdir(fd, buf, len, cookie, out));
+                }
+                sorted_readdir(&mut c, fd, buf, len, cookie, out).await
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(P1, "fd_filestat_get", |mut c, (fd, stat): (i32, i32)| {
+        Box::new(async move {
+            let errno = original!(&mut c, fd_filestat_get(fd, stat))?;
+            if errno == 0 && c.data().deterministic {
+                neutral_filestat(&mut c, stat);
+            }
+            Ok(errno)
+        })
+    })?;
+
+    linker.func_wrap_async(
+        P1,
+        "path_filestat_get",
+        |mut c, (fd, flags, path, len, stat): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                let errno = original!(&mut c, path_filestat_get(fd, flags, path, len, stat))?;
+                if errno == 0 && c.data().deterministic {
+                    neutral_filestat(&mut c, stat);
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
     Ok(linker)
+}
+
+/// Size of a preview 1 `dirent` header (the name follows it).
+const DIRENT: usize = 24;
+
+/// `fd_readdir` in name order (`.` and `..` first): the whole listing is read
+/// through wasmtime's own `fd_readdir` into the guest's buffer, sorted, its
+/// cookies renumbered, and the part from `cookie` written back with the same
+/// truncation rules (a full buffer tells the guest to grow it). Inode numbers
+/// become a hash of the name. When one entry does not fit the guest's buffer
+/// the unsorted answer is returned, so the guest grows its buffer and asks again.
+async fn sorted_readdir(
+    c: &mut Caller<'_, JobState>,
+    fd: i32,
+    buf: i32,
+    len: i32,
+    cookie: i64,
+    out: i32,
+) -> Result<i32> {
+    let cap = len as u32 as usize;
+    let mut entries: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut next: i64 = 0;
+    loop {
+        let errno = original!(&mut *c, fd_readdir(fd, buf, len, next, out))?;
+        if errno != 0 {
+            return Ok(errno);
+        }
+        let used = read_u32(c, out).unwrap_or(0) as u32 as usize;
+        let Some(bytes) = guest_bytes(c, buf, used) else {
+            return Ok(0);
+        };
+        let (mut at, before) = (0, entries.len());
+        while at + DIRENT <= used {
+            let d_next = i64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+            let namlen =
+                u32::from_le_bytes(bytes[at + 16..at + 20].try_into().expect("4")) as usize;
+            let Some(name) = bytes.get(at + DIRENT..at + DIRENT + namlen) else {
+                break;
+            };
+            entries.push((bytes[at + 20], name.to_vec()));
+            next = d_next;
+            at += DIRENT + namlen;
+        }
+        if used < cap {
+            break; // the listing ended within this answer
+        }
+        if entries.len() == before {
+            // Not even one entry fits: the guest must grow its buffer first.
+            return original!(&mut *c, fd_readdir(fd, buf, len, cookie, out));
+        }
+    }
+    let dots = entries
+        .iter()
+        .take_while(|(_, n)| n.as_slice() == b"." || n.as_slice() == b"..")
+        .count();
+    entries[dots..].sort_by(|a, b| a.1.cmp(&b.1));
+    let mut written = Vec::with_capacity(cap);
+    for (i, (kind, name)) in entries.iter().enumerate().skip(cookie.max(0) as usize) {
+        let mut head = [0u8; DIRENT];
+        head[0..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        head[8..16].copy_from_slice(&name_inode(name).to_le_bytes());
+        head[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        head[20] = *kind;
+        written.extend_from_slice(&head);
+        written.extend_from_slice(name);
+        if written.len() >= cap {
+            break;
+        }
+    }
+    written.truncate(cap);
+    let n = written.len() as u32;
+    if let Some(dst) = guest_bytes(c, buf, written.len()) {
+        dst.copy_from_slice(&written);
+    }
+    if let Some(dst) = guest_bytes(c, out, 4) {
+        dst.copy_from_slice(&n.to_le_bytes());
+    }
+    Ok(0)
+}
+
+/// A stable, non-zero inode number for a directory entry named `name`.
+fn name_inode(name: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(name);
+    u64::from_le_bytes(h[..8].try_into().expect("8 bytes")) | 1
+}
+
+/// Clears what a preview 1 `filestat` at `stat` says of the host: device,
+/// inode, link count (1) and the three times (0, the Unix epoch).
+fn neutral_filestat(c: &mut Caller<'_, JobState>, stat: i32) {
+    if let Some(s) = guest_bytes(c, stat, 64) {
+        s[0..16].fill(0);
+        s[24..32].copy_from_slice(&1u64.to_le_bytes());
+        s[40..64].fill(0);
+    }
 }
 
 fn guest_bytes<'a>(

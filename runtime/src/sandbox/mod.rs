@@ -189,6 +189,77 @@ pub struct JobSpec {
     /// Environment variables the stage declares (none by default).
     pub env: Vec<(String, String)>,
     pub limits: Limits,
+    /// Run in deterministic mode (default: no).
+    pub deterministic: Option<Determinism>,
+}
+
+/// Deterministic mode: what a guest can observe is a function of its module,
+/// arguments, inputs and this seed, so two providers holding the same data
+/// produce the same bytes (and `insitu verify --reproduce` can check them).
+///
+/// Always (every job): NaNs are canonicalised and relaxed SIMD gives its
+/// deterministic results (the engine's `cranelift_nan_canonicalization` and
+/// `relaxed_simd_deterministic`); no threads (shared memories and
+/// wasi-threads are not enabled). In deterministic mode also:
+/// - clocks: the wall clock starts at the Unix epoch and, like the monotonic
+///   clock, advances 1 µs each time either is read;
+/// - random: `random_get` and `wasi:random` are ChaCha20 streams seeded by
+///   [`Determinism::seed`] (the insecure ones by its SHA-256);
+/// - listings: `fd_readdir` in name order (`.` and `..` first) with inode
+///   numbers derived from names; file metadata without device, inode or times
+///   (all 0) and a link count of 1.
+///
+/// Components (wasip2) are refused in this mode: their directory streams
+/// come in the host's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Determinism {
+    /// Seeds the guest's random streams.
+    pub seed: [u8; 32],
+}
+
+impl Determinism {
+    /// The mode for stage `stage` of execution `execution`: seed =
+    /// SHA-256 of `insitu-determinism-v1`, NUL, the execution id, NUL and
+    /// the stage index in decimal.
+    pub fn for_stage(execution: &str, stage: u32) -> Determinism {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"insitu-determinism-v1\0");
+        h.update(execution.as_bytes());
+        h.update(b"\0");
+        h.update(stage.to_string().as_bytes());
+        Determinism {
+            seed: h.finalize().into(),
+        }
+    }
+}
+
+/// A clock for deterministic mode: starts at 0 and advances 1 µs per read.
+#[derive(Clone, Default)]
+struct SteppedClock(Arc<AtomicU64>);
+
+impl SteppedClock {
+    fn read(&self) -> u64 {
+        self.0.fetch_add(1_000, Ordering::Relaxed) + 1_000
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for SteppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_micros(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.read())
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for SteppedClock {
+    fn resolution(&self) -> u64 {
+        1_000
+    }
+    fn now(&self) -> u64 {
+        self.read()
+    }
 }
 
 impl JobSpec {
@@ -202,6 +273,7 @@ impl JobSpec {
             args: Vec::new(),
             env: Vec::new(),
             limits: Limits::default(),
+            deterministic: None,
         }
     }
 
@@ -343,6 +415,9 @@ impl Sandbox {
             .max_wasm_stack(1 << 20)
             .async_stack_size(2 << 20)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            // Deterministic floating point for every job (see `Determinism`).
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
             .parallel_compilation(true);
         match config.interruption {
             Interruption::Epoch => c.epoch_interruption(true),
@@ -581,6 +656,12 @@ impl Sandbox {
             )));
         }
         check_dirs(spec)?;
+        if spec.deterministic.is_some() && module.kind == ModuleKind::Component {
+            return Err(Error::Rejected {
+                digest: module.digest.clone(),
+                reason: "deterministic mode runs wasip1 modules only (a component's directory listings come in the host's order); build for wasm32-wasip1".into(),
+            });
+        }
         let out_budget = Budget::new(
             spec.output.clone(),
             spec.limits.output_quota,
@@ -604,6 +685,20 @@ impl Sandbox {
             .stdout(LogStream::new(log_file("stdout.log")?, log_budget.clone()))
             .stderr(LogStream::new(log_file("stderr.log")?, log_budget.clone()))
             .allow_blocking_current_thread(true);
+        if let Some(d) = &spec.deterministic {
+            use chacha20::ChaCha20Rng;
+            use chacha20::rand_core::SeedableRng;
+            use sha2::{Digest, Sha256};
+            let clock = SteppedClock::default();
+            let insecure: [u8; 32] = Sha256::digest(d.seed).into();
+            b.wall_clock(clock.clone())
+                .monotonic_clock(clock)
+                .secure_random(ChaCha20Rng::from_seed(d.seed))
+                .insecure_random(ChaCha20Rng::from_seed(insecure))
+                .insecure_random_seed(u128::from_le_bytes(
+                    insecure[..16].try_into().expect("16 bytes"),
+                ));
+        }
         let preopen = |b: &mut WasiCtxBuilder, host: &Path, guest: &str, perms| {
             b.preopened_dir(host, guest, perms)
                 .map(|_| ())
@@ -647,6 +742,7 @@ impl Sandbox {
             stop: stop.clone(),
             kill: None,
             next_scan: started,
+            deterministic: spec.deterministic.is_some(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -724,6 +820,11 @@ impl Sandbox {
             module_digest: module.digest.clone(),
             output_bytes: output.file_bytes,
             log_bytes: logs.file_bytes,
+            peak_memory_bytes: Some(store.data().limiter.memory_used as u64),
+            fuel_consumed: match self.config.interruption {
+                Interruption::Fuel => store.get_fuel().ok().map(|left| u64::MAX - left),
+                Interruption::Epoch => None,
+            },
             error,
         })
     }
@@ -793,6 +894,8 @@ pub struct JobState {
     kill: Option<(Outcome, String)>,
     /// When the writable directories are scanned next.
     next_scan: Instant,
+    /// Listings sorted and file metadata neutral ([`Determinism`]).
+    deterministic: bool,
 }
 
 impl WasiView for JobState {

@@ -1,0 +1,141 @@
+//! The one place errors become HTTP responses: [`ApiError`] and its
+//! `IntoResponse` (`{"error": CODE, "message": TEXT}` with the status), and
+//! the extractors that refuse with it instead of axum's plain-text rejections.
+
+use crate::auth::AuthError;
+use axum::Json;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error: the one place errors become HTTP responses.
+#[derive(Debug)]
+pub enum ApiError {
+    Auth(AuthError),
+    Runtime(insitu_runtime::Error),
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound(String),
+    BadRequest(String),
+    /// A body the extractors refused (malformed, wrong type, too large), with its status.
+    Body(StatusCode, String),
+    Busy,
+    /// The gateway is shutting down.
+    Unavailable(String),
+}
+
+/// axum's `Path`, refusing with an [`ApiError`] (a JSON body, like every
+/// other error) instead of axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(r) => Err(ApiError::Body(r.status(), r.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, refusing with an [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(r) => Err(ApiError::Body(r.status(), r.body_text())),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Body(r.status(), r.body_text())
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        ApiError::Body(r.status(), r.body_text())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Auth(e)
+    }
+}
+
+impl From<insitu_runtime::Error> for ApiError {
+    fn from(e: insitu_runtime::Error) -> Self {
+        ApiError::Runtime(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use insitu_runtime::Error as E;
+        let (status, code, message) = match self {
+            ApiError::Auth(e @ AuthError::TokenScope { .. }) => {
+                (StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+            ApiError::Auth(e) => (StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::Body(status, m) => {
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "bad_request",
+                };
+                (status, code, m)
+            }
+            ApiError::Busy => {
+                let mut r = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"error": "busy", "message": "the execution queue is full; retry after the Retry-After delay"})),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+            ApiError::Runtime(e) => match &e {
+                E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
+                E::Denied(_) => (StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+                E::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                ),
+                E::Workflow { .. } | E::Invalid { .. } | E::Reference { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+                }
+                E::Transition { .. } => (StatusCode::CONFLICT, "conflict", e.to_string()),
+                E::DiskFull { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+                }
+                _ => {
+                    tracing::error!(error = %e, "internal error");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                }
+            },
+        };
+        (status, Json(json!({"error": code, "message": message}))).into_response()
+    }
+}
+
+/// A handler's result.
+pub type ApiResult<T> = Result<T, ApiError>;

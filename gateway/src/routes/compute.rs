@@ -1,0 +1,449 @@
+//! The compute API: execute (with an access token, or the seed spec's signed
+//! form), status, logs (followed as server-sent events), stop, list, and the
+//! results of an execution (owner only).
+
+use super::bearer;
+use crate::auth::{AUD_COMPUTE, AUD_EXECUTE};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
+use crate::server::{Gateway, Job, now};
+use axum::Form;
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use insitu_runtime::Status;
+use insitu_runtime::receipt::recover_personal;
+use insitu_runtime::resolve::resolve;
+use insitu_runtime::sandbox::StopHandle;
+use insitu_runtime::store::parse_address;
+use insitu_runtime::workflow::Did;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecuteBody {
+    workflow_did: String,
+    consumer: String,
+}
+
+pub(crate) async fn execute(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(agreement_id): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<Json<ExecuteBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let grant = g.tokens.check(bearer(&headers)?, AUD_EXECUTE, now())?;
+    let Json(body) = body?;
+    let agreement_id = agreement_id.to_ascii_lowercase();
+    if grant.agreement != agreement_id {
+        return Err(ApiError::Forbidden(format!(
+            "the token is for agreement {}, not {agreement_id}",
+            grant.agreement
+        )));
+    }
+    if grant.did.as_deref() != Some(body.workflow_did.as_str())
+        || !body.consumer.eq_ignore_ascii_case(&grant.consumer)
+    {
+        return Err(ApiError::Forbidden(
+            "workflowDid and consumer must be those the grant was signed for".into(),
+        ));
+    }
+    let id = start_execution(&g, &grant.consumer, &agreement_id, &body.workflow_did).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
+}
+
+/// Queues an execution of `workflow_did` under `agreement_id` for `consumer`
+/// (lowercase address) once the agreement and the datasets' compute services
+/// allow it; returns its id.
+async fn start_execution(
+    g: &Gateway,
+    consumer: &str,
+    agreement_id: &str,
+    workflow_did: &str,
+) -> ApiResult<String> {
+    if g.closing.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable(
+            "the provider is shutting down and takes no new executions; retry when it is back"
+                .into(),
+        ));
+    }
+    let agreement = g
+        .permissions
+        .check_execute(agreement_id, consumer, workflow_did, now())
+        .await?;
+    let resolved = resolve(&g.store, &agreement, now())?;
+    let permit = g.queue.try_reserve().map_err(|_| ApiError::Busy)?;
+    let id = g.store.create_execution(&agreement)?;
+    let stop = StopHandle::default();
+    g.stops
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), stop.clone());
+    g.active.fetch_add(1, Ordering::SeqCst);
+    permit.send(Job {
+        id: id.clone(),
+        resolved,
+        stop,
+    });
+    tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
+    Ok(id)
+}
+
+/// The seed spec's form: `serviceAgreementId`, `consumerAddress`,
+/// `signature` (personal_sign of the agreement id), `workflowDID`.
+#[derive(Deserialize)]
+pub(crate) struct ExecForm {
+    #[serde(rename = "serviceAgreementId")]
+    agreement: String,
+    #[serde(rename = "consumerAddress")]
+    consumer: String,
+    signature: String,
+    #[serde(rename = "workflowDID")]
+    workflow: String,
+}
+
+pub(crate) async fn exec(
+    State(g): State<Arc<Gateway>>,
+    form: Result<Form<ExecForm>, FormRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Form(f) = form?;
+    let consumer = parse_address(&f.consumer).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "consumerAddress `{}` is not an address (0x + 40 hex)",
+            f.consumer
+        ))
+    })?;
+    let signer = recover_personal(f.agreement.as_bytes(), &f.signature).map_err(|_| {
+        ApiError::Unauthorized(
+            "signature must be the 65-byte hex personal_sign of serviceAgreementId".into(),
+        )
+    })?;
+    let signer = format!("{signer:#x}");
+    if signer != consumer {
+        return Err(ApiError::Unauthorized(format!(
+            "the signature is from {signer}, not from consumerAddress {consumer}; sign serviceAgreementId with the consumer's key"
+        )));
+    }
+    let id = start_execution(
+        &g,
+        &consumer,
+        &f.agreement.to_ascii_lowercase(),
+        &f.workflow,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
+}
+
+/// The execution `id`, if the token is a compute token for it and its holder owns it.
+fn owned(
+    g: &Gateway,
+    headers: &HeaderMap,
+    id: &str,
+) -> ApiResult<insitu_runtime::store::Execution> {
+    let grant = g.tokens.check(bearer(headers)?, AUD_COMPUTE, now())?;
+    if grant.execution.as_deref() != Some(id) {
+        return Err(ApiError::Forbidden(format!(
+            "the token is not for execution {id}"
+        )));
+    }
+    let e = g.store.execution(id)?;
+    if e.consumer != grant.consumer {
+        return Err(ApiError::Forbidden(format!(
+            "execution {id} belongs to another consumer"
+        )));
+    }
+    Ok(e)
+}
+
+pub(crate) async fn status(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let e = owned(&g, &headers, &id)?;
+    let pods: Vec<Value> = e
+        .stages
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    json!({"podName": format!("{id}-stage-{}", s["index"]), "status": s["status"],
+                                "startedAt": s["started_at"], "finishedAt": s["finished_at"]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let finished = e.status.is_terminal().then_some(e.updated_at);
+    Ok(Json(json!({
+        "workflowStatus": {"status": e.status, "startedAt": e.created_at, "finishedAt": finished, "did": e.result, "pods": pods},
+        "execution": e,
+    })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+const LOG_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+
+pub(crate) async fn logs(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    owned(&g, &headers, &id)?;
+    if q.follow {
+        return Ok(follow_logs(g, id).into_response());
+    }
+    let mut out = Vec::new();
+    for n in 0..stage_dirs(&g, &id) {
+        let dir = g.pipeline.logs(&id, n);
+        let mut content = String::new();
+        for f in LOG_FILES {
+            content.push_str(&std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+        }
+        out.push(json!({"stage": n, "podName": format!("{id}-stage-{n}"), "content": content}));
+    }
+    Ok(Json(json!({"logs": out})).into_response())
+}
+
+/// How many stages of execution `id` have started (have a working directory).
+fn stage_dirs(g: &Gateway, id: &str) -> u32 {
+    (0..)
+        .take_while(|n| g.pipeline.logs(id, *n).is_dir())
+        .count() as u32
+}
+
+/// Where a follower is in each stage's log files.
+struct Tail {
+    g: Arc<Gateway>,
+    id: String,
+    /// (stage, file index) → bytes sent, plus bytes held back (an incomplete UTF-8 sequence).
+    offsets: HashMap<(u32, usize), (u64, Vec<u8>)>,
+    pending: std::collections::VecDeque<Event>,
+    done: bool,
+}
+
+impl Tail {
+    /// Reads what was appended since the last poll into `pending`.
+    fn poll(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        for n in 0..stage_dirs(&self.g, &self.id) {
+            let dir = self.g.pipeline.logs(&self.id, n);
+            for (i, name) in LOG_FILES.iter().enumerate() {
+                let (offset, held) = self.offsets.entry((n, i)).or_default();
+                let Ok(mut f) = std::fs::File::open(dir.join(name)) else {
+                    continue;
+                };
+                let mut buf = std::mem::take(held);
+                if f.seek(SeekFrom::Start(*offset)).is_err() {
+                    continue;
+                }
+                let read = f.take(1 << 20).read_to_end(&mut buf).unwrap_or(0);
+                *offset += read as u64;
+                let valid = match std::str::from_utf8(&buf) {
+                    Ok(_) => buf.len(),
+                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                    Err(_) => buf.len(),
+                };
+                *held = buf.split_off(valid);
+                if buf.is_empty() {
+                    continue;
+                }
+                let content = String::from_utf8_lossy(&buf);
+                self.pending.push_back(
+                    Event::default().event("log").data(
+                        json!({"stage": n, "podName": format!("{}-stage-{n}", self.id),
+                               "stream": name.trim_end_matches(".log"), "content": content})
+                        .to_string(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Server-sent events: `log` events (`{"stage", "podName", "stream",
+/// "content"}`) as the guest writes, then one `end` event (`{"status",
+/// "reason"}`) once the execution is over and everything was sent.
+fn follow_logs(
+    g: Arc<Gateway>,
+    id: String,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let tail = Tail {
+        g,
+        id,
+        offsets: HashMap::new(),
+        pending: Default::default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(tail, |mut t| async move {
+        loop {
+            if let Some(e) = t.pending.pop_front() {
+                return Some((Ok(e), t));
+            }
+            if t.done {
+                return None;
+            }
+            // The status is read before the files, so a terminal status means
+            // everything the guest wrote is on disk when they are read.
+            let execution = t.g.store.execution(&t.id).ok();
+            t.poll();
+            match execution {
+                Some(e) if e.status.is_terminal() => {
+                    t.pending.push_back(
+                        Event::default()
+                            .event("end")
+                            .data(json!({"status": e.status, "reason": e.reason}).to_string()),
+                    );
+                    t.done = true;
+                }
+                None => t.done = true,
+                Some(_) if t.pending.is_empty() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(_) => {}
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+pub(crate) async fn stop(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let e = owned(&g, &headers, &id)?;
+    if e.status.is_terminal() {
+        return Ok(Json(
+            json!({"status": e.status, "text": format!("execution {id} already ended {}", e.status.as_str())}),
+        ));
+    }
+    if let Some(s) = g.stops.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        s.stop();
+    }
+    // Still queued: stopped now, not when a worker gets to it.
+    if e.status == Status::Pending
+        && g.store
+            .set_status(
+                &id,
+                Status::Stopped,
+                Some("stopped on request before it started"),
+            )
+            .is_ok()
+    {
+        return Ok(Json(
+            json!({"status": "stopped", "text": format!("execution {id} stopped before it started")}),
+        ));
+    }
+    Ok(Json(
+        json!({"status": "stopping", "text": format!("execution {id} is being stopped")}),
+    ))
+}
+
+pub(crate) async fn list(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let t = bearer(&headers)?;
+    let grant = g
+        .tokens
+        .check(t, AUD_COMPUTE, now())
+        .or_else(|_| g.tokens.check(t, AUD_EXECUTE, now()))?;
+    let execs = g.store.executions_of(&grant.consumer)?;
+    Ok(Json(
+        json!({"executions": execs.iter().map(|e| json!({"workflowId": e.id, "status": e.status, "did": e.result})).collect::<Vec<_>>()}),
+    ))
+}
+
+/// The result DDO's published files of an owned, succeeded execution.
+fn result_files(
+    g: &Gateway,
+    headers: &HeaderMap,
+    id: &str,
+) -> ApiResult<(insitu_runtime::store::Execution, Vec<Value>)> {
+    let e = owned(g, headers, id)?;
+    let did = e.result.clone().ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "execution {id} has no results (it is {})",
+            e.status.as_str()
+        ))
+    })?;
+    let did = Did::parse(&did).map_err(ApiError::NotFound)?;
+    let (_, ddo) = g.store.ddo(&did)?;
+    let files = ddo
+        .pointer("/service/0/attributes/main/files")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok((e, files))
+}
+
+pub(crate) async fn results(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (e, files) = result_files(&g, &headers, &id)?;
+    Ok(Json(
+        json!({"did": e.result, "files": files, "receipt": e.receipt}),
+    ))
+}
+
+pub(crate) async fn download(
+    State(g): State<Arc<Gateway>>,
+    ApiPath((id, file)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (e, files) = result_files(&g, &headers, &id)?;
+    // Only paths published in the result asset are served: nothing else, and
+    // no `..`, can be named.
+    if !files
+        .iter()
+        .any(|f| f["path"].as_str() == Some(file.as_str()))
+    {
+        return Err(ApiError::NotFound(format!(
+            "execution {id} has no result file `{file}`"
+        )));
+    }
+    let last = e.stages.as_array().map_or(0, |a| a.len().saturating_sub(1)) as u32;
+    let path = g.pipeline.outputs(&id, last).join(&file);
+    // Streamed, so a large result costs a buffer, not its size in memory;
+    // O_NOFOLLOW: what was published as a regular file is what is served.
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .await;
+    let read_err = |err| insitu_runtime::Error::Io {
+        action: "read result",
+        path: path.clone(),
+        source: err,
+    };
+    let file = opened.map_err(read_err)?;
+    let len = file.metadata().await.map_err(read_err)?.len();
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10));
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,75 @@
+//! The HTTP routes, one module per API area: [`compute`] (execute, status,
+//! logs, stop, list, results), [`oauth`] (grants for access tokens),
+//! [`metadata`] (DDOs) and [`ops`] (health, metrics, the OpenAPI document).
+//! Shared here: the router and how a request proves who it is.
+
+pub(crate) mod compute;
+pub(crate) mod metadata;
+pub(crate) mod oauth;
+pub(crate) mod ops;
+
+use crate::error::{ApiError, ApiResult};
+use crate::server::{Gateway, HttpLimits};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{delete, get, post};
+use std::sync::Arc;
+
+/// Every route of the API (DESIGN §4) over `gateway`.
+pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/api/v1/gateway/services/exec", post(compute::exec))
+        .route("/api/v1/node/services/oauth/token", post(oauth::token))
+        .route(
+            "/api/v1/node/services/compute/execute/{agreement}",
+            post(compute::execute),
+        )
+        .route(
+            "/api/v1/node/services/compute/status/{execution}",
+            get(compute::status),
+        )
+        .route(
+            "/api/v1/node/services/compute/logs/{execution}",
+            get(compute::logs),
+        )
+        .route(
+            "/api/v1/node/services/compute/stop/{execution}",
+            delete(compute::stop),
+        )
+        .route("/api/v1/node/services/compute/list", get(compute::list))
+        .route(
+            "/api/v1/node/services/compute/results/{execution}",
+            get(compute::results),
+        )
+        .route(
+            "/api/v1/node/services/compute/results/{execution}/{*file}",
+            get(compute::download),
+        )
+        .route("/api/v1/metadata/assets/ddo/{did}", get(metadata::ddo))
+        .layer(DefaultBodyLimit::max(64 << 10))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            http.request_timeout,
+        ))
+        .with_state(gateway)
+}
+
+/// The bearer token of a request.
+///
+/// # Errors
+/// 401 when there is none.
+pub(crate) fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing bearer token; get one from POST /api/v1/node/services/oauth/token".into(),
+            )
+        })
+}

@@ -1,0 +1,57 @@
+//! Operations: Prometheus metrics and the OpenAPI document.
+
+use crate::error::ApiResult;
+use crate::server::{Gateway, OPENAPI};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The OpenAPI 3.1 document of this API.
+pub(crate) async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Prometheus text format: executions by status, queue depth, active
+/// executions, blob fetches, module cache hits, stage durations.
+pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response> {
+    let mut out = String::from(
+        "# HELP insitu_executions Executions by status.\n# TYPE insitu_executions gauge\n",
+    );
+    for (status, n) in g.store.count_by_status()? {
+        out.push_str(&format!(
+            "insitu_executions{{status=\"{}\"}} {n}\n",
+            status.as_str()
+        ));
+    }
+    let depth = g.queue.max_capacity() - g.queue.capacity();
+    out.push_str(&format!(
+        "# HELP insitu_queue_depth Executions waiting for a worker.\n# TYPE insitu_queue_depth gauge\ninsitu_queue_depth {depth}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP insitu_blob_fetches_total Blobs fetched from image sources (cache misses).\n# TYPE insitu_blob_fetches_total counter\ninsitu_blob_fetches_total {}\n",
+        g.pipeline.puller.store.fetch_count()
+    ));
+    let c = g.pipeline.sandbox.cache_stats();
+    out.push_str("# HELP insitu_modules_prepared_total Modules prepared for a run, by where the compiled code came from (memory and disk are cache hits).\n# TYPE insitu_modules_prepared_total counter\n");
+    for (source, n) in [
+        ("memory", c.memory),
+        ("disk", c.disk),
+        ("compiled", c.compiled),
+    ] {
+        out.push_str(&format!(
+            "insitu_modules_prepared_total{{source=\"{source}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",
+        g.active.load(Ordering::Relaxed)
+    ));
+    g.stage_seconds.render(
+        "insitu_stage_duration_seconds",
+        "Stage durations from configuring to the end of running.",
+        &mut out,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
