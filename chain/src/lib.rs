@@ -782,6 +782,103 @@ impl Chain {
     }
 }
 
+/// A receipt hash committed on-chain: the provenance entry
+/// `DIDRegistry.used` recorded for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commitment {
+    /// The DID (bytes32) it was committed for.
+    pub did: B256,
+    /// Who committed it (the provider).
+    pub agent: Address,
+    /// The block of the entry.
+    pub block: u64,
+}
+
+impl Chain {
+    /// The provenance entry of `receipt_hash`, if it was committed.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn commitment(&self, receipt_hash: B256) -> Result<Option<Commitment>, ChainError> {
+        let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
+        let entry = r
+            .getProvenanceEntry(receipt_hash)
+            .call()
+            .await
+            .map_err(rpc_err(&self.url))?;
+        Ok((entry.did != B256::ZERO).then(|| Commitment {
+            did: entry.did,
+            agent: entry.agentId,
+            block: entry.blockNumberUpdated.try_into().unwrap_or(u64::MAX),
+        }))
+    }
+}
+
+/// `insitu verify`'s chain check: `receipt`'s hash is committed on-chain as
+/// a provenance entry of one of its datasets, by its signer.
+pub async fn verify_committed(
+    chain: &Chain,
+    receipt: &insitu_runtime::receipt::Receipt,
+) -> insitu_runtime::verify::Check {
+    let check = |ok: bool, detail: String| insitu_runtime::verify::Check {
+        name: "on-chain".into(),
+        ok,
+        detail,
+    };
+    let Some(hash) = receipt.hash.parse::<B256>().ok() else {
+        return check(
+            false,
+            format!("the receipt hash `{}` is not 32 bytes of hex", receipt.hash),
+        );
+    };
+    let datasets: Vec<String> = receipt.body["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["did"].as_str().map(str::to_string))
+        .collect();
+    match chain.commitment(hash).await {
+        Err(e) => check(false, e.to_string()),
+        Ok(None) => check(
+            false,
+            format!(
+                "the receipt hash {} is not committed on-chain (no DIDRegistry provenance entry); the provider has not settled it yet, or it is not the receipt it committed",
+                receipt.hash
+            ),
+        ),
+        Ok(Some(c)) => {
+            let did = did_of(c.did).to_string();
+            let agent = c.agent.to_checksum(None);
+            if !datasets.contains(&did) {
+                check(
+                    false,
+                    format!(
+                        "committed in block {} for {did}, which is not a dataset of the receipt ({})",
+                        c.block,
+                        datasets.join(", ")
+                    ),
+                )
+            } else if !agent.eq_ignore_ascii_case(&receipt.signer) {
+                check(
+                    false,
+                    format!(
+                        "committed in block {} by {agent}, not by the receipt's signer {}",
+                        c.block, receipt.signer
+                    ),
+                )
+            } else {
+                check(
+                    true,
+                    format!(
+                        "committed in block {} for dataset {did} by {agent}",
+                        c.block
+                    ),
+                )
+            }
+        }
+    }
+}
+
 impl Chain {
     /// The lock payments fulfilled in blocks `from..=to`: (agreement id, DID).
     ///

@@ -15,6 +15,7 @@
 //! header_timeout = "10s"      # slow clients: time to send the headers
 //! request_timeout = "30s"     # … and to send the body and get the answer (408)
 //! max_connections = 1024
+//! legacy_exec_signatures = false  # true: accept replayable exec forms (agreement id only)
 //! mode = "chain"             # or "local" (default unless chain_rpc is set)
 //! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
 //! contracts = "/etc/insitu/contracts.json"
@@ -44,6 +45,7 @@
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
 //! `INSITU_HEADER_TIMEOUT`, `INSITU_REQUEST_TIMEOUT`, `INSITU_MAX_CONNECTIONS`,
+//! `INSITU_LEGACY_EXEC_SIGNATURES`,
 //! `INSITU_MODE`, `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`,
 //! `INSITU_PROVIDER_KEYSTORE` with `INSITU_KEYSTORE_PASSWORD` (only ever from
 //! the environment), `INSITU_CHAIN_ID`, `INSITU_CONFIRMATIONS`,
@@ -140,6 +142,8 @@ pub struct Layer {
     pub header_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    /// Accept the exec form's legacy, replayable signature (with a warning).
+    pub legacy_exec_signatures: Option<bool>,
     /// `local` or `chain`; default: chain when `chain_rpc` is set.
     pub mode: Option<Mode>,
     /// Chain mode: the JSON-RPC endpoint (with `contracts`).
@@ -292,6 +296,7 @@ impl Layer {
             header_timeout: var("INSITU_HEADER_TIMEOUT"),
             request_timeout: var("INSITU_REQUEST_TIMEOUT"),
             max_connections: number("INSITU_MAX_CONNECTIONS")?,
+            legacy_exec_signatures: parsed(&var, "INSITU_LEGACY_EXEC_SIGNATURES", "true or false")?,
             mode,
             chain_rpc: var("INSITU_CHAIN_RPC"),
             chain_id: parsed(&var, "INSITU_CHAIN_ID", "chain id")?,
@@ -542,6 +547,9 @@ impl Settings {
             }
             if let Some(n) = l.max_connections {
                 serve.http.max_connections = n.max(1);
+            }
+            if let Some(b) = l.legacy_exec_signatures {
+                serve.legacy_exec_signatures = b;
             }
             if let Some(f) = l.log_format {
                 settings.log_format = f;

@@ -50,12 +50,23 @@ enum Command {
     /// Kubernetes: what a stage creates on the cluster.
     #[command(subcommand)]
     K8s(K8sCmd),
-    /// Print the personal_sign (EIP-191) signature of a text, e.g. an agreement id.
+    /// Check a receipt: signature, provider, downloaded files, on-chain
+    /// commitment, and (--reproduce) a local re-run; one line per check,
+    /// exit 0 iff all hold.
+    Verify(VerifyCli),
+    /// Print the personal_sign (EIP-191) signature of a text; with --exec,
+    /// a signed exec form (agreement, workflow, fresh nonce, timestamp) for
+    /// POST /api/v1/gateway/services/exec.
     Sign {
         /// The key file (hex).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        message: String,
+        /// The text to sign.
+        #[arg(required_unless_present = "exec")]
+        message: Option<String>,
+        /// Print the exec form body for this agreement and workflow instead.
+        #[arg(long, num_args = 2, value_names = ["AGREEMENT", "WORKFLOW"], conflicts_with = "message")]
+        exec: Option<Vec<String>>,
     },
 }
 
@@ -426,6 +437,38 @@ fn serve(s: ServeCli) -> anyhow::Result<bool> {
     })
 }
 
+#[derive(Args)]
+struct VerifyCli {
+    /// The receipt: the `receipt` of GET …/compute/results/{id} saved as JSON
+    /// (or the whole response), or its receipt.intoto.json (DSSE envelope).
+    #[arg(long, value_name = "FILE")]
+    receipt: PathBuf,
+    /// The provider's address it must be signed by.
+    #[arg(long, value_name = "0xADDRESS")]
+    provider: Option<String>,
+    /// The downloaded result files: each must match the receipt, and no other may be there.
+    #[arg(long, value_name = "DIR")]
+    files: Option<PathBuf>,
+    /// Check that the receipt's hash is committed on-chain (with --contracts).
+    #[arg(long, value_name = "URL", requires = "contracts")]
+    chain_rpc: Option<String>,
+    /// The contracts' addresses (JSON: name → address).
+    #[arg(long, value_name = "FILE", requires = "chain_rpc")]
+    contracts: Option<PathBuf>,
+    /// Re-run the (deterministic) execution locally and compare every digest.
+    #[arg(long, requires = "inputs")]
+    reproduce: bool,
+    /// With --reproduce: a dataset directory, one per dataset of the receipt, in its order.
+    #[arg(long = "input", value_name = "DIR")]
+    inputs: Vec<PathBuf>,
+    /// With --reproduce: an OCI layout searched for the stages' images before registries.
+    #[arg(long = "image-layout", value_name = "DIR")]
+    layouts: Vec<PathBuf>,
+    /// Allow plain HTTP for this registry (repeatable).
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
+}
+
 fn print_line(line: anyhow::Result<String>) -> anyhow::Result<bool> {
     line.map(|l| {
         println!("{l}");
@@ -607,7 +650,33 @@ fn main() -> ExitCode {
             g.execution.as_deref(),
             g.ttl,
         )),
-        Command::Sign { key, message } => print_line(commands::consumer::sign(&key, &message)),
+        Command::Verify(v) => commands::verify::run(&commands::verify::VerifyArgs {
+            receipt: v.receipt,
+            provider: v.provider,
+            files: v.files,
+            chain: v.chain_rpc.zip(v.contracts),
+            reproduce: v.reproduce.then_some(v.inputs),
+            layouts: v.layouts,
+            insecure_registries: v.insecure_registry,
+            cache_dir: commands::default_cache_dir(),
+        })
+        .map(|report| {
+            for check in &report.checks {
+                println!("{check}");
+            }
+            report.ok()
+        }),
+        Command::Sign { key, message, exec } => match (exec, message) {
+            (Some(e), _) => print_line(commands::consumer::exec_form(
+                &key,
+                &e[0],
+                &e[1],
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )),
+            (None, m) => print_line(commands::consumer::sign(&key, &m.unwrap_or_default())),
+        },
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -62,6 +62,9 @@ pub struct ServeConfig {
     pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
     /// Timeouts and connection limits of the HTTP server.
     pub http: HttpLimits,
+    /// Accept the exec form's legacy signature (of the agreement id alone,
+    /// replayable) with a warning. Default false.
+    pub legacy_exec_signatures: bool,
 }
 
 /// What slow or numerous clients may hold.
@@ -128,6 +131,7 @@ impl ServeConfig {
             chain: None,
             kubernetes: None,
             http: HttpLimits::default(),
+            legacy_exec_signatures: false,
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct Gateway {
     pub(crate) active: AtomicUsize,
     pub(crate) stage_seconds: Histogram,
     http: HttpLimits,
+    /// [`ServeConfig::legacy_exec_signatures`].
+    pub(crate) legacy_exec_signatures: bool,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -503,6 +509,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         active: AtomicUsize::new(0),
         stage_seconds: Histogram::default(),
         http: config.http,
+        legacy_exec_signatures: config.legacy_exec_signatures,
         _lock: lock,
     });
     if let Some(chain) = watcher {

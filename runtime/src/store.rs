@@ -304,6 +304,10 @@ CREATE TABLE IF NOT EXISTS executions (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_consumer ON executions(consumer, created_at);
+CREATE TABLE IF NOT EXISTS used_signatures (
+    digest TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
 ";
 
 fn status_from(s: &str) -> Status {
@@ -859,6 +863,26 @@ impl Store {
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Marks a signed request (by the sha256 `digest` of its signature) as
+    /// used until `expires_at` (unix seconds); forgets marks already expired
+    /// at `now`. Returns false when it was already used: a replay.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn use_signature(&self, digest: &str, now: u64, expires_at: u64) -> Result<bool, Error> {
+        let conn = self.conn();
+        conn.prepare_cached("DELETE FROM used_signatures WHERE expires_at < ?1")
+            .and_then(|mut st| st.execute(params![now as i64]))
+            .map_err(|e| self.err(e))?;
+        let added = conn
+            .prepare_cached(
+                "INSERT INTO used_signatures (digest, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![digest, expires_at as i64]))
+            .map_err(|e| self.err(e))?;
+        Ok(added == 1)
     }
 
     /// Records what settling execution `id` on-chain did.

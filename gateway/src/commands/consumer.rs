@@ -94,6 +94,28 @@ pub fn sign(key: &Path, message: &str) -> anyhow::Result<String> {
     Ok(load(key)?.personal_sign(message.as_bytes())?)
 }
 
+/// The seed spec's exec form for `agreement` and `workflow`, signed with
+/// `key` ([`crate::auth::exec_message`], a fresh random nonce, the time
+/// `now`), as an `application/x-www-form-urlencoded` body for
+/// `POST /api/v1/gateway/services/exec`.
+///
+/// # Errors
+/// When the key cannot be read or the OS gives no randomness.
+pub fn exec_form(key: &Path, agreement: &str, workflow: &str, now: u64) -> anyhow::Result<String> {
+    let key = load(key)?;
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let nonce = hex::encode(raw);
+    let message = crate::auth::exec_message(agreement, workflow, &nonce, now);
+    let signature = key.personal_sign(message.as_bytes())?;
+    Ok(format!(
+        "serviceAgreementId={}&consumerAddress={}&workflowDID={}&nonce={nonce}&timestamp={now}&signature={signature}",
+        agreement.to_ascii_lowercase(),
+        key.address(),
+        workflow.to_ascii_lowercase()
+    ))
+}
+
 /// `insitu agreement create`: as the consumer, creates a compute agreement
 /// on-chain for `dataset` (a `did:nv:` DID registered on-chain) paying
 /// `price` wei to `provider`, and locks the payment. Returns the agreement id.

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod image;
 pub mod k8s;
 pub mod run;
+pub mod verify;
 
 use insitu_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
 use std::path::PathBuf;

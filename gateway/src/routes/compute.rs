@@ -3,7 +3,7 @@
 //! results of an execution (owner only).
 
 use super::bearer;
-use crate::auth::{AUD_COMPUTE, AUD_EXECUTE};
+use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, EXEC_WINDOW, exec_message, valid_nonce};
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::server::{Gateway, Job, now};
 use axum::Form;
@@ -21,6 +21,7 @@ use insitu_runtime::store::parse_address;
 use insitu_runtime::workflow::Did;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -97,7 +98,9 @@ async fn start_execution(
 }
 
 /// The seed spec's form: `serviceAgreementId`, `consumerAddress`,
-/// `signature` (personal_sign of the agreement id), `workflowDID`.
+/// `workflowDID`, `nonce`, `timestamp` and `signature`, the `personal_sign`
+/// of [`exec_message`] of them. The legacy form (a signature of the agreement
+/// id alone, no nonce or timestamp) only with `legacy_exec_signatures`.
 #[derive(Deserialize)]
 pub(crate) struct ExecForm {
     #[serde(rename = "serviceAgreementId")]
@@ -107,6 +110,8 @@ pub(crate) struct ExecForm {
     signature: String,
     #[serde(rename = "workflowDID")]
     workflow: String,
+    nonce: Option<String>,
+    timestamp: Option<u64>,
 }
 
 pub(crate) async fn exec(
@@ -120,16 +125,60 @@ pub(crate) async fn exec(
             f.consumer
         ))
     })?;
-    let signer = recover_personal(f.agreement.as_bytes(), &f.signature).map_err(|_| {
-        ApiError::Unauthorized(
-            "signature must be the 65-byte hex personal_sign of serviceAgreementId".into(),
-        )
+    let (message, what) = match (&f.nonce, f.timestamp) {
+        (Some(nonce), Some(ts)) => {
+            if !valid_nonce(nonce) {
+                return Err(ApiError::BadRequest(format!(
+                    "nonce `{nonce}` must be 8 to 64 characters of A-Z, a-z, 0-9, _ and -"
+                )));
+            }
+            let now = now();
+            if ts.abs_diff(now) > EXEC_WINDOW {
+                return Err(ApiError::Unauthorized(format!(
+                    "the signed request is stale: its timestamp {ts} is {} s from the provider's clock ({now}); sign a new one (at most {EXEC_WINDOW} s apart)",
+                    ts.abs_diff(now)
+                )));
+            }
+            (
+                exec_message(&f.agreement, &f.workflow, nonce, ts),
+                "the exec message (agreement, workflow, nonce, timestamp)",
+            )
+        }
+        (None, None) if g.legacy_exec_signatures => {
+            tracing::warn!(agreement = %f.agreement, "a legacy exec signature (agreement id only) was accepted; it can be replayed");
+            (f.agreement.clone(), "serviceAgreementId")
+        }
+        (None, None) => {
+            return Err(ApiError::Unauthorized(
+                "a signature of the agreement id alone can be replayed and is refused; add nonce and timestamp and sign the exec message (insitu sign --exec), see the API documentation".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::BadRequest("give both nonce and timestamp".into()));
+        }
+    };
+    let signer = recover_personal(message.as_bytes(), &f.signature).map_err(|_| {
+        ApiError::Unauthorized(format!(
+            "signature must be the 65-byte hex personal_sign of {what}"
+        ))
     })?;
     let signer = format!("{signer:#x}");
     if signer != consumer {
         return Err(ApiError::Unauthorized(format!(
-            "the signature is from {signer}, not from consumerAddress {consumer}; sign serviceAgreementId with the consumer's key"
+            "the signature is from {signer}, not from consumerAddress {consumer}; sign {what} with the consumer's key"
         )));
+    }
+    if let Some(ts) = f.timestamp {
+        // Once: the mark outlives the window in which the form is fresh.
+        let digest = hex::encode(sha2::Sha256::digest(f.signature.to_ascii_lowercase()));
+        if !g
+            .store
+            .use_signature(&digest, now(), ts + EXEC_WINDOW + 1)?
+        {
+            return Err(ApiError::Unauthorized(
+                "this signed request was already used (a replay); sign a new one with a fresh nonce".into(),
+            ));
+        }
     }
     let id = start_execution(
         &g,
@@ -275,7 +324,7 @@ impl Tail {
 
 /// Server-sent events: `log` events (`{"stage", "podName", "stream",
 /// "content"}`) as the guest writes, then one `end` event (`{"status",
-/// "reason"}`) once the execution is over and everything was sent.
+/// "reason", "did"}`, `did` the result asset or `null`) once the execution is over and everything was sent.
 fn follow_logs(
     g: Arc<Gateway>,
     id: String,
@@ -302,9 +351,10 @@ fn follow_logs(
             match execution {
                 Some(e) if e.status.is_terminal() => {
                     t.pending.push_back(
-                        Event::default()
-                            .event("end")
-                            .data(json!({"status": e.status, "reason": e.reason}).to_string()),
+                        Event::default().event("end").data(
+                            json!({"status": e.status, "reason": e.reason, "did": e.result})
+                                .to_string(),
+                        ),
                     );
                     t.done = true;
                 }
@@ -399,6 +449,25 @@ pub(crate) async fn results(
     Ok(Json(
         json!({"did": e.result, "files": files, "receipt": e.receipt}),
     ))
+}
+
+/// The receipt of an owned, succeeded execution as an in-toto Statement in
+/// a DSSE envelope signed by the provider's key
+/// ([`insitu_runtime::verify::envelope`]).
+pub(crate) async fn attestation(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (e, _) = result_files(&g, &headers, &id)?;
+    let receipt: insitu_runtime::receipt::Receipt = e
+        .receipt
+        .and_then(|r| serde_json::from_value(r).ok())
+        .ok_or_else(|| ApiError::NotFound(format!("execution {id} has no receipt")))?;
+    Ok(Json(insitu_runtime::verify::envelope(
+        &g.pipeline.key,
+        &receipt,
+    )?))
 }
 
 pub(crate) async fn download(

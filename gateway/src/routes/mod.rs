@@ -46,6 +46,10 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
             get(compute::results),
         )
         .route(
+            "/api/v1/node/services/compute/results/{execution}/receipt.intoto.json",
+            get(compute::attestation),
+        )
+        .route(
             "/api/v1/node/services/compute/results/{execution}/{*file}",
             get(compute::download),
         )
