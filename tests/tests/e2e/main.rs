@@ -2,6 +2,7 @@
 //! and hostile guests. One test binary (build time matters on small machines).
 
 mod contract;
+mod determinism;
 mod hostile;
 mod images;
 mod pipeline;

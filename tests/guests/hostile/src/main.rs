@@ -70,6 +70,36 @@ fn main() -> ExitCode {
             fs::write("/data/outputs/copy.txt", &data).expect("write output");
             println!("copied {} bytes", data.len());
         }
+        // What deterministic mode fixes: random, clocks, listing order and
+        // file metadata of input 1, written to /data/outputs/observed.txt.
+        "observe" => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut out = String::new();
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            out.push_str(&format!("random {random}\n"));
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let started = std::time::Instant::now();
+            out.push_str(&format!("wall {wall} elapsed {:?}\n", started.elapsed()));
+            for entry in fs::read_dir("/data/inputs/1").expect("list input") {
+                let entry = entry.expect("entry");
+                let m = entry.metadata().expect("metadata");
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                out.push_str(&format!(
+                    "{} mtime {mtime} size {}\n",
+                    entry.file_name().to_string_lossy(),
+                    m.len()
+                ));
+            }
+            fs::write("/data/outputs/observed.txt", out).expect("write output");
+        }
         "exit" => std::process::exit(extra.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         other => {
             eprintln!("unknown case `{other}`");
