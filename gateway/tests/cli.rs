@@ -735,9 +735,13 @@ fn the_readme_walkthrough_runs_as_written() {
     for want in [
         "event: log",
         "1 files, 6 words, 4 distinct",
-        "event: end\ndata: {\"reason\":null,\"status\":\"succeeded\"}",
+        "event: end\ndata: {\"did\":\"did:nv:",
+        "\"reason\":null,\"status\":\"succeeded\"}",
         "\"signature\":\"0x",
         "\"words\": 6",
+        "ok   hash: the body hashes to 0x",
+        "ok   provider: ",
+        "ok   file counts.json: ",
     ] {
         assert!(text.contains(want), "no `{want}` in\n{text}");
     }
@@ -796,7 +800,8 @@ fn the_readme_chain_walkthrough_runs_as_written() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for want in [
-        "event: end\ndata: {\"reason\":null,\"status\":\"succeeded\"}",
+        "event: end\ndata: {\"did\":\"did:nv:",
+        "\"reason\":null,\"status\":\"succeeded\"}",
         "\"settlement\":{\"receipt_hash\":\"0x",
         "\"release_tx\":\"0x",
     ] {

@@ -1,5 +1,7 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
+mod verify;
+
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
 use insitu_gateway::server::{Gateway, Local, ServeConfig, build};
 use insitu_runtime::image::package;
