@@ -81,12 +81,23 @@ async fn run() -> anyhow::Result<()> {
         input.join("a.txt"),
         "red green green blue blue blue\n".repeat(10),
     )?;
-    let ds = gateway.store.add_dataset(
-        "colours",
-        &input,
-        std::slice::from_ref(&artifact.manifest_digest),
-        3600,
-    )?;
+    // INSITU_BENCH_DETERMINISTIC=1: the dataset requires deterministic mode.
+    let deterministic = std::env::var_os("INSITU_BENCH_DETERMINISTIC").is_some();
+    let ds = gateway
+        .store
+        .register_dataset(&insitu_runtime::store::DatasetSpec {
+            name: "colours",
+            path: &input,
+            allowed_images: std::slice::from_ref(&artifact.manifest_digest),
+            timeout_secs: 3600,
+            server: Default::default(),
+            price: None,
+            did: None,
+            deterministic,
+        })?;
+    if deterministic {
+        println!("deterministic mode on");
+    }
     let wf = gateway.store.add_workflow(&json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
         {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": artifact.manifest_digest}},
          "input": [{"index": 0, "id": ds}]}]}}}))?;

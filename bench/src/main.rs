@@ -15,6 +15,7 @@ mod chain;
 mod http;
 mod load;
 mod scale;
+mod verify;
 
 use anyhow::{Context, bail};
 use insitu_runtime::sandbox::{
@@ -62,6 +63,9 @@ fn main() -> anyhow::Result<()> {
     }
     if what == "scale" {
         scale::scale()?;
+    }
+    if all || what == "verify" {
+        verify::verify()?;
     }
     Ok(())
 }

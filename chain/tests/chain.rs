@@ -485,6 +485,24 @@ async fn agreement_execute_and_release_over_http() {
         .unwrap();
     assert_eq!(entry.did, w.did);
     assert_eq!(entry.createdBy, provider);
+    // `insitu verify`'s chain check finds it, for the dataset, by the signer;
+    // a receipt whose hash is not on-chain fails it.
+    let signed: insitu_runtime::receipt::Receipt =
+        serde_json::from_value(status["execution"]["receipt"].clone()).unwrap();
+    let reader = Chain::connect(&w.anvil.url, w.addresses.clone(), &ProviderKey::random()).unwrap();
+    let check = insitu_chain::verify_committed(&reader, &signed).await;
+    assert!(check.ok, "{check}");
+    assert!(
+        check
+            .detail
+            .contains(&format!("for dataset {}", insitu_chain::did_of(w.did))),
+        "{check}"
+    );
+    let mut other = signed.clone();
+    other.hash = format!("{:#x}", B256::repeat_byte(7));
+    let check = insitu_chain::verify_committed(&reader, &other).await;
+    assert!(!check.ok);
+    assert!(check.detail.ends_with("is not committed on-chain (no DIDRegistry provenance entry); the provider has not settled it yet, or it is not the receipt it committed"), "{check}");
 
     // Settling again (a retry after a confirmation timed out) sends nothing.
     let agreement = w.store.agreement(&agreement).unwrap();

@@ -304,6 +304,40 @@ pub fn make_grant_eip712(
     Ok(format!("{signing_input}.{}", B64.encode(sig)))
 }
 
+/// How stale (or early) a signed exec form may be, in seconds.
+pub const EXEC_WINDOW: u64 = 300;
+
+/// The text a consumer `personal_sign`s for the seed spec's exec form
+/// (`POST /api/v1/gateway/services/exec`): five lines, `\n`-separated, no
+/// trailing newline —
+///
+/// ```text
+/// insitu exec v1
+/// agreement: 0x<64 lowercase hex>
+/// workflow: did:nv:<64 lowercase hex>
+/// nonce: <8 to 64 of A-Z a-z 0-9 _ ->
+/// timestamp: <unix seconds>
+/// ```
+///
+/// The provider accepts each signature once and only within
+/// [`EXEC_WINDOW`] of `timestamp`, so a captured form cannot start
+/// executions again.
+pub fn exec_message(agreement: &str, workflow: &str, nonce: &str, timestamp: u64) -> String {
+    format!(
+        "insitu exec v1\nagreement: {}\nworkflow: {}\nnonce: {nonce}\ntimestamp: {timestamp}",
+        agreement.to_ascii_lowercase(),
+        workflow.to_ascii_lowercase()
+    )
+}
+
+/// Whether `nonce` has the exec form's shape (8–64 of `A-Za-z0-9_-`).
+pub fn valid_nonce(nonce: &str) -> bool {
+    (8..=64).contains(&nonce.len())
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,38 +537,4 @@ mod tests {
             "the grant is not a JWT: 1 parts, expected header.payload.signature"
         );
     }
-}
-
-/// How stale (or early) a signed exec form may be, in seconds.
-pub const EXEC_WINDOW: u64 = 300;
-
-/// The text a consumer `personal_sign`s for the seed spec's exec form
-/// (`POST /api/v1/gateway/services/exec`): five lines, `\n`-separated, no
-/// trailing newline —
-///
-/// ```text
-/// insitu exec v1
-/// agreement: 0x<64 lowercase hex>
-/// workflow: did:nv:<64 lowercase hex>
-/// nonce: <8 to 64 of A-Z a-z 0-9 _ ->
-/// timestamp: <unix seconds>
-/// ```
-///
-/// The provider accepts each signature once and only within
-/// [`EXEC_WINDOW`] of `timestamp`, so a captured form cannot start
-/// executions again.
-pub fn exec_message(agreement: &str, workflow: &str, nonce: &str, timestamp: u64) -> String {
-    format!(
-        "insitu exec v1\nagreement: {}\nworkflow: {}\nnonce: {nonce}\ntimestamp: {timestamp}",
-        agreement.to_ascii_lowercase(),
-        workflow.to_ascii_lowercase()
-    )
-}
-
-/// Whether `nonce` has the exec form's shape (8–64 of `A-Za-z0-9_-`).
-pub fn valid_nonce(nonce: &str) -> bool {
-    (8..=64).contains(&nonce.len())
-        && nonce
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

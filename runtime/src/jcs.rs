@@ -115,7 +115,7 @@ fn write_number(x: f64, out: &mut String) {
     if exact.len() > k
         && exact.as_bytes()[k] == b'5'
         && exact.as_bytes()[k + 1..].iter().all(|&b| b == b'0')
-        && (exact.as_bytes()[k - 1] - b'0') % 2 == 0
+        && (exact.as_bytes()[k - 1] - b'0').is_multiple_of(2)
         && exact[..k] != digits
     {
         digits = exact[..k].trim_end_matches('0').to_string();

@@ -564,10 +564,13 @@ fn raw_get(base: &str, path: &str, token: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_exec_form_and_eip712_grants_execute_too() {
-    let api = start().await;
+    let api = start_with(|c| c.legacy_exec_signatures = true).await;
+    let ts = now();
+    let message =
+        insitu_gateway::auth::exec_message(&api.agreement, &api.workflow, "nonce-0001", ts);
     let form = |signature: &str| {
         format!(
-            "serviceAgreementId={}&consumerAddress={}&signature={signature}&workflowDID={}",
+            "serviceAgreementId={}&consumerAddress={}&signature={signature}&workflowDID={}&nonce=nonce-0001&timestamp={ts}",
             api.agreement,
             api.consumer.address(),
             api.workflow.replace(':', "%3A")
@@ -582,16 +585,14 @@ async fn the_seed_exec_form_and_eip712_grants_execute_too() {
     };
     // Signed by someone else: refused, nothing queued.
     let stranger = ProviderKey::load_or_create(&api.tmp.path().join("stranger.key")).unwrap();
-    let r = post(form(
-        &stranger.personal_sign(api.agreement.as_bytes()).unwrap(),
-    ))
-    .await
-    .unwrap();
+    let r = post(form(&stranger.personal_sign(message.as_bytes()).unwrap()))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.json::<Value>().await.unwrap()["message"],
         format!(
-            "the signature is from {}, not from consumerAddress {}; sign serviceAgreementId with the consumer's key",
+            "the signature is from {}, not from consumerAddress {}; sign the exec message (agreement, workflow, nonce, timestamp) with the consumer's key",
             stranger.address().to_ascii_lowercase(),
             api.consumer.address().to_ascii_lowercase()
         )
@@ -605,11 +606,27 @@ async fn the_seed_exec_form_and_eip712_grants_execute_too() {
     );
     let r = post(form("0x1234")).await.unwrap();
     assert_eq!(r.status(), 401);
+    let r = post(form("0x1234").replace("nonce=nonce-0001", "nonce=short"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
-    let r = post(form(
-        &api.consumer
+    // With legacy_exec_signatures the old form (agreement id only) still runs.
+    let r = post(format!(
+        "serviceAgreementId={}&consumerAddress={}&signature={}&workflowDID={}",
+        api.agreement,
+        api.consumer.address(),
+        api.consumer
             .personal_sign(api.agreement.as_bytes())
             .unwrap(),
+        api.workflow
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let r = post(form(
+        &api.consumer.personal_sign(message.as_bytes()).unwrap(),
     ))
     .await
     .unwrap();
