@@ -7,9 +7,13 @@
 //! [`Store::advance`], with the per-stage records written in the same
 //! transaction; the result asset, the receipt and `succeeded` are written
 //! together by [`Store::publish`].
-//! A succeeded execution gets a signed [`receipt`]: inputs (a digest of each
-//! dataset's file listing), stages (image and module digests, outcomes, exit
-//! codes, times, bytes), outputs (each file's sha256) and the result DID.
+//! A succeeded execution gets a signed [`receipt`] (version [`receipt::VERSION`],
+//! `docs/receipt.schema.json`): inputs (a digest of each dataset's file
+//! listing), stages (image and module digests, arguments, inputs, limits,
+//! outcomes, exit codes, times, resources used, each log file's sha256),
+//! outputs (each file's sha256), the result DID and whether it ran in
+//! deterministic mode ([`crate::sandbox::Determinism`], seeded per stage from
+//! the execution id).
 
 use crate::Error;
 use crate::backend::{Backend, LocalWasm, StageCode, StageJob};

@@ -865,7 +865,7 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a signed request (by the sha256 `digest` of its signature) as
+    /// Marks a signed request (by a sha256 `digest` of what was signed) as
     /// used until `expires_at` (unix seconds); forgets marks already expired
     /// at `now`. Returns false when it was already used: a replay.
     ///

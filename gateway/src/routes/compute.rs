@@ -169,8 +169,9 @@ pub(crate) async fn exec(
         )));
     }
     if let Some(ts) = f.timestamp {
-        // Once: the mark outlives the window in which the form is fresh.
-        let digest = hex::encode(sha2::Sha256::digest(f.signature.to_ascii_lowercase()));
+        // Once: keyed by what was signed (not the signature's bytes, which
+        // ECDSA malleability could vary), kept past the freshness window.
+        let digest = hex::encode(sha2::Sha256::digest(format!("{consumer}\n{message}")));
         if !g
             .store
             .use_signature(&digest, now(), ts + EXEC_WINDOW + 1)?

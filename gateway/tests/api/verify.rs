@@ -404,8 +404,11 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
         .send().await.unwrap().json().await.unwrap();
     let stranger = stranger["access_token"].as_str().unwrap().to_string();
     let sha = want.trim_start_matches("sha256:");
-    // (caller, route, status, may the body hold the output's sha256)
-    let table: [(&str, Option<&str>, String, u16, bool); 9] = [
+    // The audit: for each route, what the owner, a stranger with a valid
+    // token of their own, and anyone without credentials get, and whether
+    // the answer holds the output's sha256.
+    // (caller, credentials, route, status, holds the sha256)
+    let table: Vec<(&str, Option<&str>, String, u16, bool)> = vec![
         (
             "anyone",
             None,
@@ -430,6 +433,13 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
         (
             "anyone",
             None,
+            format!("metadata/assets/ddo/{ds}"),
+            200,
+            false,
+        ),
+        (
+            "anyone",
+            None,
             format!("node/services/compute/results/{id}"),
             401,
             false,
@@ -442,10 +452,45 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
             false,
         ),
         (
+            "owner",
+            Some(&token),
+            format!("node/services/compute/results/{id}"),
+            200,
+            true,
+        ),
+        (
+            "anyone",
+            None,
+            format!("node/services/compute/results/{id}/counts.json"),
+            401,
+            false,
+        ),
+        (
+            "stranger",
+            Some(&stranger),
+            format!("node/services/compute/results/{id}/counts.json"),
+            403,
+            false,
+        ),
+        (
+            "anyone",
+            None,
+            format!("node/services/compute/results/{id}/receipt.intoto.json"),
+            401,
+            false,
+        ),
+        (
             "stranger",
             Some(&stranger),
             format!("node/services/compute/results/{id}/receipt.intoto.json"),
             403,
+            false,
+        ),
+        (
+            "anyone",
+            None,
+            format!("node/services/compute/status/{id}"),
+            401,
             false,
         ),
         (
@@ -456,10 +501,31 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
             false,
         ),
         (
+            "owner",
+            Some(&token),
+            format!("node/services/compute/status/{id}"),
+            200,
+            true,
+        ),
+        (
+            "anyone",
+            None,
+            format!("node/services/compute/logs/{id}"),
+            401,
+            false,
+        ),
+        (
             "stranger",
             Some(&stranger),
             format!("node/services/compute/logs/{id}"),
             403,
+            false,
+        ),
+        (
+            "anyone",
+            None,
+            "node/services/compute/list".to_string(),
+            401,
             false,
         ),
         (
@@ -469,6 +535,7 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
             200,
             false,
         ),
+        ("anyone", None, "openapi.json".to_string(), 200, false),
     ];
     for (who, auth, route, status, sees) in &table {
         let r = get(route.clone(), *auth).await.unwrap();
@@ -480,6 +547,18 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
             "{who} GET {route} shows a local path"
         );
     }
+    for (path, want) in [("/metrics", 200), ("/healthz", 200)] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want);
+        assert!(!r.text().await.unwrap().contains(sha), "{path}");
+    }
+    let r = http
+        .delete(format!("{base}/api/v1/node/services/compute/stop/{id}"))
+        .bearer_auth(&stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a stranger cannot stop it");
     let public: Value = get(format!("metadata/assets/ddo/{did}"), None)
         .await
         .unwrap()
