@@ -1025,6 +1025,31 @@ mod tests {
     }
 
     #[test]
+    fn signed_requests_are_used_once_even_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("insitu.db");
+        let store = Store::open(&path).unwrap();
+        assert!(store.use_signature("aa", 1_000, 1_301).unwrap());
+        assert!(
+            !store.use_signature("aa", 1_001, 1_302).unwrap(),
+            "a replay"
+        );
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(
+            !store.use_signature("aa", 1_200, 1_501).unwrap(),
+            "still a replay after a restart"
+        );
+        // Marks are forgotten once expired, by the next use of any signature.
+        assert!(store.use_signature("bb", 1_400, 1_701).unwrap());
+        let left: i64 = store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM used_signatures", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1);
+    }
+
+    #[test]
     fn catalog_agreements_and_executions_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
