@@ -50,6 +50,8 @@
 //! cargo run -- --input1=./my-data --output=./out --logs=./logs   # natively
 //! ```
 
+pub mod fl;
+
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
