@@ -8,4 +8,5 @@
 //! shares of both secrets so that the sum is recovered when participants drop
 //! out after sharing, while fewer than the threshold reveal nothing.
 
+pub mod fedavg;
 pub mod secagg;
