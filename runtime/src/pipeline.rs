@@ -420,6 +420,9 @@ pub fn pinned(reference: &str, checksum: &str) -> String {
 /// [`Error::Io`] when a file cannot be read.
 pub fn collect(root: &Path) -> Result<(Vec<Value>, Vec<String>), Error> {
     let (mut files, mut skipped) = (Vec::new(), Vec::new());
+    // One read buffer for every file, grown to the largest file's size up to
+    // 1 MiB: log files of a few bytes do not pay for zeroing a big buffer.
+    let mut buf: Vec<u8> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
@@ -436,8 +439,12 @@ pub fn collect(root: &Path) -> Result<(Vec<Value>, Vec<String>), Error> {
             } else if kind.is_file() {
                 // O_NOFOLLOW: a file swapped for a link after the listing is not read.
                 let mut f = open_nofollow(&path)?;
+                let len = f.metadata().map_or(0, |m| m.len()) as usize;
+                let want = (len + 1).clamp(4096, 1 << 20);
+                if buf.len() < want {
+                    buf.resize(want, 0);
+                }
                 let mut h = Sha256::new();
-                let mut buf = vec![0u8; 1 << 16];
                 let mut size = 0u64;
                 loop {
                     let n = f.read(&mut buf).map_err(|e| Error::io("read", &path, e))?;
