@@ -757,15 +757,10 @@ impl Chain {
         did: B256,
     ) -> Result<Option<B256>, ChainError> {
         self.await_in_flight("DIDRegistry.used").await?;
-        let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
-        let entry = r
-            .getProvenanceEntry(receipt_hash)
-            .call()
-            .await
-            .map_err(rpc_err(&self.url))?;
-        if entry.did != B256::ZERO {
+        if self.commitment(receipt_hash).await?.is_some() {
             return Ok(None);
         }
+        let r = IDIDRegistry::new(self.addresses.did_registry, &self.provider);
         self.transact(
             "DIDRegistry.used",
             r.used(

@@ -545,14 +545,15 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
     std::fs::create_dir_all(&books).unwrap();
     std::fs::write(books.join("a.txt"), "one\n").unwrap();
     let consumer = ProviderKey::random();
-    let (agreement, workflow) = {
+    // The same native stage, plainly and in deterministic mode.
+    let [(agreement, workflow), (det_agreement, det_workflow)] = [false, true].map(|deterministic| {
         std::fs::create_dir_all(&data).unwrap();
         let store = Store::open(data.join("insitu.db")).unwrap();
         let ds = store
             .add_dataset("books", &books, std::slice::from_ref(&image), 3600)
             .unwrap();
         let wf = store
-            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "native", "workflow": {"stages": [
+            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "native", "workflow": {"deterministic": deterministic, "stages": [
                 {"index": 0, "requirements": {"container": {"image": "registry.example/algos/ok", "tag": "1", "checksum": image}},
                  "input": [{"index": 0, "id": ds}]}]}}}))
             .unwrap();
@@ -560,13 +561,13 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
             store.grant(&consumer.address(), &ds, &wf, 3600).unwrap(),
             wf.to_string(),
         )
-    };
+    });
     // A leftover of an earlier run of this provider.
     let leftover = job(&data, &books, "sleep");
     let (pod, _) = stage_objects(&leftover, &KubeSettings::default(), &data).unwrap();
     fake.put("pods", serde_json::to_value(&pod).unwrap(), "Pod");
 
-    let run = |kubernetes: Option<KubeSettings>| {
+    let run = |kubernetes: Option<KubeSettings>, agreement: &String, workflow: &String| {
         let (data, layout, consumer, agreement, workflow) = (
             data.clone(),
             layout.clone(),
@@ -609,7 +610,7 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
         }
     };
 
-    let (status, _) = run(None).await;
+    let (status, _) = run(None, &agreement, &workflow).await;
     assert_eq!(status["workflowStatus"]["status"], "failed", "{status}");
     assert!(
         status["execution"]["reason"]
@@ -623,7 +624,16 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
         kubeconfig: Some(kubeconfig),
         ..KubeSettings::default()
     };
-    let (status, result) = run(Some(settings)).await;
+    let (status, _) = run(Some(settings.clone()), &det_agreement, &det_workflow).await;
+    assert_eq!(status["workflowStatus"]["status"], "failed", "{status}");
+    assert!(
+        status["execution"]["reason"].as_str().unwrap().contains(
+            "the workflow runs in deterministic mode, which only the provider's wasm sandbox gives; this stage would run on the kubernetes backend"
+        ),
+        "{status}"
+    );
+    assert_eq!(status["execution"]["stages"][0]["outcome"], "rejected");
+    let (status, result) = run(Some(settings), &agreement, &workflow).await;
     assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
     assert_eq!(
         status["execution"]["stages"][0]["backend"], "kubernetes",

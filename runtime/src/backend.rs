@@ -72,9 +72,14 @@ pub trait Backend: Send + Sync {
 /// Wasm stages in-process, in the shared [`Sandbox`].
 pub struct LocalWasm(pub Arc<Sandbox>);
 
+impl LocalWasm {
+    /// Its [`Backend::name`].
+    pub const NAME: &'static str = "wasm";
+}
+
 impl Backend for LocalWasm {
     fn name(&self) -> &'static str {
-        "wasm"
+        Self::NAME
     }
 
     fn run<'a>(

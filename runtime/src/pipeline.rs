@@ -245,7 +245,17 @@ impl Pipeline {
             let configured = self
                 .configure(stage)
                 .await
-                .and_then(|(code, digest)| Ok((self.backend(stage, &code)?, code, digest)));
+                .and_then(|(code, digest)| {
+                    let backend = self.backend(stage, &code)?;
+                    // Only the sandbox controls what a guest observes.
+                    if resolved.deterministic && backend.name() != LocalWasm::NAME {
+                        return Err(Error::BadImage {
+                            digest: stage.checksum.clone(),
+                            reason: format!("the workflow runs in deterministic mode, which only the provider's wasm sandbox gives; this stage would run on the {} backend", backend.name()),
+                        });
+                    }
+                    Ok((backend, code, digest))
+                });
             let (backend, code, image_digest) = match configured {
                 Ok(m) => m,
                 Err(e) => return self.reject(id, stage, started, &e, records),

@@ -5,7 +5,8 @@
 //! replayed; strangers see no file hashes.
 
 use super::spawn_server;
-use insitu_gateway::auth::{AUD_COMPUTE, exec_message, make_grant};
+use insitu_gateway::auth::exec_message;
+use insitu_gateway::client::Consumer;
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::{self, ProviderKey};
 use serde_json::{Value, json};
@@ -159,18 +160,11 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
     );
 
     // Wait for it with a compute token; the SSE end event names the result.
-    let grant = make_grant(
-        &consumer,
-        &json!({"iss": consumer.address(), "aud": AUD_COMPUTE, "sub": agreement,
-        "execution_id": id, "eths": "personal", "iat": now(), "exp": now() + 300}),
-    )
-    .unwrap();
-    let token: Value = http
-        .post(format!("{base}/api/v1/node/services/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={grant}"))
-        .send().await.unwrap().json().await.unwrap();
-    let token = token["access_token"].as_str().unwrap().to_string();
+    let owner_client = Consumer::new(base.clone(), consumer.clone());
+    let token = owner_client
+        .token(&owner_client.claims(&agreement, &wf, Some(&id)))
+        .await
+        .unwrap();
     let get = |path: String, auth: Option<&str>| {
         let mut r = http.get(format!("{base}/api/v1/{path}"));
         if let Some(t) = auth {
@@ -391,18 +385,11 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
     assert!(out.contains("not the same data"), "{out}");
 
     // What each caller sees of the result asset.
-    let stranger_grant = make_grant(
-        &mallory,
-        &json!({"iss": mallory.address(), "aud": AUD_COMPUTE, "sub": agreement,
-        "execution_id": id, "eths": "personal", "iat": now(), "exp": now() + 300}),
-    )
-    .unwrap();
-    let stranger: Value = http
-        .post(format!("{base}/api/v1/node/services/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={stranger_grant}"))
-        .send().await.unwrap().json().await.unwrap();
-    let stranger = stranger["access_token"].as_str().unwrap().to_string();
+    let stranger_client = Consumer::new(base.clone(), mallory.clone());
+    let stranger = stranger_client
+        .token(&stranger_client.claims(&agreement, &wf, Some(&id)))
+        .await
+        .unwrap();
     let sha = want.trim_start_matches("sha256:");
     // The audit: for each route, what the owner, a stranger with a valid
     // token of their own, and anyone without credentials get, and whether
