@@ -343,7 +343,9 @@ fn demo_runs_the_examples_and_the_whole_gateway_flow() {
         "  stage 0  succeeded exited exit 0",
         "  stage 1  succeeded exited exit 0",
         "| temperature | 5000 |",
-        "signature verified",
+        "  ok   signature: signed by 0x",
+        "  ok   provider: ",
+        "  ok   file report.md: ",
         "gateway     shut down",
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");

@@ -19,7 +19,7 @@ use anyhow::bail;
 use insitu_examples::{ALL, CSV_STATS, REPORT_WASM, Sample};
 use insitu_runtime::Status;
 use insitu_runtime::image::package;
-use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
+use insitu_runtime::receipt::{ProviderKey, Receipt};
 use insitu_runtime::sandbox::{JobSpec, StopHandle};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -217,18 +217,28 @@ async fn gateway_flow(work: &std::path::Path) -> anyhow::Result<bool> {
                 f["sha256"].as_str().unwrap_or("?")
             );
         }
-        let text =
-            String::from_utf8_lossy(&client.download(&t, &id, "report.md").await?).into_owned();
+        let report = client.download(&t, &id, "report.md").await?;
+        let text = String::from_utf8_lossy(&report).into_owned();
         println!("\nreport.md (downloaded):\n  {}\n", excerpt(&text, 900));
+        // As a consumer would with `insitu verify --files`: every downloaded
+        // file against the signed receipt, signed by the provider.
+        let downloaded = work.join("downloaded");
+        for f in results["files"].as_array().into_iter().flatten() {
+            let name = f["path"].as_str().unwrap_or_default();
+            let path = downloaded.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, client.download(&t, &id, name).await?)?;
+        }
         let receipt: Receipt = serde_json::from_value(results["receipt"].clone())?;
-        let signer = verify(&receipt)?;
-        let provider = receipt.signer.clone();
-        ok &= signer.to_checksum(None) == provider;
-        println!(
-            "receipt     hash {}\n            signed by the provider {provider}: signature {}",
-            receipt.hash,
-            if ok { "verified" } else { "DOES NOT MATCH" }
-        );
+        let provider = gateway.pipeline.key.address();
+        let checks = insitu_runtime::verify::verify(&receipt, Some(&provider), Some(&downloaded));
+        ok &= checks.ok();
+        println!("receipt     hash {}", receipt.hash);
+        for check in &checks.checks {
+            println!("  {check}");
+        }
     }
     drop(gateway);
     local.stop().await?;
