@@ -21,10 +21,16 @@
 //! than `t` survivors nothing is revealed and the round aborts.
 //!
 //! Shamir's scheme runs over the prime field GF(2^61 − 1); a 32-byte secret
-//! is shared as five 56-bit chunks.
+//! is shared as five 56-bit chunks. Shares travel through the coordinator
+//! sealed for their holder ([`Participant::seal`]): ChaCha20-Poly1305
+//! (RFC 8439) under `SHA-256("insitu-secagg-v1 share" ‖ round ‖ X25519(c_u, c_v))`
+//! of the two participants' transport keys, the owner and holder ids as
+//! nonce and associated data — the relay learns nothing from them.
 
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
+use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -66,6 +72,10 @@ pub enum Error {
     BadThreshold { threshold: usize, n: usize },
     #[error("no randomness from the operating system: {0}")]
     Random(String),
+    #[error(
+        "the shares from participant {0} do not open: not sealed for this participant by it, or changed on the way"
+    )]
+    Sealing(u32),
 }
 
 /// `x` in fixed point (see [`FRACTION_BITS`]).
@@ -114,7 +124,7 @@ pub mod shamir {
     pub const P: u64 = (1 << 61) - 1;
     /// Bytes of a secret per field element.
     const CHUNK: usize = 7;
-    const CHUNKS: usize = 32usize.div_ceil(CHUNK);
+    const CHUNKS: usize = Share::CHUNKS;
 
     fn mul(a: u64, b: u64) -> u64 {
         let p = a as u128 * b as u128;
@@ -152,7 +162,12 @@ pub mod shamir {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Share {
         pub x: u64,
-        pub y: [u64; CHUNKS],
+        pub y: [u64; Share::CHUNKS],
+    }
+
+    impl Share {
+        /// Field elements per secret: 32 bytes in 7-byte chunks.
+        pub const CHUNKS: usize = 32usize.div_ceil(CHUNK);
     }
 
     /// Shares `secret` among `n` holders (points 1..=n) so that any
@@ -249,6 +264,14 @@ use shamir::Share;
 /// What a participant sends before the round: its mask key's public half.
 pub type Advertised = PublicKey;
 
+/// Shares for one holder, sealed so that only it can open them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub owner: u32,
+    pub holder: u32,
+    pub ciphertext: Vec<u8>,
+}
+
 /// The two shares participant `owner` made for one holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharesFor {
@@ -260,10 +283,56 @@ pub struct SharesFor {
     pub key: Share,
 }
 
+/// The nonce (owner, holder, zeros) and associated data of a sealed share:
+/// each (round key, owner, holder) seals exactly one message.
+fn nonce_and_aad(owner: u32, holder: u32) -> ([u8; 12], [u8; 8]) {
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&owner.to_le_bytes());
+    nonce[4..8].copy_from_slice(&holder.to_le_bytes());
+    let mut aad = [0u8; 8];
+    aad.copy_from_slice(&nonce[..8]);
+    (nonce, aad)
+}
+
+fn encode_shares(s: &SharesFor) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    for share in [&s.seed, &s.key] {
+        out.extend_from_slice(&share.x.to_le_bytes());
+        for y in share.y {
+            out.extend_from_slice(&y.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_shares(owner: u32, holder: u32, bytes: &[u8]) -> Option<SharesFor> {
+    let words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let per = 1 + Share::CHUNKS;
+    if !bytes.len().is_multiple_of(8) || words.len() != 2 * per {
+        return None;
+    }
+    let share = |w: &[u64]| Share {
+        x: w[0],
+        y: w[1..].try_into().expect("CHUNKS values"),
+    };
+    Some(SharesFor {
+        owner,
+        holder,
+        seed: share(&words[..per]),
+        key: share(&words[per..]),
+    })
+}
+
 /// One participant's secrets for one round.
 pub struct Participant {
     pub id: u32,
     key: StaticSecret,
+    /// Seals and opens shares (not the mask key: a dropped participant's
+    /// mask key is revealed, its transport key never is).
+    transport: StaticSecret,
     seed: [u8; 32],
 }
 
@@ -282,6 +351,7 @@ impl Participant {
         Ok(Participant {
             id,
             key: StaticSecret::from(random32()?),
+            transport: StaticSecret::from(random32()?),
             seed: random32()?,
         })
     }
@@ -289,6 +359,93 @@ impl Participant {
     /// The public half of the mask key, sent to everyone first.
     pub fn advertise(&self) -> Advertised {
         PublicKey::from(&self.key)
+    }
+
+    /// The public half of the transport key, sent with [`Participant::advertise`].
+    pub fn transport_key(&self) -> PublicKey {
+        PublicKey::from(&self.transport)
+    }
+
+    fn cipher(&self, round: &[u8], peer: &PublicKey) -> ChaCha20Poly1305 {
+        let shared = self.transport.diffie_hellman(peer);
+        let mut h = Sha256::new();
+        h.update(b"insitu-secagg-v1 share");
+        h.update((round.len() as u64).to_le_bytes());
+        h.update(round);
+        h.update(shared.as_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        ChaCha20Poly1305::new(&key.into())
+    }
+
+    /// Seals `shares` (made by this participant) for their holders, whose
+    /// transport keys are in `transport`.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for a holder without a transport key.
+    pub fn seal(
+        &self,
+        round: &[u8],
+        shares: &[SharesFor],
+        transport: &BTreeMap<u32, PublicKey>,
+    ) -> Result<Vec<Sealed>, Error> {
+        shares
+            .iter()
+            .map(|s| {
+                let peer = transport.get(&s.holder).ok_or(Error::Unknown(s.holder))?;
+                let (nonce, aad) = nonce_and_aad(s.owner, s.holder);
+                let plain = encode_shares(s);
+                let ciphertext = self
+                    .cipher(round, peer)
+                    .encrypt(
+                        &nonce.into(),
+                        Payload {
+                            msg: &plain,
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| Error::Sealing(s.owner))?;
+                Ok(Sealed {
+                    owner: s.owner,
+                    holder: s.holder,
+                    ciphertext,
+                })
+            })
+            .collect()
+    }
+
+    /// Opens shares sealed for this participant.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] for an owner without a transport key;
+    /// [`Error::Sealing`] for one not sealed for this participant by its
+    /// owner, or changed on the way.
+    pub fn open(
+        &self,
+        round: &[u8],
+        sealed: &[Sealed],
+        transport: &BTreeMap<u32, PublicKey>,
+    ) -> Result<Vec<SharesFor>, Error> {
+        sealed
+            .iter()
+            .map(|s| {
+                if s.holder != self.id {
+                    return Err(Error::Sealing(s.owner));
+                }
+                let peer = transport.get(&s.owner).ok_or(Error::Unknown(s.owner))?;
+                let (nonce, aad) = nonce_and_aad(s.owner, s.holder);
+                let plain = self
+                    .cipher(round, peer)
+                    .decrypt(
+                        &nonce.into(),
+                        Payload {
+                            msg: &s.ciphertext,
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| Error::Sealing(s.owner))?;
+                decode_shares(s.owner, s.holder, &plain).ok_or(Error::Sealing(s.owner))
+            })
+            .collect()
     }
 
     /// Shamir shares of both secrets for every participant of `ids` (in
@@ -629,6 +786,52 @@ mod tests {
         assert_eq!(
             reveal(&held, &both, &both, 1).unwrap_err(),
             Error::BothSecrets(2)
+        );
+    }
+
+    #[test]
+    fn sealed_shares_open_only_for_their_holder_and_unchanged() {
+        let ids = [1u32, 2, 3];
+        let parts: Vec<Participant> = ids.iter().map(|&i| Participant::new(i).unwrap()).collect();
+        let transport: BTreeMap<u32, PublicKey> =
+            parts.iter().map(|p| (p.id, p.transport_key())).collect();
+        let shares = parts[0].share(&ids, 2).unwrap();
+        let sealed = parts[0].seal(b"r1", &shares, &transport).unwrap();
+        let for2: Vec<Sealed> = sealed.iter().filter(|s| s.holder == 2).cloned().collect();
+        let opened = parts[1].open(b"r1", &for2, &transport).unwrap();
+        assert_eq!(
+            opened,
+            shares
+                .iter()
+                .filter(|s| s.holder == 2)
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        // Not for participant 3; another round; a flipped bit: refused.
+        assert_eq!(
+            parts[2].open(b"r1", &for2, &transport).unwrap_err(),
+            Error::Sealing(1)
+        );
+        assert_eq!(
+            parts[1].open(b"r2", &for2, &transport).unwrap_err(),
+            Error::Sealing(1)
+        );
+        let mut changed = for2.clone();
+        changed[0].ciphertext[5] ^= 1;
+        assert_eq!(
+            parts[1]
+                .open(b"r1", &changed, &transport)
+                .unwrap_err()
+                .to_string(),
+            "the shares from participant 1 do not open: not sealed for this participant by it, or changed on the way"
+        );
+        // The ciphertext does not hold the shares in the clear.
+        let plain = encode_shares(&shares[1]);
+        assert!(
+            !for2[0]
+                .ciphertext
+                .windows(16)
+                .any(|w| plain.windows(16).any(|p| p == w))
         );
     }
 
