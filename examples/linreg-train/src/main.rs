@@ -8,6 +8,12 @@
 //! (default 300), `--lr RATE` (default 0.1), `--l2 LAMBDA` (default 0).
 //! Writes `model.json` (weights in the original feature scale, bias, feature
 //! names) and `metrics.json` (linear: mse, r2; logistic: accuracy, log loss).
+//!
+//! As a federated participant (`--fl-round=N`, [`insitu_guest::fl`]) it reads
+//! the datasets but not the last input, which holds the global model — the
+//! weights in the original feature scale followed by the bias, or nothing in
+//! round 0 — trains `--epochs` from there, and writes its update in the same
+//! form, weighted by its number of rows, instead of `model.json`.
 
 use insitu_guest::{Error, Job};
 use std::io::{BufRead, BufReader};
@@ -24,7 +30,7 @@ struct Data {
     features: usize,
 }
 
-fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
+fn load(inputs: &[insitu_guest::Input], target: Option<&str>) -> Result<Data, Error> {
     let mut data = Data {
         names: Vec::new(),
         x: Vec::new(),
@@ -33,7 +39,11 @@ fn load(job: &Job, target: Option<&str>) -> Result<Data, Error> {
     };
     let mut header: Option<Vec<String>> = None;
     let mut target_col = 0;
-    for path in job.input_files()? {
+    let mut files = Vec::new();
+    for input in inputs {
+        files.extend(input.files()?);
+    }
+    for path in files {
         let mut lines = BufReader::new(std::fs::File::open(&path)?).lines();
         let Some(first) = lines.next().transpose()? else {
             continue;
@@ -117,7 +127,8 @@ fn train(job: &Job) -> Result<(), Error> {
         .unwrap_or(300);
     let lr: f64 = job.arg("lr").map(str::parse).transpose()?.unwrap_or(0.1);
     let l2: f64 = job.arg("l2").map(str::parse).transpose()?.unwrap_or(0.0);
-    let mut d = load(job, job.arg("target"))?;
+    let federated = insitu_guest::fl::round(job).is_some();
+    let mut d = load(insitu_guest::fl::datasets(job), job.arg("target"))?;
     let (n, f) = (d.y.len(), d.features);
 
     // Standardise features in place.
@@ -142,8 +153,28 @@ fn train(job: &Job) -> Result<(), Error> {
         }
     }
 
-    let mut w = vec![0.0; f];
-    let mut b = 0.0;
+    // Start from the global model (original scale) when federated.
+    let (mut w, mut b) = match insitu_guest::fl::global_model(job)? {
+        Some(global) if global.len() != f + 1 => {
+            return Err(format!(
+                "the global model has {} parameters; {f} features and a bias need {}",
+                global.len(),
+                f + 1
+            )
+            .into());
+        }
+        Some(global) => {
+            let w: Vec<f64> = global[..f].iter().zip(&sd).map(|(w, s)| w * s).collect();
+            let b = global[f]
+                + global[..f]
+                    .iter()
+                    .zip(&mean)
+                    .map(|(w, m)| w * m)
+                    .sum::<f64>();
+            (w, b)
+        }
+        None => (vec![0.0; f], 0.0),
+    };
     let mut grad = vec![0.0; f];
     for epoch in 0..epochs {
         grad.iter_mut().for_each(|g| *g = 0.0);
@@ -188,6 +219,19 @@ fn train(job: &Job) -> Result<(), Error> {
     let weights: Vec<f64> = w.iter().zip(&sd).map(|(w, s)| w / s).collect();
     let bias = b - weights.iter().zip(&mean).map(|(w, m)| w * m).sum::<f64>();
     d.x.clear();
+    if federated {
+        let mut params = weights.clone();
+        params.push(bias);
+        insitu_guest::fl::write_update(job, &params, n as u64)?;
+        job.write_output(
+            "metrics.json",
+            serde_json::to_string_pretty(&metrics)?.as_bytes(),
+        )?;
+        job.log(&format!(
+            "federated update from {n} rows x {f} features: {metrics}"
+        ));
+        return Ok(());
+    }
     let model = serde_json::json!({
         "model": if logistic { "logistic" } else { "linear" },
         "features": d.names,

@@ -3,6 +3,7 @@
 
 mod contract;
 mod determinism;
+mod federated;
 mod hostile;
 mod images;
 mod pipeline;
