@@ -15,6 +15,7 @@ mod chain;
 mod http;
 mod load;
 mod scale;
+mod secagg;
 mod verify;
 
 use anyhow::{Context, bail};
@@ -66,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "verify" {
         verify::verify()?;
+    }
+    if all || what == "secagg" {
+        secagg::secagg()?;
     }
     Ok(())
 }
