@@ -268,12 +268,17 @@ pub fn canonical(v: &Value) -> String {
     crate::jcs::canonicalize(v)
 }
 
+/// The sha256 of `body`'s canonical form: what a receipt's `hash` holds.
+pub fn body_hash(body: &Value) -> [u8; 32] {
+    Sha256::digest(canonical(body).as_bytes()).into()
+}
+
 /// Signs `body` with `key`.
 ///
 /// # Errors
 /// As [`ProviderKey::personal_sign`].
 pub fn sign(key: &ProviderKey, body: Value) -> Result<Receipt, Error> {
-    let hash = Sha256::digest(canonical(&body).as_bytes());
+    let hash = body_hash(&body);
     Ok(Receipt {
         signature: key.personal_sign(&hash)?,
         hash: format!("0x{}", hex::encode(hash)),
@@ -289,7 +294,7 @@ pub fn sign(key: &ProviderKey, body: Value) -> Result<Receipt, Error> {
 /// [`Error::DigestMismatch`] for a body that does not hash to `hash`;
 /// [`Error::Denied`] when the signature is not the signer's.
 pub fn verify(receipt: &Receipt) -> Result<Address, Error> {
-    let hash = Sha256::digest(canonical(&receipt.body).as_bytes());
+    let hash = body_hash(&receipt.body);
     let actual = format!("0x{}", hex::encode(hash));
     if actual != receipt.hash {
         return Err(Error::DigestMismatch {
@@ -298,7 +303,7 @@ pub fn verify(receipt: &Receipt) -> Result<Address, Error> {
             actual,
         });
     }
-    let signer = recover_personal(&B256::from_slice(&hash).0, &receipt.signature)?;
+    let signer = recover_personal(&hash, &receipt.signature)?;
     if signer.to_checksum(None) != receipt.signer {
         return Err(Error::Denied(format!(
             "the receipt is signed by {}, not by {}",

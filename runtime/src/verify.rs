@@ -54,11 +54,6 @@ impl Report {
             detail: detail.into(),
         });
     }
-
-    /// The failing checks.
-    pub fn failures(&self) -> impl Iterator<Item = &Check> {
-        self.checks.iter().filter(|c| !c.ok)
-    }
 }
 
 /// A receipt as a consumer may have saved it: the `receipt` object of
@@ -100,8 +95,7 @@ pub fn parse(text: &[u8]) -> Result<(Receipt, Option<String>), Error> {
 /// sha256 as the receipt says) plus one for files the receipt does not name.
 pub fn verify(receipt: &Receipt, provider: Option<&str>, files: Option<&Path>) -> Report {
     let mut report = Report::default();
-    let digest = Sha256::digest(receipt::canonical(&receipt.body).as_bytes());
-    let actual = format!("0x{}", hex::encode(digest));
+    let actual = format!("0x{}", hex::encode(receipt::body_hash(&receipt.body)));
     report.push(
         "hash",
         actual == receipt.hash,

@@ -460,11 +460,16 @@ pub(crate) async fn attestation(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (e, _) = result_files(&g, &headers, &id)?;
+    let e = owned(&g, &headers, &id)?;
     let receipt: insitu_runtime::receipt::Receipt = e
         .receipt
         .and_then(|r| serde_json::from_value(r).ok())
-        .ok_or_else(|| ApiError::NotFound(format!("execution {id} has no receipt")))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "execution {id} has no receipt (it is {})",
+                e.status.as_str()
+            ))
+        })?;
     Ok(Json(insitu_runtime::verify::envelope(
         &g.pipeline.key,
         &receipt,
