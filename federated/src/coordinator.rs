@@ -1,0 +1,1007 @@
+//! The coordinator of a federated job and its aggregator.
+//!
+//! The coordinator (`insitu fl run`, ephemeral: it lives as long as the job)
+//! drives R rounds over the participants of a [`Plan`]. Each round it hands
+//! every participant the current global model and runs the four steps of
+//! secure aggregation (Bonawitz et al. 2017, §4) through the [`Peer`] seam —
+//! start (the participant queues its training execution and advertises
+//! keys), share (sealed Shamir shares, relayed unread), masked (the
+//! participant's masked update, once its training finished), unmask (shares
+//! that remove the masks of the sum). A participant that fails, times out
+//! or sends something malformed at any step is dropped from the round with
+//! its reason; the round completes, with the exact sum of the survivors,
+//! while at least `threshold` remain, and aborts — revealing nothing — when
+//! fewer do.
+//!
+//! The **aggregator** is a separate component with its own state, in the
+//! coordinator's process: a [`secagg::Aggregator`] per round, which is given
+//! only masked vectors and the revealed shares, never an unmasked update,
+//! and from the unmasked sum FedAvg's new model ([`fedavg::average`]).
+//!
+//! Progress is durable: after each completed round the job's state (its id,
+//! the plan's digest, rounds done, every round's model digest and the
+//! participants' executions) and the global model are written to the output
+//! directory (write, fsync, rename), so a coordinator restarted with the same
+//! plan and directory resumes after the last completed round.
+
+use crate::fedavg;
+use crate::secagg::{self, Advertised};
+use crate::wire::{self, Keys, MaskRequest, SealedMsg, ShareRequest, Started, UnmaskRequest};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The state file in the output directory.
+pub const STATE_FILE: &str = "state.json";
+/// The global model in the output directory (little-endian doubles).
+pub const MODEL_FILE: &str = "model.f64";
+
+/// A federated job: `PLAN.json` of `insitu fl run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Training rounds.
+    pub rounds: u64,
+    /// Participants that must start a round; fewer abort it.
+    pub min_participants: usize,
+    /// Survivors a round needs (Shamir's threshold): with fewer it aborts
+    /// and nothing is revealed. Up to `participants − threshold` may drop
+    /// out after sharing.
+    pub threshold: usize,
+    /// Values in the model (the update every participant writes).
+    pub parameters: usize,
+    /// Seconds a round may take (training included). Default 300.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_secs: u64,
+    /// The providers, each under the consumer's agreement with it.
+    pub participants: Vec<PlanParticipant>,
+    /// Index of the participant whose gateway publishes the final model as a
+    /// result asset. Default 0.
+    #[serde(default)]
+    pub publish: usize,
+}
+
+fn default_round_timeout() -> u64 {
+    300
+}
+
+/// One provider of a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanParticipant {
+    /// `http://host:port` of its gateway.
+    pub gateway: String,
+    /// The consumer's agreement with it (0x + 64 hex).
+    pub agreement: String,
+    /// The training workflow's DID at that provider.
+    pub workflow: String,
+}
+
+/// The largest model a plan may ask for (values).
+pub const MAX_PARAMETERS: usize = 16 << 20;
+
+impl Plan {
+    /// Checks the plan's numbers against each other.
+    ///
+    /// # Errors
+    /// [`FlError::Plan`] naming the field and what it must be.
+    pub fn check(&self) -> Result<(), FlError> {
+        let n = self.participants.len();
+        let bad = |m: String| Err(FlError::Plan(m));
+        if n < 2 {
+            return bad(format!(
+                "participants: {n} listed; a federated job needs at least 2"
+            ));
+        }
+        if self.rounds == 0 {
+            return bad("rounds must be at least 1".into());
+        }
+        if self.threshold < 2 || self.threshold > n {
+            return bad(format!(
+                "threshold must be between 2 and the {n} participants, not {}",
+                self.threshold
+            ));
+        }
+        if self.min_participants < self.threshold || self.min_participants > n {
+            return bad(format!(
+                "min_participants must be between the threshold {} and the {n} participants, not {}",
+                self.threshold, self.min_participants
+            ));
+        }
+        if self.parameters == 0 || self.parameters > MAX_PARAMETERS {
+            return bad(format!(
+                "parameters must be between 1 and {MAX_PARAMETERS}, not {}",
+                self.parameters
+            ));
+        }
+        if self.publish >= n {
+            return bad(format!(
+                "publish is participant index {}, but there are {n}",
+                self.publish
+            ));
+        }
+        if self.round_timeout_secs == 0 {
+            return bad("round_timeout_secs must be at least 1".into());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.participants.iter().enumerate() {
+            if !(p.gateway.starts_with("http://") || p.gateway.starts_with("https://")) {
+                return bad(format!(
+                    "participants[{i}].gateway `{}` is not an http(s) URL",
+                    p.gateway
+                ));
+            }
+            if !seen.insert((
+                p.gateway.trim_end_matches('/'),
+                p.agreement.to_ascii_lowercase(),
+            )) {
+                return bad(format!(
+                    "participants[{i}] repeats gateway {} and agreement {}",
+                    p.gateway, p.agreement
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// sha256 of the plan's JSON: the job a state file belongs to.
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("a plan serialises");
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+}
+
+/// Why a federated job stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FlError {
+    #[error("the plan is invalid: {0}")]
+    Plan(String),
+    #[error("round {round} aborted: {reason}")]
+    Aborted { round: u64, reason: String },
+    #[error(
+        "{dir} holds the state of another job (plan {found}, this plan is {expected}); use another --out directory or the same plan"
+    )]
+    OtherJob {
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the state file {path} is unreadable: {reason}; remove the directory to start the job over"
+    )]
+    State { path: PathBuf, reason: String },
+}
+
+/// Where in a job a call to a participant belongs.
+#[derive(Debug, Clone)]
+pub struct RoundCall {
+    pub job: String,
+    pub round: u64,
+    /// Fresh per attempt of a round: a restarted round gets new secrets.
+    pub attempt: String,
+    pub threshold: usize,
+    pub parameters: usize,
+    /// When the round gives up on a participant.
+    pub deadline: Instant,
+}
+
+/// One participant as the coordinator reaches it (a gateway over HTTP, or
+/// anything else speaking the same steps). Each error is the reason the
+/// participant is dropped from the round.
+pub trait Peer: Sync {
+    /// Queues the training execution with `model` (empty in round 0) and
+    /// returns the participant's keys, as participant `id`.
+    fn start(
+        &self,
+        at: &RoundCall,
+        id: u32,
+        model: &[u8],
+    ) -> impl Future<Output = Result<Started, String>> + Send;
+    /// The participant's shares for the roster, sealed per holder.
+    fn share(
+        &self,
+        at: &RoundCall,
+        body: &ShareRequest,
+    ) -> impl Future<Output = Result<Vec<SealedMsg>, String>> + Send;
+    /// The masked update (raw little-endian words), once trained.
+    fn masked(
+        &self,
+        at: &RoundCall,
+        body: &MaskRequest,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    /// The shares that unmask the sum.
+    fn unmask(
+        &self,
+        at: &RoundCall,
+        body: &UnmaskRequest,
+    ) -> impl Future<Output = Result<wire::UnmaskResponse, String>> + Send;
+}
+
+/// What one completed round did (a JSON line of `insitu fl run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub round: u64,
+    /// Participant indexes (0-based, in the plan) whose updates are in the sum.
+    pub participants: Vec<usize>,
+    /// Those left out, with why.
+    pub dropped: Vec<Dropped>,
+    pub seconds: f64,
+    /// sha256 of the new global model.
+    pub model: String,
+    /// Each survivor's round execution and its receipt hash.
+    pub executions: Vec<Value>,
+}
+
+/// A participant left out of a round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Dropped {
+    pub participant: usize,
+    pub reason: String,
+}
+
+/// The job's durable state (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobState {
+    pub job: String,
+    pub plan: String,
+    pub rounds: Vec<RoundReport>,
+    /// Set once the model is published: where, as what.
+    #[serde(default)]
+    pub published: Option<Value>,
+}
+
+/// A job's participants, plan and output directory.
+pub struct Coordinator<'a, P: Peer> {
+    pub plan: &'a Plan,
+    /// One per plan participant, in order.
+    pub peers: &'a [P],
+    pub out: &'a Path,
+}
+
+/// A finished job: the model, its file and digest, and its state.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub model: Vec<f64>,
+    pub path: PathBuf,
+    pub digest: String,
+    pub state: JobState,
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FlError {
+    let path = path.to_path_buf();
+    move |source| FlError::Io { what, path, source }
+}
+
+/// Writes `bytes` to `path` durably: a temp file, fsync, rename, fsync of
+/// the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), FlError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
+}
+
+/// sha256 of a model's on-disk form.
+pub fn model_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the OS has randomness");
+    hex::encode(b)
+}
+
+/// Runs `call` against the round's deadline.
+async fn until<T>(
+    deadline: Instant,
+    step: &str,
+    call: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Ok(r) => r.map_err(|e| format!("{step}: {e}")),
+        Err(_) => Err(format!("{step}: no answer before the round's deadline")),
+    }
+}
+
+impl<P: Peer> Coordinator<'_, P> {
+    /// The state in the output directory, or a new job's.
+    ///
+    /// # Errors
+    /// [`FlError::OtherJob`], [`FlError::State`], [`FlError::Io`].
+    pub fn load(&self) -> Result<(JobState, Vec<f64>), FlError> {
+        let path = self.out.join(STATE_FILE);
+        let expected = self.plan.digest();
+        let state: JobState = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| FlError::State {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((
+                    JobState {
+                        job: format!("fl-{}", random_hex(16)),
+                        plan: expected,
+                        rounds: Vec::new(),
+                        published: None,
+                    },
+                    Vec::new(),
+                ));
+            }
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        if state.plan != expected {
+            return Err(FlError::OtherJob {
+                dir: self.out.to_path_buf(),
+                found: state.plan,
+                expected,
+            });
+        }
+        let model_path = self.out.join(MODEL_FILE);
+        let bytes = std::fs::read(&model_path).map_err(io("read", &model_path))?;
+        let digest = model_digest(&bytes);
+        let model = wire::model_from_bytes(&bytes).filter(|m| m.len() == self.plan.parameters);
+        match (state.rounds.last(), model) {
+            (Some(last), Some(model)) if last.model == digest => Ok((state, model)),
+            _ => Err(FlError::State {
+                path: model_path,
+                reason: "the model does not match the last completed round's digest".into(),
+            }),
+        }
+    }
+
+    fn save(&self, state: &JobState, model: &[u8]) -> Result<(), FlError> {
+        // The model first: a crash between the two leaves the old state,
+        // whose digest no longer matches, and the round is run again.
+        write_durably(&self.out.join(MODEL_FILE), model)?;
+        write_durably(
+            &self.out.join(STATE_FILE),
+            &serde_json::to_vec_pretty(state).expect("state serialises"),
+        )
+    }
+
+    /// Records where the model was published.
+    ///
+    /// # Errors
+    /// [`FlError::Io`].
+    pub fn save_published(&self, state: &mut JobState, published: Value) -> Result<(), FlError> {
+        state.published = Some(published);
+        write_durably(
+            &self.out.join(STATE_FILE),
+            &serde_json::to_vec_pretty(state).expect("state serialises"),
+        )
+    }
+
+    /// Runs the job's remaining rounds, calling `report` after each.
+    ///
+    /// # Errors
+    /// [`FlError::Plan`]; [`FlError::Aborted`] when a round has too few
+    /// participants (the state keeps the rounds done: run again to resume);
+    /// state errors.
+    pub async fn run(&self, mut report: impl FnMut(&RoundReport)) -> Result<Finished, FlError> {
+        self.plan.check()?;
+        if self.peers.len() != self.plan.participants.len() {
+            return Err(FlError::Plan(format!(
+                "{} peers for {} participants",
+                self.peers.len(),
+                self.plan.participants.len()
+            )));
+        }
+        std::fs::create_dir_all(self.out).map_err(io("create", self.out))?;
+        let (mut state, mut model) = self.load()?;
+        while (state.rounds.len() as u64) < self.plan.rounds {
+            let round = state.rounds.len() as u64;
+            let started = Instant::now();
+            let (next, mut done) = self.round(&state.job, round, &model).await?;
+            let bytes = wire::model_bytes(&next);
+            done.seconds = started.elapsed().as_secs_f64();
+            done.model = model_digest(&bytes);
+            state.rounds.push(done);
+            self.save(&state, &bytes)?;
+            model = next;
+            report(state.rounds.last().expect("just pushed"));
+        }
+        let bytes = wire::model_bytes(&model);
+        Ok(Finished {
+            digest: model_digest(&bytes),
+            path: self.out.join(MODEL_FILE),
+            model,
+            state,
+        })
+    }
+
+    /// One round: the new global model and what happened.
+    async fn round(
+        &self,
+        job: &str,
+        round: u64,
+        model: &[f64],
+    ) -> Result<(Vec<f64>, RoundReport), FlError> {
+        let plan = self.plan;
+        let call = RoundCall {
+            job: job.to_string(),
+            round,
+            attempt: random_hex(8),
+            threshold: plan.threshold,
+            parameters: plan.parameters,
+            deadline: Instant::now() + Duration::from_secs(plan.round_timeout_secs),
+        };
+        let tag = format!("{job}/{round}/{}", call.attempt);
+        let call = &call;
+        let abort = |reason: String| FlError::Aborted { round, reason };
+        let mut dropped: Vec<Dropped> = Vec::new();
+        // Participant ids are 1-based plan indexes.
+        let index = |id: u32| id as usize - 1;
+        let model_bytes = wire::model_bytes(model);
+
+        // 1. Start: training queued, keys advertised (U1).
+        let starts = join_all(self.peers.iter().enumerate().map(|(i, p)| {
+            until(
+                call.deadline,
+                "start",
+                p.start(call, i as u32 + 1, &model_bytes),
+            )
+        }))
+        .await;
+        let mut roster: BTreeMap<u32, Keys> = BTreeMap::new();
+        let mut executions: BTreeMap<u32, String> = BTreeMap::new();
+        for (i, r) in starts.into_iter().enumerate() {
+            match r {
+                Ok(s) if s.participant == i as u32 + 1 => {
+                    roster.insert(s.participant, s.keys);
+                    executions.insert(s.participant, s.execution);
+                }
+                Ok(s) => leave(
+                    &mut dropped,
+                    i,
+                    format!(
+                        "start: answered as participant {} instead of {}",
+                        s.participant,
+                        i + 1
+                    ),
+                ),
+                Err(e) => leave(&mut dropped, i, e),
+            }
+        }
+        let needed = plan.min_participants.max(plan.threshold);
+        if roster.len() < needed {
+            return Err(abort(format!(
+                "only {} of {} participants started, fewer than min_participants {}; dropped: {}",
+                roster.len(),
+                plan.participants.len(),
+                plan.min_participants,
+                describe(&dropped)
+            )));
+        }
+
+        // 2. Share: sealed shares, relayed unread (U2 = who shared).
+        let body = ShareRequest {
+            roster: roster.clone(),
+        };
+        let shares = join_all(roster.keys().map(|&id| {
+            let body = &body;
+            async move {
+                (
+                    id,
+                    until(
+                        call.deadline,
+                        "share",
+                        self.peers[index(id)].share(call, body),
+                    )
+                    .await,
+                )
+            }
+        }))
+        .await;
+        let mut inbox: BTreeMap<u32, Vec<SealedMsg>> = BTreeMap::new();
+        let mut shared: BTreeSet<u32> = BTreeSet::new();
+        for (id, r) in shares {
+            match r.and_then(|sealed| {
+                let holders: BTreeSet<u32> = sealed.iter().map(|s| s.holder).collect();
+                if sealed.iter().any(|s| s.owner != id)
+                    || holders.len() != sealed.len()
+                    || holders != roster.keys().copied().collect()
+                {
+                    Err(
+                        "share: not one sealed share per participant of the roster, all its own"
+                            .to_string(),
+                    )
+                } else {
+                    Ok(sealed)
+                }
+            }) {
+                Ok(sealed) => {
+                    shared.insert(id);
+                    for s in sealed {
+                        inbox.entry(s.holder).or_default().push(s);
+                    }
+                }
+                Err(e) => leave(&mut dropped, index(id), e),
+            }
+        }
+        if shared.len() < plan.threshold {
+            return Err(abort(format!(
+                "only {} participants shared their keys, fewer than the threshold {}: nothing is revealed; dropped: {}",
+                shared.len(),
+                plan.threshold,
+                describe(&dropped)
+            )));
+        }
+
+        // 3. Masked inputs, to the aggregator (U3 = who sent a valid one).
+        let keys: BTreeMap<u32, Advertised> = shared.iter().map(|i| (*i, roster[i].mask)).collect();
+        let mut aggregator =
+            secagg::Aggregator::new(tag.as_bytes(), plan.parameters + 1, plan.threshold, keys);
+        let masked = join_all(shared.iter().map(|&id| {
+            let body = MaskRequest {
+                sealed: inbox
+                    .get(&id)
+                    .map(|v| {
+                        v.iter()
+                            .filter(|s| shared.contains(&s.owner))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            async move {
+                (
+                    id,
+                    until(
+                        call.deadline,
+                        "masked",
+                        self.peers[index(id)].masked(call, &body),
+                    )
+                    .await,
+                )
+            }
+        }))
+        .await;
+        for (id, r) in masked {
+            let added = r.and_then(|bytes| {
+                let words = wire::from_bytes(&bytes).ok_or_else(|| {
+                    format!(
+                        "masked: {} bytes, not a whole number of 8-byte values",
+                        bytes.len()
+                    )
+                })?;
+                aggregator
+                    .add(id, words)
+                    .map_err(|e| format!("masked: {e}"))
+            });
+            if let Err(e) = added {
+                leave(&mut dropped, index(id), e);
+            }
+        }
+        let survivors = aggregator.survivors();
+        if survivors.len() < plan.threshold {
+            return Err(abort(format!(
+                "only {} masked updates arrived, fewer than the threshold {}: the round is aborted and nothing is revealed; dropped: {}",
+                survivors.len(),
+                plan.threshold,
+                describe(&dropped)
+            )));
+        }
+
+        // 4. Unmask: seeds of the survivors, keys of the dropped.
+        let request = UnmaskRequest {
+            survivors: survivors.clone(),
+            dropped: aggregator.dropped(),
+        };
+        let answers = join_all(survivors.iter().map(|&id| {
+            let request = &request;
+            async move {
+                (
+                    id,
+                    until(
+                        call.deadline,
+                        "unmask",
+                        self.peers[index(id)].unmask(call, request),
+                    )
+                    .await,
+                )
+            }
+        }))
+        .await;
+        let mut seeds: BTreeMap<u32, Vec<secagg::shamir::Share>> = BTreeMap::new();
+        let mut masks: BTreeMap<u32, Vec<secagg::shamir::Share>> = BTreeMap::new();
+        let mut receipts = Vec::new();
+        for (id, r) in answers {
+            match r {
+                Ok(a) => {
+                    for s in &a.shares {
+                        let Some(share) = s.share() else { continue };
+                        match s.secret {
+                            wire::Secret::Seed if request.survivors.contains(&s.owner) => {
+                                seeds.entry(s.owner).or_default().push(share)
+                            }
+                            wire::Secret::Key if request.dropped.contains(&s.owner) => {
+                                masks.entry(s.owner).or_default().push(share)
+                            }
+                            _ => {}
+                        }
+                    }
+                    receipts.push(json!({
+                        "participant": index(id),
+                        "gateway": plan.participants[index(id)].gateway,
+                        "execution": a.execution,
+                        "receipt": a.receipt,
+                    }));
+                }
+                // Its update is in the sum already; only its shares are missing.
+                Err(e) => receipts.push(json!({
+                    "participant": index(id),
+                    "gateway": plan.participants[index(id)].gateway,
+                    "execution": executions.get(&id),
+                    "error": e,
+                })),
+            }
+        }
+        let sum = aggregator
+            .unmask(&seeds, &masks)
+            .map_err(|e| abort(format!("unmasking the sum: {e}")))?;
+        let next = fedavg::average(&sum).map_err(|e| abort(e.to_string()))?;
+        let mut dropped = dropped;
+        dropped.sort_by_key(|d| d.participant);
+        Ok((
+            next,
+            RoundReport {
+                round,
+                participants: survivors.iter().map(|&id| index(id)).collect(),
+                dropped,
+                seconds: 0.0,
+                model: String::new(),
+                executions: receipts,
+            },
+        ))
+    }
+}
+
+fn leave(dropped: &mut Vec<Dropped>, participant: usize, reason: String) {
+    dropped.push(Dropped {
+        participant,
+        reason,
+    });
+}
+
+fn describe(dropped: &[Dropped]) -> String {
+    if dropped.is_empty() {
+        return "none".into();
+    }
+    dropped
+        .iter()
+        .map(|d| format!("participant {} ({})", d.participant, d.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::participant::RoundSecrets;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// How a fake participant misbehaves.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        None,
+        /// Unreachable from the start.
+        Down,
+        /// Shares, then never sends its masked update (killed mid-round).
+        DiesAfterSharing,
+        /// Sends a masked vector one value short.
+        WrongLength,
+        /// Sends a number of bytes that is no whole vector.
+        Malformed,
+    }
+
+    /// A participant in this process: its update is `params` of `weight`.
+    struct Fake {
+        params: Vec<f64>,
+        weight: u64,
+        fault: Fault,
+        secrets: Mutex<Option<RoundSecrets>>,
+        /// Models it was handed, round by round.
+        seen: Mutex<Vec<Vec<u8>>>,
+        down: AtomicBool,
+    }
+
+    fn fake(params: Vec<f64>, weight: u64, fault: Fault) -> Fake {
+        Fake {
+            params,
+            weight,
+            fault,
+            secrets: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            down: AtomicBool::new(fault == Fault::Down),
+        }
+    }
+
+    impl Peer for Fake {
+        async fn start(&self, at: &RoundCall, id: u32, model: &[u8]) -> Result<Started, String> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err("connection refused".into());
+            }
+            self.seen.lock().unwrap().push(model.to_vec());
+            let tag = format!("{}/{}/{}", at.job, at.round, at.attempt);
+            let (s, keys) = RoundSecrets::new(id, tag.as_bytes(), at.threshold, at.parameters)
+                .map_err(|e| e.to_string())?;
+            *self.secrets.lock().unwrap() = Some(s);
+            Ok(Started {
+                execution: format!("nv-{id}"),
+                participant: id,
+                keys,
+            })
+        }
+
+        async fn share(
+            &self,
+            _: &RoundCall,
+            body: &ShareRequest,
+        ) -> Result<Vec<SealedMsg>, String> {
+            let mut s = self.secrets.lock().unwrap();
+            let sealed = s
+                .as_mut()
+                .ok_or("no round")?
+                .share(body.roster.clone())
+                .map_err(|e| e.to_string())?;
+            Ok(sealed.iter().map(SealedMsg::from).collect())
+        }
+
+        async fn masked(&self, _: &RoundCall, body: &MaskRequest) -> Result<Vec<u8>, String> {
+            if self.fault == Fault::DiesAfterSharing {
+                return Err("connection reset".into());
+            }
+            let sealed: Vec<_> = body.sealed.iter().map(|s| s.sealed().unwrap()).collect();
+            let mut s = self.secrets.lock().unwrap();
+            let mut y = s
+                .as_mut()
+                .ok_or("no round")?
+                .mask(&sealed, &self.params, self.weight)
+                .map_err(|e| e.to_string())?;
+            match self.fault {
+                Fault::WrongLength => {
+                    y.pop();
+                }
+                Fault::Malformed => return Ok(vec![1, 2, 3]),
+                _ => {}
+            }
+            Ok(wire::to_bytes(&y))
+        }
+
+        async fn unmask(
+            &self,
+            _: &RoundCall,
+            body: &UnmaskRequest,
+        ) -> Result<wire::UnmaskResponse, String> {
+            let s = self.secrets.lock().unwrap().take().ok_or("no round")?;
+            Ok(wire::UnmaskResponse {
+                shares: s
+                    .reveal(&body.survivors, &body.dropped)
+                    .map_err(|e| e.to_string())?,
+                execution: "nv".into(),
+                receipt: None,
+            })
+        }
+    }
+
+    fn plan(n: usize, rounds: u64, threshold: usize) -> Plan {
+        Plan {
+            rounds,
+            min_participants: threshold,
+            threshold,
+            parameters: 3,
+            round_timeout_secs: 10,
+            participants: (0..n)
+                .map(|i| PlanParticipant {
+                    gateway: format!("http://127.0.0.1:{}", 9000 + i),
+                    agreement: format!("0x{i:064x}"),
+                    workflow: "did:nv:00".into(),
+                })
+                .collect(),
+            publish: 0,
+        }
+    }
+
+    fn update(i: usize) -> (Vec<f64>, u64) {
+        let x = i as f64;
+        (vec![x, -2.0 * x, 0.5 + x], 10 * (i as u64 + 1))
+    }
+
+    fn close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(b) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn faults_are_dropped_with_reasons_and_the_sum_stays_exact() {
+        let faults = [
+            Fault::None,
+            Fault::Down,
+            Fault::None,
+            Fault::DiesAfterSharing,
+            Fault::WrongLength,
+            Fault::Malformed,
+            Fault::None,
+        ];
+        let peers: Vec<Fake> = faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (p, w) = update(i);
+                fake(p, w, *f)
+            })
+            .collect();
+        let plan = plan(peers.len(), 1, 3);
+        let out = tempfile::tempdir().unwrap();
+        let c = Coordinator {
+            plan: &plan,
+            peers: &peers,
+            out: out.path(),
+        };
+        let mut lines = Vec::new();
+        let done = c.run(|r| lines.push(r.clone())).await.unwrap();
+        let r = &lines[0];
+        assert_eq!(r.participants, vec![0, 2, 6]);
+        let reasons: Vec<(usize, &str)> = r
+            .dropped
+            .iter()
+            .map(|d| (d.participant, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, "start: connection refused"),
+                (3, "masked: connection reset"),
+                (
+                    4,
+                    "masked: participant 5 sent a vector of 3 values; the model has 4"
+                ),
+                (5, "masked: 3 bytes, not a whole number of 8-byte values"),
+            ]
+        );
+        let survivors: Vec<_> = [0, 2, 6].iter().map(|&i| update(i)).collect();
+        close(&done.model, &fedavg::plain(&survivors));
+        assert_eq!(
+            done.digest,
+            model_digest(&std::fs::read(out.path().join(MODEL_FILE)).unwrap())
+        );
+    }
+
+    #[tokio::test]
+    async fn below_the_threshold_a_round_aborts_and_reveals_nothing() {
+        let peers: Vec<Fake> = (0..4)
+            .map(|i| {
+                let (p, w) = update(i);
+                let f = if i < 2 {
+                    Fault::DiesAfterSharing
+                } else {
+                    Fault::None
+                };
+                fake(p, w, f)
+            })
+            .collect();
+        let plan = plan(4, 1, 3);
+        let out = tempfile::tempdir().unwrap();
+        let e = Coordinator {
+            plan: &plan,
+            peers: &peers,
+            out: out.path(),
+        }
+        .run(|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("round 0 aborted: only 2 masked updates arrived, fewer than the threshold 3: the round is aborted and nothing is revealed"),
+            "{e}"
+        );
+        // Nobody was asked to reveal: the survivors still hold their secrets.
+        for p in &peers[2..] {
+            assert!(p.secrets.lock().unwrap().is_some());
+        }
+        assert!(!out.path().join(STATE_FILE).exists());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_coordinator_resumes_after_the_last_completed_round() {
+        let peers: Vec<Fake> = (0..3)
+            .map(|i| {
+                let (p, w) = update(i);
+                fake(p, w, Fault::None)
+            })
+            .collect();
+        let plan = plan(3, 3, 2);
+        let out = tempfile::tempdir().unwrap();
+        let c = Coordinator {
+            plan: &plan,
+            peers: &peers,
+            out: out.path(),
+        };
+        // Round 1 aborts: two participants are down.
+        let mut rounds = 0;
+        let e = {
+            let stop = |r: &RoundReport| {
+                rounds += 1;
+                if r.round == 0 {
+                    peers[1].down.store(true, Ordering::SeqCst);
+                    peers[2].down.store(true, Ordering::SeqCst);
+                }
+            };
+            c.run(stop).await.unwrap_err()
+        };
+        assert!(matches!(e, FlError::Aborted { round: 1, .. }), "{e}");
+        assert_eq!(rounds, 1);
+        let job = c.load().unwrap().0.job;
+        // Back up: rounds 1 and 2 run, round 0 is not repeated.
+        for p in &peers {
+            p.down.store(false, Ordering::SeqCst);
+        }
+        let mut resumed = Vec::new();
+        let done = c.run(|r| resumed.push(r.round)).await.unwrap();
+        assert_eq!(resumed, vec![1, 2]);
+        assert_eq!(done.state.job, job);
+        assert_eq!(done.state.rounds.len(), 3);
+        // Round 1 started from round 0's model, which was on disk.
+        let seen = peers[0].seen.lock().unwrap().clone();
+        assert!(seen[0].is_empty());
+        assert_eq!(model_digest(&seen[2]), done.state.rounds[0].model);
+        // Another plan in the same directory is refused.
+        let mut other = plan.clone();
+        other.rounds = 4;
+        let e = Coordinator {
+            plan: &other,
+            peers: &peers,
+            out: out.path(),
+        }
+        .run(|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("holds the state of another job"), "{e}");
+    }
+
+    #[test]
+    fn plans_are_checked() {
+        let mut p = plan(3, 1, 2);
+        p.check().unwrap();
+        p.threshold = 4;
+        assert_eq!(
+            p.check().unwrap_err().to_string(),
+            "the plan is invalid: threshold must be between 2 and the 3 participants, not 4"
+        );
+        let mut p = plan(3, 1, 2);
+        p.participants[1] = p.participants[0].clone();
+        assert!(
+            p.check()
+                .unwrap_err()
+                .to_string()
+                .contains("repeats gateway")
+        );
+        let e = serde_json::from_value::<Plan>(serde_json::json!({"rounds": 1, "rouds": 2}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `rouds`"), "{e}");
+    }
+}

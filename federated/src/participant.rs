@@ -1,0 +1,249 @@
+//! A participant's side of one secure-aggregation round, as a provider runs
+//! it for a coordinator (the steps of Bonawitz et al. 2017, §4):
+//!
+//! 1. [`RoundSecrets::new`] — fresh mask and transport keys; their public
+//!    halves are advertised (round 0, *AdvertiseKeys*).
+//! 2. [`RoundSecrets::share`] — given the roster of everyone who advertised
+//!    (U1), Shamir shares of both secrets, sealed for their holders (round 1,
+//!    *ShareKeys*).
+//! 3. [`RoundSecrets::mask`] — given the sealed shares addressed to it (whose
+//!    owners are U2), opens and keeps them, and masks its update over U2
+//!    (round 2, *MaskedInputCollection*). The unmasked update is the caller's
+//!    to delete; only the masked vector leaves.
+//! 4. [`RoundSecrets::reveal`] — given who sent masked inputs (U3) and who
+//!    did not (U2 \ U3), the share of each survivor's self-mask seed or each
+//!    dropped participant's mask key, never both (round 4, *Unmasking*).
+//!    The secrets are consumed.
+//!
+//! Each step may happen once and in order; anything else is refused with a
+//! reason, and nothing is revealed for a roster smaller than the threshold.
+
+use crate::fedavg;
+use crate::secagg::{self, Advertised, Error, Participant, Revealed, Sealed, SharesFor};
+use crate::wire::{Keys, RevealedShare};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where a round is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Advertised,
+    Shared,
+    Masked,
+}
+
+/// One participant's secrets and progress in one round.
+pub struct RoundSecrets {
+    me: Participant,
+    tag: Vec<u8>,
+    threshold: usize,
+    parameters: usize,
+    step: Step,
+    /// U1: mask keys and transport keys of everyone who advertised.
+    roster: BTreeMap<u32, Keys>,
+    /// The shares others made for this participant (after masking).
+    held: Vec<SharesFor>,
+    /// U2: the participants this one masked over.
+    masked_over: BTreeSet<u32>,
+}
+
+/// Why a participant refuses a step.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Protocol(#[from] Error),
+    #[error("step out of order: {0}")]
+    Order(&'static str),
+    #[error("the roster {0}")]
+    Roster(String),
+    #[error(
+        "the update has {found} parameters; the plan's model has {expected} (the training stage wrote a model of another shape)"
+    )]
+    UpdateLength { found: usize, expected: usize },
+    #[error("the update is not finite: parameter {0} is {1}")]
+    NotFinite(usize, f64),
+    #[error("the update's weight is 0: the participant trained on no samples")]
+    NoWeight,
+}
+
+impl std::fmt::Debug for RoundSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets or the shares held.
+        f.debug_struct("RoundSecrets")
+            .field("id", &self.me.id)
+            .field("step", &self.step)
+            .field("roster", &self.roster.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoundSecrets {
+    /// Fresh secrets for participant `id` in the round tagged `tag`
+    /// (unique per job, round and attempt), whose models have `parameters`
+    /// values and which needs `threshold` survivors; returns them and the
+    /// public keys to advertise.
+    ///
+    /// # Errors
+    /// [`Error::Random`]; [`Error::BadThreshold`] for a threshold below 2.
+    pub fn new(
+        id: u32,
+        tag: &[u8],
+        threshold: usize,
+        parameters: usize,
+    ) -> Result<(RoundSecrets, Keys), StepError> {
+        if threshold < 2 {
+            return Err(Error::BadThreshold { threshold, n: 0 }.into());
+        }
+        let me = Participant::new(id)?;
+        let keys = Keys {
+            mask: me.advertise(),
+            transport: me.transport_key(),
+        };
+        Ok((
+            RoundSecrets {
+                me,
+                tag: tag.to_vec(),
+                threshold,
+                parameters,
+                step: Step::Advertised,
+                roster: BTreeMap::new(),
+                held: Vec::new(),
+                masked_over: BTreeSet::new(),
+            },
+            keys,
+        ))
+    }
+
+    /// This participant's id.
+    pub fn id(&self) -> u32 {
+        self.me.id
+    }
+
+    /// Shares for everyone in `roster` (U1), sealed for each holder.
+    ///
+    /// # Errors
+    /// [`StepError::Order`] unless keys were just advertised;
+    /// [`StepError::Roster`] when the roster leaves this participant out or
+    /// lists other keys for it; [`Error::BadThreshold`] when the roster is
+    /// smaller than the threshold.
+    pub fn share(&mut self, roster: BTreeMap<u32, Keys>) -> Result<Vec<Sealed>, StepError> {
+        if self.step != Step::Advertised {
+            return Err(StepError::Order("shares are made once, after advertising"));
+        }
+        match roster.get(&self.me.id) {
+            None => {
+                return Err(StepError::Roster(format!(
+                    "leaves out this participant ({})",
+                    self.me.id
+                )));
+            }
+            Some(k) if k.mask != self.me.advertise() || k.transport != self.me.transport_key() => {
+                return Err(StepError::Roster(format!(
+                    "lists other keys for this participant ({})",
+                    self.me.id
+                )));
+            }
+            Some(_) => {}
+        }
+        let ids: Vec<u32> = roster.keys().copied().collect();
+        let shares = self.me.share(&ids, self.threshold)?;
+        let transport = roster.iter().map(|(&i, k)| (i, k.transport)).collect();
+        let sealed = self.me.seal(&self.tag, &shares, &transport)?;
+        self.roster = roster;
+        self.step = Step::Shared;
+        Ok(sealed)
+    }
+
+    /// Opens the shares addressed to this participant (their owners are U2,
+    /// which must include it) and masks the update `params` of `weight`
+    /// samples (FedAvg's contribution) over U2.
+    ///
+    /// # Errors
+    /// [`StepError::Order`]; [`StepError::UpdateLength`], [`StepError::NotFinite`],
+    /// [`StepError::NoWeight`] for an update that cannot be aggregated;
+    /// [`Error::Unknown`] / [`Error::Sealing`] for shares from outside U1 or
+    /// that do not open; [`Error::BelowThreshold`] when U2 is too small.
+    pub fn mask(
+        &mut self,
+        sealed: &[Sealed],
+        params: &[f64],
+        weight: u64,
+    ) -> Result<Vec<u64>, StepError> {
+        if self.step != Step::Shared {
+            return Err(StepError::Order("an update is masked once, after sharing"));
+        }
+        if params.len() != self.parameters {
+            return Err(StepError::UpdateLength {
+                found: params.len(),
+                expected: self.parameters,
+            });
+        }
+        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| !p.is_finite()) {
+            return Err(StepError::NotFinite(i, *p));
+        }
+        if weight == 0 {
+            return Err(StepError::NoWeight);
+        }
+        let transport: BTreeMap<u32, _> =
+            self.roster.iter().map(|(&i, k)| (i, k.transport)).collect();
+        let held = self.me.open(&self.tag, sealed, &transport)?;
+        let owners: BTreeSet<u32> = held.iter().map(|s| s.owner).collect();
+        if owners.len() != held.len() {
+            return Err(StepError::Roster("sent two shares of one owner".into()));
+        }
+        if !owners.contains(&self.me.id) {
+            return Err(StepError::Roster(format!(
+                "sent no share of this participant's own ({}); it is not among those who shared",
+                self.me.id
+            )));
+        }
+        if owners.len() < self.threshold {
+            return Err(Error::BelowThreshold {
+                survivors: owners.len(),
+                threshold: self.threshold,
+            }
+            .into());
+        }
+        let keys: BTreeMap<u32, Advertised> =
+            owners.iter().map(|i| (*i, self.roster[i].mask)).collect();
+        let masked = self
+            .me
+            .mask(&self.tag, &fedavg::contribution(params, weight), &keys);
+        self.held = held;
+        self.masked_over = owners;
+        self.step = Step::Masked;
+        Ok(masked)
+    }
+
+    /// What this participant reveals for the survivors (U3) and the dropped
+    /// (U2 \ U3); consumes the secrets.
+    ///
+    /// # Errors
+    /// [`StepError::Order`] before masking; [`StepError::Roster`] when the
+    /// two sets are not a partition of U2; [`Error::BelowThreshold`].
+    pub fn reveal(
+        self,
+        survivors: &BTreeSet<u32>,
+        dropped: &BTreeSet<u32>,
+    ) -> Result<Vec<RevealedShare>, StepError> {
+        if self.step != Step::Masked {
+            return Err(StepError::Order("shares are revealed once, after masking"));
+        }
+        let all: BTreeSet<u32> = survivors.union(dropped).copied().collect();
+        if all != self.masked_over || survivors.len() + dropped.len() != all.len() {
+            return Err(StepError::Roster(format!(
+                "to unmask must split the {} participants that shared ({:?}) into survivors and dropped",
+                self.masked_over.len(),
+                self.masked_over
+            )));
+        }
+        Ok(
+            secagg::reveal(&self.held, survivors, dropped, self.threshold)?
+                .into_iter()
+                .map(|(owner, r)| match r {
+                    Revealed::Seed(s) => RevealedShare::seed(owner, s),
+                    Revealed::Key(s) => RevealedShare::key(owner, s),
+                })
+                .collect(),
+        )
+    }
+}
