@@ -659,7 +659,7 @@ impl<P: Peer> Coordinator<'_, P> {
             .unmask(&seeds, &masks)
             .map_err(|e| abort(format!("unmasking the sum: {e}")))?;
         let next = fedavg::average(&sum).map_err(|e| abort(e.to_string()))?;
-        let mut dropped = dropped;
+
         dropped.sort_by_key(|d| d.participant);
         Ok((
             next,
