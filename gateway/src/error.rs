@@ -20,6 +20,10 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     BadRequest(String),
+    /// Well-formed but not acceptable (422).
+    Unprocessable(String),
+    /// Not in this state (409).
+    Conflict(String),
     /// A body the extractors refused (malformed, wrong type, too large), with its status.
     Body(StatusCode, String),
     Busy,
@@ -92,6 +96,8 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Body(status, m) => {
                 let code = match status {
@@ -134,6 +140,23 @@ impl IntoResponse for ApiError {
             },
         };
         (status, Json(json!({"error": code, "message": message}))).into_response()
+    }
+}
+
+/// The message an error's response carries.
+pub(crate) fn message(e: &ApiError) -> String {
+    match e {
+        ApiError::Auth(e) => e.to_string(),
+        ApiError::Runtime(e) => e.to_string(),
+        ApiError::Unauthorized(m)
+        | ApiError::Forbidden(m)
+        | ApiError::NotFound(m)
+        | ApiError::BadRequest(m)
+        | ApiError::Unprocessable(m)
+        | ApiError::Conflict(m)
+        | ApiError::Body(_, m)
+        | ApiError::Unavailable(m) => m.clone(),
+        ApiError::Busy => "the execution queue is full".into(),
     }
 }
 

@@ -54,6 +54,10 @@ enum Command {
     /// commitment, and (--reproduce) a local re-run; one line per check,
     /// exit 0 iff all hold.
     Verify(VerifyCli),
+    /// Federated learning: train one model across several providers with
+    /// secure aggregation.
+    #[command(subcommand)]
+    Fl(FlCmd),
     /// Print the personal_sign (EIP-191) signature of a text; with --exec,
     /// a signed exec form (agreement, workflow, fresh nonce, timestamp) for
     /// POST /api/v1/gateway/services/exec.
@@ -67,6 +71,28 @@ enum Command {
         /// Print the exec form body for this agreement and workflow instead.
         #[arg(long, num_args = 2, value_names = ["AGREEMENT", "WORKFLOW"], conflicts_with = "message")]
         exec: Option<Vec<String>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlCmd {
+    /// Coordinate a federated job: every round, each participant trains on
+    /// its data with the global model and returns only a masked update; the
+    /// sum is unmasked and averaged (FedAvg). One JSON line per round, a
+    /// final line with the model's path, digest and published result; exit
+    /// 0 iff the job completed, 1 when a round aborted (run again to
+    /// resume), 2 on a bad plan, key or directory.
+    Run {
+        /// The plan: rounds, min_participants, threshold, parameters,
+        /// round_timeout_secs, participants [{gateway, agreement, workflow}], publish.
+        #[arg(long, value_name = "PLAN.json")]
+        plan: PathBuf,
+        /// The consumer's key file (hex, or a keystore with INSITU_KEYSTORE_PASSWORD).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where the job's state and global model are kept (resumes from it).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -665,6 +691,11 @@ fn main() -> ExitCode {
                 println!("{check}");
             }
             report.ok()
+        }),
+        Command::Fl(FlCmd::Run { plan, key, out }) => commands::fl::run(&commands::fl::FlArgs {
+            plan: &plan,
+            key: &key,
+            out: &out,
         }),
         Command::Sign { key, message, exec } => match (exec, message) {
             (Some(e), _) => print_line(commands::consumer::exec_form(

@@ -159,6 +159,8 @@ pub struct Gateway {
     http: HttpLimits,
     /// [`ServeConfig::legacy_exec_signatures`].
     pub(crate) legacy_exec_signatures: bool,
+    /// Federated rounds this provider takes part in.
+    pub(crate) rounds: routes::federated::Rounds,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -423,6 +425,13 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
             "executions left unfinished by the previous run were marked failed"
         );
     }
+    let swept = routes::federated::sweep_updates(&dir.join("executions"));
+    if swept > 0 {
+        tracing::warn!(
+            updates = swept,
+            "deleted federated updates the previous run left unmasked"
+        );
+    }
     let key = match &config.provider_key {
         Some(k) => k.clone(),
         None => ProviderKey::load_or_create(&dir.join("provider.key"))?,
@@ -510,6 +519,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         stage_seconds: Histogram::default(),
         http: config.http,
         legacy_exec_signatures: config.legacy_exec_signatures,
+        rounds: Default::default(),
         _lock: lock,
     });
     if let Some(chain) = watcher {

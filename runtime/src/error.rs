@@ -143,11 +143,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    /// An I/O failure doing `action` on `path`; a full disk or quota becomes
+    /// [`Error::DiskFull`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::StorageFull
             || source.raw_os_error() == Some(libc::ENOSPC)
             || source.raw_os_error() == Some(libc::EDQUOT)

@@ -20,7 +20,7 @@ use crate::backend::{Backend, LocalWasm, StageCode, StageJob};
 use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, RegistrySource};
 use crate::outcome::{Outcome, Status};
 use crate::receipt::{self, ProviderKey};
-use crate::resolve::{Resolved, ResolvedInput, ResolvedStage};
+use crate::resolve::{FederatedRound, Resolved, ResolvedInput, ResolvedStage};
 use crate::sandbox::{Determinism, JobSpec, Limits, Sandbox, StopHandle};
 use crate::store::Store;
 use serde_json::{Value, json};
@@ -266,7 +266,7 @@ impl Pipeline {
                 return Ok(Status::Stopped);
             }
             self.store.set_status(id, Status::Running, None)?;
-            let inputs = stage
+            let mut inputs: Vec<PathBuf> = stage
                 .inputs
                 .iter()
                 .map(|i| match i {
@@ -274,6 +274,11 @@ impl Pipeline {
                     ResolvedInput::PreviousStage(n) => self.outputs(id, *n),
                 })
                 .collect();
+            let mut args = stage.arguments.clone();
+            if let Some(fl) = &resolved.federated {
+                inputs.push(fl.model.clone());
+                args.push(format!("--fl-round={}", fl.round));
+            }
             let job = StageJob {
                 execution: id.to_string(),
                 agreement: resolved.agreement.id.clone(),
@@ -286,7 +291,7 @@ impl Pipeline {
                     inputs,
                     output: outputs,
                     logs,
-                    args: stage.arguments.clone(),
+                    args,
                     env: Vec::new(),
                     limits: stage.server.cap(self.limits),
                     deterministic: resolved
@@ -343,6 +348,10 @@ impl Pipeline {
             .advance(id, Status::Publishing, None, fresh.take().as_ref())?;
         let last = resolved.stages.last().map_or(0, |s| s.index);
         let results = self.outputs(id, last);
+        let federated = match &resolved.federated {
+            Some(fl) => Some(self.set_aside_update(id, &results, fl)?),
+            None => None,
+        };
         let (files, skipped) = collect(&results)?;
         let main = json!({
             "type": "result",
@@ -383,6 +392,11 @@ impl Pipeline {
             "stages": records,
             "finished_at": now_ms(),
         });
+        let (mut main, mut body) = (main, body);
+        if let Some(fl) = federated {
+            main["provenance"]["federated"] = fl.clone();
+            body["federated"] = fl;
+        }
         let receipt = receipt::sign(&self.key, body)?;
         self.store.publish(id, &result, &main, &results, &receipt)?;
         // Intermediate outputs were workspaces: only the result (the last
@@ -394,6 +408,107 @@ impl Pipeline {
             }
         }
         Ok(Status::Succeeded)
+    }
+}
+
+impl Pipeline {
+    /// Publishes files the provider received rather than computed (a
+    /// federated job's final model) as the result of execution `id`
+    /// (`pending`, created under `agreement`): writes them to the
+    /// execution's output directory, registers the result asset owned by the
+    /// consumer with `provenance`, and signs a receipt (no stages, no
+    /// inputs; `federated` = `provenance`). Returns the result's DID.
+    ///
+    /// # Errors
+    /// [`Error::Io`] writing the files; store errors.
+    pub fn publish_received(
+        &self,
+        id: &str,
+        agreement: &crate::store::Agreement,
+        name: &str,
+        files: &[(&str, &[u8])],
+        provenance: Value,
+    ) -> Result<crate::workflow::Did, Error> {
+        for to in [Status::Configuring, Status::Running, Status::Publishing] {
+            self.store.advance(id, to, None, Some(&json!([])))?;
+        }
+        let results = self.outputs(id, 0);
+        create(&results)?;
+        for (file, bytes) in files {
+            let path = results.join(file);
+            std::fs::write(&path, bytes)
+                .and_then(|()| std::fs::File::open(&path)?.sync_all())
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
+        let (files, skipped) = collect(&results)?;
+        let result = self.store.new_result_did()?;
+        let main = json!({
+            "type": "result",
+            "name": name,
+            "owner": agreement.consumer,
+            "files": files,
+            "skipped": skipped,
+            "provenance": {
+                "execution": id,
+                "agreement": agreement.id,
+                "workflow": agreement.workflow,
+                "inputs": [],
+                "stages": [],
+                "federated": provenance,
+            },
+        });
+        let body = json!({
+            "version": receipt::VERSION,
+            "schema": receipt::SCHEMA_ID,
+            "deterministic": false,
+            "execution": id,
+            "agreement": agreement.id,
+            "workflow": agreement.workflow,
+            "consumer": agreement.consumer,
+            "provider": self.key.address(),
+            "result": result,
+            "inputs": [],
+            "outputs": main["files"],
+            "stages": [],
+            "federated": provenance,
+            "finished_at": now_ms(),
+        });
+        let receipt = receipt::sign(&self.key, body)?;
+        self.store.publish(id, &result, &main, &results, &receipt)?;
+        Ok(result)
+    }
+
+    /// The directory a federated round's update is kept in until it is masked.
+    pub fn update_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id).join(FederatedRound::UPDATE_DIR)
+    }
+
+    /// Moves a round's update out of its output directory (which is then
+    /// emptied: a round publishes nothing) into [`Pipeline::update_dir`];
+    /// returns what the receipt records of the round.
+    fn set_aside_update(
+        &self,
+        id: &str,
+        outputs: &Path,
+        fl: &FederatedRound,
+    ) -> Result<Value, Error> {
+        let aside = self.update_dir(id);
+        create(&aside)?;
+        for name in FederatedRound::UPDATE_FILES {
+            let from = outputs.join(name);
+            match std::fs::rename(&from, aside.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("move the update", &from, e)),
+            }
+        }
+        std::fs::remove_dir_all(outputs)
+            .and_then(|()| std::fs::create_dir(outputs))
+            .map_err(|e| Error::io("empty", outputs, e))?;
+        Ok(
+            json!({"job": fl.job, "round": fl.round, "participant": fl.participant,
+                  "model": fl.model_digest}),
+        )
     }
 }
 

@@ -42,6 +42,49 @@ pub struct Resolved {
     /// Every stage runs in deterministic mode: the workflow or one of its
     /// datasets asks for it.
     pub deterministic: bool,
+    /// Set when the execution is a participant's round of a federated job.
+    pub federated: Option<FederatedRound>,
+}
+
+/// A federated round (see `insitu_guest::fl`): the workflow's one stage runs
+/// with the global model as one more read-only input after the datasets and
+/// `--fl-round=N` after its arguments; its update is kept aside (in
+/// [`FederatedRound::UPDATE_DIR`] of the execution's directory) for masking
+/// and nothing of its output is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedRound {
+    /// The coordinator's job id.
+    pub job: String,
+    pub round: u64,
+    /// The participant's id in the round.
+    pub participant: u32,
+    /// The directory holding the global model (`model.f64`, absent in round 0).
+    pub model: PathBuf,
+    /// `sha256:` of the model's bytes (of nothing in round 0).
+    pub model_digest: String,
+}
+
+impl FederatedRound {
+    /// Where the update is kept, under the execution's directory, until it
+    /// is masked; never served.
+    pub const UPDATE_DIR: &'static str = "fl-update";
+    /// The files of the update (the guest SDK's `update.f64`, `update.json`).
+    pub const UPDATE_FILES: [&'static str; 2] = ["update.f64", "update.json"];
+
+    /// Checks that `resolved` can run as a round: one stage.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJob`] for a workflow of several stages.
+    pub fn check(resolved: &Resolved) -> Result<(), Error> {
+        if resolved.stages.len() != 1 {
+            return Err(Error::InvalidJob(format!(
+                "a federated round runs a training workflow of one stage; workflow {} has {}",
+                resolved.agreement.workflow,
+                resolved.stages.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Resolves `agreement`'s workflow at time `now` (unix seconds).
@@ -127,6 +170,7 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
         deterministic: workflow.deterministic || datasets.iter().any(|d| d.deterministic),
         workflow,
         stages,
+        federated: None,
     })
 }
 

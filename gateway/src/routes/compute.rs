@@ -63,11 +63,24 @@ pub(crate) async fn execute(
 /// Queues an execution of `workflow_did` under `agreement_id` for `consumer`
 /// (lowercase address) once the agreement and the datasets' compute services
 /// allow it; returns its id.
-async fn start_execution(
+pub(crate) async fn start_execution(
     g: &Gateway,
     consumer: &str,
     agreement_id: &str,
     workflow_did: &str,
+) -> ApiResult<String> {
+    start_with(g, consumer, agreement_id, workflow_did, |_, _| Ok(())).await
+}
+
+/// [`start_execution`], with `prepare` given the new execution's id and its
+/// resolved form to adjust (a federated round) before it is queued; an error
+/// of `prepare` fails the execution with that reason.
+pub(crate) async fn start_with(
+    g: &Gateway,
+    consumer: &str,
+    agreement_id: &str,
+    workflow_did: &str,
+    prepare: impl FnOnce(&str, &mut insitu_runtime::resolve::Resolved) -> ApiResult<()>,
 ) -> ApiResult<String> {
     if g.closing.load(Ordering::SeqCst) {
         return Err(ApiError::Unavailable(
@@ -79,9 +92,20 @@ async fn start_execution(
         .permissions
         .check_execute(agreement_id, consumer, workflow_did, now())
         .await?;
-    let resolved = resolve(&g.store, &agreement, now())?;
+    let mut resolved = resolve(&g.store, &agreement, now())?;
     let permit = g.queue.try_reserve().map_err(|_| ApiError::Busy)?;
     let id = g.store.create_execution(&agreement)?;
+    if let Err(e) = prepare(&id, &mut resolved) {
+        let _ = g.store.set_status(
+            &id,
+            Status::Failed,
+            Some(&format!(
+                "could not be prepared: {}",
+                crate::error::message(&e)
+            )),
+        );
+        return Err(e);
+    }
     let stop = StopHandle::default();
     g.stops
         .lock()

@@ -1,9 +1,12 @@
 //! The HTTP routes, one module per API area: [`compute`] (execute, status,
 //! logs, stop, list, results), [`oauth`] (grants for access tokens),
-//! [`metadata`] (DDOs) and [`ops`] (health, metrics, the OpenAPI document).
+//! [`metadata`] (DDOs), [`federated`] (a participant's steps in federated
+//! rounds, the final model's publication) and [`ops`] (health, metrics, the
+//! OpenAPI document).
 //! Shared here: the router and how a request proves who it is.
 
 pub(crate) mod compute;
+pub(crate) mod federated;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
 pub(crate) mod ops;
@@ -15,6 +18,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{delete, get, post};
 use std::sync::Arc;
+
+/// The largest model body a federated route takes: the largest plan's
+/// model in little-endian doubles.
+const MODEL_LIMIT: usize = 8 * insitu_federated::coordinator::MAX_PARAMETERS;
 
 /// Every route of the API (DESIGN §4) over `gateway`.
 pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
@@ -54,6 +61,26 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
             get(compute::download),
         )
         .route("/api/v1/metadata/assets/ddo/{did}", get(metadata::ddo))
+        .route(
+            "/api/v1/node/services/fl/{job}/{round}/start",
+            post(federated::start).layer(DefaultBodyLimit::max(MODEL_LIMIT)),
+        )
+        .route(
+            "/api/v1/node/services/fl/{job}/{round}/share",
+            post(federated::share),
+        )
+        .route(
+            "/api/v1/node/services/fl/{job}/{round}/masked",
+            post(federated::masked),
+        )
+        .route(
+            "/api/v1/node/services/fl/{job}/{round}/unmask",
+            post(federated::unmask),
+        )
+        .route(
+            "/api/v1/node/services/fl/{job}/publish",
+            post(federated::publish).layer(DefaultBodyLimit::max(MODEL_LIMIT / 3 * 4 + (16 << 20))),
+        )
         .layer(DefaultBodyLimit::max(64 << 10))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

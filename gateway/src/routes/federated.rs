@@ -1,0 +1,457 @@
+//! The participant's side of federated learning (`insitu_federated`): a
+//! coordinator drives each round here in four steps, all with the
+//! consumer's execute token for its agreement with this provider —
+//!
+//! - `POST /api/v1/node/services/fl/{job}/{round}/start?participant=&threshold=&parameters=&attempt=`
+//!   with the global model as the body (little-endian doubles, empty in
+//!   round 0): queues the training workflow (one stage) with the model as
+//!   its last, read-only input and `--fl-round=N`, and answers the round's
+//!   fresh public keys;
+//! - `POST …/share` with the roster: Shamir shares of the round's secrets,
+//!   sealed per holder;
+//! - `POST …/masked` with the shares sealed for this participant: once the
+//!   training finished, the update masked over those who shared
+//!   (`application/octet-stream`, 8 bytes per value); `202` while it still
+//!   trains. The unmasked update is deleted as soon as it is masked (or
+//!   refused), and never published or served;
+//! - `POST …/unmask` with who survived: the shares that remove the masks of
+//!   the sum; the round's secrets are then forgotten.
+//!
+//! and `POST /api/v1/node/services/fl/{job}/publish` registers the job's
+//! final model as a result asset owned by the consumer, with a receipt
+//! signed by this provider. Round secrets live in memory only (a restarted
+//! provider has dropped out of its rounds) and expire after an hour.
+
+use super::bearer;
+use super::compute::start_with;
+use crate::auth::{AUD_EXECUTE, Grant};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
+use crate::server::{Gateway, now};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use insitu_federated::coordinator::MAX_PARAMETERS;
+use insitu_federated::participant::{RoundSecrets, StepError};
+use insitu_federated::wire::{
+    self, MaskRequest, SealedMsg, ShareRequest, ShareResponse, Started, UnmaskRequest,
+    UnmaskResponse,
+};
+use insitu_runtime::Status;
+use insitu_runtime::resolve::{FederatedRound, Resolved};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a round's secrets are kept without the coordinator finishing it.
+const ROUND_TTL: Duration = Duration::from_secs(3600);
+/// How long `masked` waits for the training before answering 202.
+const MASK_WAIT: Duration = Duration::from_secs(15);
+
+/// (agreement, job, round).
+type RoundKey = (String, String, u64);
+
+/// One round this provider takes part in.
+struct Round {
+    consumer: String,
+    execution: String,
+    secrets: Option<RoundSecrets>,
+    created: Instant,
+}
+
+/// The rounds in progress, in memory.
+#[derive(Default)]
+pub(crate) struct Rounds(Mutex<HashMap<RoundKey, Round>>);
+
+impl Rounds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoundKey, Round>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes updates a crash left behind (`executions/*/fl-update`): their
+/// rounds' secrets died with the process, so they can never be masked.
+pub(crate) fn sweep_updates(root: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    dirs.flatten()
+        .map(|d| d.path().join(FederatedRound::UPDATE_DIR))
+        .filter(|p| p.is_dir() && std::fs::remove_dir_all(p).is_ok())
+        .count()
+}
+
+fn valid_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The grant of an execute token, for the round `job`/`round`.
+fn grant(g: &Gateway, headers: &HeaderMap, job: &str) -> ApiResult<Grant> {
+    let grant = g.tokens.check(bearer(headers)?, AUD_EXECUTE, now())?;
+    if !valid_id(job, 64) {
+        return Err(ApiError::BadRequest(format!(
+            "job `{job}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"
+        )));
+    }
+    Ok(grant)
+}
+
+fn step(e: StepError) -> ApiError {
+    match e {
+        StepError::Order(_) => ApiError::Conflict(e.to_string()),
+        _ => ApiError::Unprocessable(e.to_string()),
+    }
+}
+
+/// Runs `f` on the round's entry, if the token's holder owns it.
+fn with_round<T>(
+    g: &Gateway,
+    grant: &Grant,
+    job: &str,
+    round: u64,
+    f: impl FnOnce(&mut Round) -> ApiResult<T>,
+) -> ApiResult<T> {
+    let mut rounds = g.rounds.lock();
+    let key = (grant.agreement.clone(), job.to_string(), round);
+    let entry = rounds.get_mut(&key).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no round {round} of job {job} under agreement {} here (not started, already finished, or this provider restarted)",
+            grant.agreement
+        ))
+    })?;
+    if entry.consumer != grant.consumer {
+        return Err(ApiError::Forbidden(
+            "this round belongs to another consumer".into(),
+        ));
+    }
+    f(entry)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StartQuery {
+    participant: u32,
+    threshold: usize,
+    parameters: usize,
+    attempt: String,
+}
+
+pub(crate) async fn start(
+    State(g): State<Arc<Gateway>>,
+    ApiPath((job, round)): ApiPath<(String, u64)>,
+    ApiQuery(q): ApiQuery<StartQuery>,
+    headers: HeaderMap,
+    model: Bytes,
+) -> ApiResult<Json<Started>> {
+    let grant = grant(&g, &headers, &job)?;
+    let workflow = grant.did.clone().ok_or_else(|| {
+        ApiError::Forbidden("the token was granted without a workflow DID".into())
+    })?;
+    if !valid_id(&q.attempt, 64) {
+        return Err(ApiError::BadRequest(format!(
+            "attempt `{}` must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -",
+            q.attempt
+        )));
+    }
+    if q.participant == 0 || q.parameters == 0 || q.parameters > MAX_PARAMETERS {
+        return Err(ApiError::BadRequest(format!(
+            "participant must be at least 1 and parameters between 1 and {MAX_PARAMETERS}"
+        )));
+    }
+    if !model.is_empty() && model.len() != 8 * q.parameters {
+        return Err(ApiError::BadRequest(format!(
+            "the model is {} bytes; {} parameters take {} (8 bytes each), or none in round 0",
+            model.len(),
+            q.parameters,
+            8 * q.parameters
+        )));
+    }
+    let tag = format!("{job}/{round}/{}", q.attempt);
+    let (secrets, keys) =
+        RoundSecrets::new(q.participant, tag.as_bytes(), q.threshold, q.parameters)
+            .map_err(step)?;
+    let fl = FederatedRound {
+        job: job.clone(),
+        round,
+        participant: q.participant,
+        model: Default::default(),
+        model_digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(&model))),
+    };
+    let root = g.pipeline.root.clone();
+    let execution = start_with(
+        &g,
+        &grant.consumer,
+        &grant.agreement,
+        &workflow,
+        |id, resolved: &mut Resolved| {
+            let mut fl = fl;
+            let run = || -> std::io::Result<std::path::PathBuf> {
+                let dir = root.join(id).join("fl-model");
+                std::fs::create_dir_all(&dir)?;
+                if !model.is_empty() {
+                    std::fs::write(dir.join("model.f64"), &model)?;
+                }
+                Ok(dir)
+            };
+            fl.model = run().map_err(|e| {
+                ApiError::Runtime(insitu_runtime::Error::io(
+                    "write the global model",
+                    &root,
+                    e,
+                ))
+            })?;
+            resolved.federated = Some(fl);
+            FederatedRound::check(resolved).map_err(|e| ApiError::Unprocessable(e.to_string()))
+        },
+    )
+    .await?;
+    let mut rounds = g.rounds.lock();
+    rounds.retain(|_, r| r.created.elapsed() < ROUND_TTL);
+    // A new attempt of the same round replaces the old one's secrets.
+    rounds.insert(
+        (grant.agreement.clone(), job.clone(), round),
+        Round {
+            consumer: grant.consumer.clone(),
+            execution: execution.clone(),
+            secrets: Some(secrets),
+            created: Instant::now(),
+        },
+    );
+    tracing::info!(
+        job,
+        round,
+        participant = q.participant,
+        execution,
+        "federated round started"
+    );
+    Ok(Json(Started {
+        execution,
+        participant: q.participant,
+        keys,
+    }))
+}
+
+pub(crate) async fn share(
+    State(g): State<Arc<Gateway>>,
+    ApiPath((job, round)): ApiPath<(String, u64)>,
+    headers: HeaderMap,
+    body: Result<Json<ShareRequest>, JsonRejection>,
+) -> ApiResult<Json<ShareResponse>> {
+    let grant = grant(&g, &headers, &job)?;
+    let Json(body) = body?;
+    with_round(&g, &grant, &job, round, |r| {
+        let secrets = r
+            .secrets
+            .as_mut()
+            .ok_or_else(|| ApiError::Conflict("this round's secrets are gone".into()))?;
+        let sealed = secrets.share(body.roster).map_err(step)?;
+        Ok(Json(ShareResponse {
+            sealed: sealed.iter().map(SealedMsg::from).collect(),
+        }))
+    })
+}
+
+/// The update the round's execution set aside: (parameters, weight).
+fn read_update(dir: &Path) -> Result<(Vec<f64>, u64), String> {
+    let [values, meta] = FederatedRound::UPDATE_FILES;
+    let bytes = std::fs::read(dir.join(values)).map_err(|e| {
+        format!("the training wrote no {values} (insitu_guest::fl::write_update): {e}")
+    })?;
+    let params = wire::model_from_bytes(&bytes).ok_or_else(|| {
+        format!(
+            "{values} is {} bytes, not a whole number of 8-byte doubles",
+            bytes.len()
+        )
+    })?;
+    let meta: Value = std::fs::read(dir.join(meta))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("{meta} is missing or not JSON"))?;
+    let weight = meta["weight"]
+        .as_u64()
+        .ok_or_else(|| "update.json has no whole-number weight".to_string())?;
+    Ok((params, weight))
+}
+
+pub(crate) async fn masked(
+    State(g): State<Arc<Gateway>>,
+    ApiPath((job, round)): ApiPath<(String, u64)>,
+    headers: HeaderMap,
+    body: Result<Json<MaskRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let grant = grant(&g, &headers, &job)?;
+    let Json(body) = body?;
+    let sealed = body
+        .sealed
+        .iter()
+        .map(SealedMsg::sealed)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::BadRequest)?;
+    let execution = with_round(&g, &grant, &job, round, |r| Ok(r.execution.clone()))?;
+    let waited = Instant::now();
+    let e = loop {
+        let e = g.store.execution(&execution)?;
+        if e.status.is_terminal() || waited.elapsed() > MASK_WAIT {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if !e.status.is_terminal() {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"status": e.status.as_str(), "execution": execution})),
+        )
+            .into_response());
+    }
+    let dir = g.pipeline.update_dir(&execution);
+    let update = if e.status == Status::Succeeded {
+        read_update(&dir)
+    } else {
+        Err(format!(
+            "the round's training execution {execution} {}: {}",
+            e.status.as_str(),
+            e.reason.unwrap_or_default()
+        ))
+    };
+    let masked = with_round(&g, &grant, &job, round, |r| {
+        let (params, weight) = update.map_err(ApiError::Unprocessable)?;
+        let secrets = r
+            .secrets
+            .as_mut()
+            .ok_or_else(|| ApiError::Conflict("this round's secrets are gone".into()))?;
+        secrets.mask(&sealed, &params, weight).map_err(step)
+    });
+    // Masked or refused, the unmasked update goes now.
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::error!(path = %dir.display(), error = %e, "cannot delete a federated update");
+    }
+    let masked = masked?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        wire::to_bytes(&masked),
+    )
+        .into_response())
+}
+
+pub(crate) async fn unmask(
+    State(g): State<Arc<Gateway>>,
+    ApiPath((job, round)): ApiPath<(String, u64)>,
+    headers: HeaderMap,
+    body: Result<Json<UnmaskRequest>, JsonRejection>,
+) -> ApiResult<Json<UnmaskResponse>> {
+    let grant = grant(&g, &headers, &job)?;
+    let Json(body) = body?;
+    let (secrets, execution) = with_round(&g, &grant, &job, round, |r| {
+        let secrets = r.secrets.take().ok_or_else(|| {
+            ApiError::Conflict("this round's shares were revealed already".into())
+        })?;
+        Ok((secrets, r.execution.clone()))
+    })?;
+    g.rounds
+        .lock()
+        .remove(&(grant.agreement.clone(), job.clone(), round));
+    let shares = secrets
+        .reveal(&body.survivors, &body.dropped)
+        .map_err(step)?;
+    let receipt = g
+        .store
+        .execution(&execution)
+        .ok()
+        .and_then(|e| e.receipt)
+        .and_then(|r| r["hash"].as_str().map(str::to_string));
+    Ok(Json(UnmaskResponse {
+        shares,
+        execution,
+        receipt,
+    }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PublishBody {
+    /// The final model, base64 of its little-endian doubles.
+    model: String,
+    /// The plan's digest and the rounds (`insitu_federated::coordinator::JobState`).
+    plan: String,
+    rounds: Vec<Value>,
+}
+
+pub(crate) async fn publish(
+    State(g): State<Arc<Gateway>>,
+    ApiPath(job): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    use base64::Engine;
+    let grant = grant(&g, &headers, &job)?;
+    let Json(body) = body?;
+    let workflow = grant.did.clone().ok_or_else(|| {
+        ApiError::Forbidden("the token was granted without a workflow DID".into())
+    })?;
+    let model = base64::engine::general_purpose::STANDARD
+        .decode(&body.model)
+        .map_err(|e| ApiError::BadRequest(format!("model is not base64: {e}")))?;
+    if model.is_empty() || !model.len().is_multiple_of(8) {
+        return Err(ApiError::BadRequest(format!(
+            "the model is {} bytes, not a whole number of 8-byte doubles",
+            model.len()
+        )));
+    }
+    // Executions of this provider the provenance names must be this
+    // consumer's rounds of this job.
+    for r in &body.rounds {
+        for e in r["executions"].as_array().into_iter().flatten() {
+            let Some(id) = e["execution"].as_str() else {
+                continue;
+            };
+            if let Ok(x) = g.store.execution(id)
+                && (x.consumer != grant.consumer
+                    || x.receipt
+                        .as_ref()
+                        .and_then(|r| r["body"]["federated"]["job"].as_str())
+                        != Some(job.as_str()))
+            {
+                return Err(ApiError::Unprocessable(format!(
+                    "execution {id} of this provider is not a round of job {job} by this consumer"
+                )));
+            }
+        }
+    }
+    let agreement = g
+        .permissions
+        .check_execute(&grant.agreement, &grant.consumer, &workflow, now())
+        .await?;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&model)));
+    let provenance = json!({
+        "job": job, "plan": body.plan, "rounds": body.rounds, "model": digest,
+    });
+    let id = g.store.create_execution(&agreement)?;
+    let published = g
+        .pipeline
+        .publish_received(
+            &id,
+            &agreement,
+            &format!("federated model of {job}"),
+            &[("model.f64", &model)],
+            provenance,
+        )
+        .inspect_err(|e| {
+            let _ = g
+                .store
+                .set_status(&id, Status::Failed, Some(&e.to_string()));
+        })?;
+    tracing::info!(job, execution = id, did = %published, "federated model published");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"workflowId": id, "did": published, "model": digest})),
+    ))
+}
