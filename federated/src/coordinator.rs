@@ -793,7 +793,7 @@ mod tests {
             _: &RoundCall,
             body: &UnmaskRequest,
         ) -> Result<wire::UnmaskResponse, String> {
-            let s = self.secrets.lock().unwrap().take().ok_or("no round")?;
+            let mut s = self.secrets.lock().unwrap().take().ok_or("no round")?;
             Ok(wire::UnmaskResponse {
                 shares: s
                     .reveal(&body.survivors, &body.dropped)

@@ -29,6 +29,7 @@ enum Step {
     Advertised,
     Shared,
     Masked,
+    Revealed,
 }
 
 /// One participant's secrets and progress in one round.
@@ -215,13 +216,16 @@ impl RoundSecrets {
     }
 
     /// What this participant reveals for the survivors (U3) and the dropped
-    /// (U2 \ U3); consumes the secrets.
+    /// (U2 \ U3). Once: the shares held are forgotten after, so no second
+    /// call can reveal the other secret of anyone. A refused call reveals
+    /// nothing and forgets nothing.
     ///
     /// # Errors
-    /// [`StepError::Order`] before masking; [`StepError::Roster`] when the
-    /// two sets are not a partition of U2; [`Error::BelowThreshold`].
+    /// [`StepError::Order`] before masking or after revealing;
+    /// [`StepError::Roster`] when the two sets are not a partition of U2;
+    /// [`Error::BelowThreshold`].
     pub fn reveal(
-        self,
+        &mut self,
         survivors: &BTreeSet<u32>,
         dropped: &BTreeSet<u32>,
     ) -> Result<Vec<RevealedShare>, StepError> {
@@ -236,14 +240,106 @@ impl RoundSecrets {
                 self.masked_over
             )));
         }
-        Ok(
-            secagg::reveal(&self.held, survivors, dropped, self.threshold)?
-                .into_iter()
-                .map(|(owner, r)| match r {
-                    Revealed::Seed(s) => RevealedShare::seed(owner, s),
-                    Revealed::Key(s) => RevealedShare::key(owner, s),
-                })
-                .collect(),
-        )
+        let shares = secagg::reveal(&self.held, survivors, dropped, self.threshold)?
+            .into_iter()
+            .map(|(owner, r)| match r {
+                Revealed::Seed(s) => RevealedShare::seed(owner, s),
+                Revealed::Key(s) => RevealedShare::key(owner, s),
+            })
+            .collect();
+        self.held.clear();
+        self.step = Step::Revealed;
+        Ok(shares)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three participants through share and mask; returns them.
+    fn masked_round() -> Vec<RoundSecrets> {
+        let mut parts = Vec::new();
+        let mut roster = BTreeMap::new();
+        for id in 1..=3 {
+            let (s, keys) = RoundSecrets::new(id, b"job/0/a", 2, 2).unwrap();
+            roster.insert(id, keys);
+            parts.push(s);
+        }
+        let mut inbox: BTreeMap<u32, Vec<Sealed>> = BTreeMap::new();
+        for p in &mut parts {
+            for s in p.share(roster.clone()).unwrap() {
+                inbox.entry(s.holder).or_default().push(s);
+            }
+        }
+        for p in &mut parts {
+            let id = p.id();
+            p.mask(&inbox[&id], &[1.0, 2.0], 3).unwrap();
+        }
+        parts
+    }
+
+    #[test]
+    fn steps_happen_once_and_in_order() {
+        let (mut s, keys) = RoundSecrets::new(1, b"t", 2, 2).unwrap();
+        assert_eq!(
+            s.mask(&[], &[0.0, 0.0], 1).unwrap_err().to_string(),
+            "step out of order: an update is masked once, after sharing"
+        );
+        let e = s
+            .share(BTreeMap::from([(2, keys)]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "the roster leaves out this participant (1)");
+        let other = RoundSecrets::new(1, b"t", 2, 2).unwrap().1;
+        let e = s
+            .share(BTreeMap::from([(1, other), (2, keys)]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "the roster lists other keys for this participant (1)");
+    }
+
+    #[test]
+    fn updates_of_the_wrong_shape_are_refused() {
+        let (mut s, keys) = RoundSecrets::new(1, b"t", 2, 2).unwrap();
+        let (_, k2) = RoundSecrets::new(2, b"t", 2, 2).unwrap();
+        s.share(BTreeMap::from([(1, keys), (2, k2)])).unwrap();
+        let e = s.mask(&[], &[1.0, 2.0, 3.0], 5).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the update has 3 parameters; the plan's model has 2 (the training stage wrote a model of another shape)"
+        );
+        let e = s.mask(&[], &[1.0, f64::NAN], 5).unwrap_err().to_string();
+        assert_eq!(e, "the update is not finite: parameter 1 is NaN");
+        assert_eq!(
+            s.mask(&[], &[1.0, 2.0], 0).unwrap_err(),
+            StepError::NoWeight
+        );
+    }
+
+    #[test]
+    fn shares_are_revealed_once_and_a_refused_call_reveals_nothing() {
+        let mut parts = masked_round();
+        let p = &mut parts[0];
+        let (survivors, dropped) = (BTreeSet::from([1, 2]), BTreeSet::from([3]));
+        // Not a partition of those who shared: refused, nothing lost.
+        let e = p
+            .reveal(&BTreeSet::from([1, 2]), &BTreeSet::new())
+            .unwrap_err();
+        assert!(matches!(e, StepError::Roster(_)), "{e}");
+        let shares = p.reveal(&survivors, &dropped).unwrap();
+        let kinds: Vec<(u32, crate::wire::Secret)> =
+            shares.iter().map(|s| (s.owner, s.secret)).collect();
+        use crate::wire::Secret::{Key, Seed};
+        assert_eq!(kinds, vec![(1, Seed), (2, Seed), (3, Key)]);
+        // A second call, with the sets swapped, would reveal 3's seed: refused.
+        let e = p
+            .reveal(&BTreeSet::from([1, 3]), &BTreeSet::from([2]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "step out of order: shares are revealed once, after masking"
+        );
     }
 }

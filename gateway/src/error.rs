@@ -143,6 +143,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `body` as a `T`, where numbers with no fractional part (`192.0`, which
+/// JSON Schema calls integers) count as integers.
+///
+/// # Errors
+/// The body's rejection (400, 413, 415), or 422 when it is not a `T`.
+pub(crate) fn integral_json<T: serde::de::DeserializeOwned>(
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    fn integral(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => {
+                    Value::from(f as u64)
+                }
+                _ => Value::Number(n),
+            },
+            Value::Array(a) => Value::Array(a.into_iter().map(integral).collect()),
+            Value::Object(o) => {
+                Value::Object(o.into_iter().map(|(k, v)| (k, integral(v))).collect())
+            }
+            v => v,
+        }
+    }
+    let Json(v) = body?;
+    serde_json::from_value(integral(v)).map_err(|e| {
+        ApiError::Body(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        )
+    })
+}
+
 /// The message an error's response carries.
 pub(crate) fn message(e: &ApiError) -> String {
     match e {

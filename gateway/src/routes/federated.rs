@@ -25,7 +25,7 @@
 use super::bearer;
 use super::compute::start_with;
 use crate::auth::{AUD_EXECUTE, Grant};
-use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult, integral_json};
 use crate::server::{Gateway, now};
 use axum::Json;
 use axum::body::Bytes;
@@ -167,7 +167,7 @@ pub(crate) async fn start(
         )));
     }
     if !model.is_empty() && model.len() != 8 * q.parameters {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Unprocessable(format!(
             "the model is {} bytes; {} parameters take {} (8 bytes each), or none in round 0",
             model.len(),
             q.parameters,
@@ -243,10 +243,10 @@ pub(crate) async fn share(
     State(g): State<Arc<Gateway>>,
     ApiPath((job, round)): ApiPath<(String, u64)>,
     headers: HeaderMap,
-    body: Result<Json<ShareRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<ShareResponse>> {
     let grant = grant(&g, &headers, &job)?;
-    let Json(body) = body?;
+    let body: ShareRequest = integral_json(body)?;
     with_round(&g, &grant, &job, round, |r| {
         let secrets = r
             .secrets
@@ -285,10 +285,10 @@ pub(crate) async fn masked(
     State(g): State<Arc<Gateway>>,
     ApiPath((job, round)): ApiPath<(String, u64)>,
     headers: HeaderMap,
-    body: Result<Json<MaskRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Response> {
     let grant = grant(&g, &headers, &job)?;
-    let Json(body) = body?;
+    let body: MaskRequest = integral_json(body)?;
     let sealed = body
         .sealed
         .iter()
@@ -347,22 +347,24 @@ pub(crate) async fn unmask(
     State(g): State<Arc<Gateway>>,
     ApiPath((job, round)): ApiPath<(String, u64)>,
     headers: HeaderMap,
-    body: Result<Json<UnmaskRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<UnmaskResponse>> {
     let grant = grant(&g, &headers, &job)?;
-    let Json(body) = body?;
-    let (secrets, execution) = with_round(&g, &grant, &job, round, |r| {
-        let secrets = r.secrets.take().ok_or_else(|| {
-            ApiError::Conflict("this round's shares were revealed already".into())
-        })?;
-        Ok((secrets, r.execution.clone()))
+    let body: UnmaskRequest = integral_json(body)?;
+    let (shares, execution) = with_round(&g, &grant, &job, round, |r| {
+        let secrets = r
+            .secrets
+            .as_mut()
+            .ok_or_else(|| ApiError::Conflict("this round's secrets are gone".into()))?;
+        let shares = secrets
+            .reveal(&body.survivors, &body.dropped)
+            .map_err(step)?;
+        Ok((shares, r.execution.clone()))
     })?;
+    // Revealed once: the round is over here.
     g.rounds
         .lock()
         .remove(&(grant.agreement.clone(), job.clone(), round));
-    let shares = secrets
-        .reveal(&body.survivors, &body.dropped)
-        .map_err(step)?;
     let receipt = g
         .store
         .execution(&execution)
@@ -389,19 +391,19 @@ pub(crate) async fn publish(
     State(g): State<Arc<Gateway>>,
     ApiPath(job): ApiPath<String>,
     headers: HeaderMap,
-    body: Result<Json<PublishBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     use base64::Engine;
     let grant = grant(&g, &headers, &job)?;
-    let Json(body) = body?;
+    let body: PublishBody = integral_json(body)?;
     let workflow = grant.did.clone().ok_or_else(|| {
         ApiError::Forbidden("the token was granted without a workflow DID".into())
     })?;
     let model = base64::engine::general_purpose::STANDARD
         .decode(&body.model)
-        .map_err(|e| ApiError::BadRequest(format!("model is not base64: {e}")))?;
+        .map_err(|e| ApiError::Unprocessable(format!("model is not base64: {e}")))?;
     if model.is_empty() || !model.len().is_multiple_of(8) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Unprocessable(format!(
             "the model is {} bytes, not a whole number of 8-byte doubles",
             model.len()
         )));
