@@ -12,6 +12,7 @@
 //! -p csv-stats -p linreg-train`).
 
 mod chain;
+mod fl;
 mod http;
 mod load;
 mod scale;
@@ -70,6 +71,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "secagg" {
         secagg::secagg()?;
+    }
+    if what == "fl" {
+        fl::fl()?;
     }
     Ok(())
 }

@@ -750,6 +750,74 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(stderr(&out).contains("gateway stopped"), "{}", stderr(&out));
 }
 
+/// The README's federated walkthrough, run as written: three `insitu serve`
+/// providers on free ports, `insitu fl run`, the published model downloaded
+/// (the user's `cargo build … -p linreg-train` step is replaced by the module
+/// the build script made).
+#[test]
+fn the_readme_federated_walkthrough_runs_as_written() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("<!-- federated walkthrough -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("README has the federated walkthrough block");
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(
+        release.join("linreg-train.wasm"),
+        insitu_examples::LINREG_TRAIN.wasm,
+    )
+    .unwrap();
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port().to_string())
+        .collect();
+    drop(listeners);
+    let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
+        ))
+        .current_dir(e.tmp.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("INSITU_FL_PORTS", ports.join(" "))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    for round in 0..10 {
+        let line: Value = serde_json::from_str(lines[round]).unwrap();
+        assert_eq!(line["round"], round as u64, "{}", lines[round]);
+        assert_eq!(line["participants"], serde_json::json!([0, 1, 2]));
+    }
+    let last: Value = serde_json::from_str(lines[10]).unwrap();
+    let digest = last["digest"].as_str().unwrap().to_string();
+    let results: Value = serde_json::from_str(lines[11]).unwrap();
+    assert_eq!(results["receipt"]["body"]["federated"]["model"], digest);
+    assert!(
+        results["receipt"]["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with("0x")
+    );
+    // sha256sum of the downloaded model is the coordinator's digest.
+    assert!(
+        lines[12].starts_with(digest.trim_start_matches("sha256:")),
+        "{}",
+        lines[12]
+    );
+}
+
 /// The README's chain-mode walkthrough, run as written against anvil
 /// restored from the `testchain/` fixture (built by `scripts/setup`).
 #[test]

@@ -36,6 +36,10 @@ fn main() -> ExitCode {
                 hoard.push(vec![1u8; 8 << 20]);
             }
         }
+        // Not an attack: a federated participant whose update has as many
+        // values as asked (the global model + 1, or 0.5s in round 0), for
+        // tests and benchmarks of federated rounds of any model size.
+        "fl-update" => return fl_update(&args, extra.get(1).and_then(|n| n.parse().ok())),
         "recursion" => {
             println!("{}", recurse(std::hint::black_box(1)));
         }
@@ -291,6 +295,48 @@ fn symlink(target: &str, link: &str) -> std::io::Result<()> {
             Ok(())
         } else {
             Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// Writes `update.f64` and `update.json` (weight 10) of `len` values.
+fn fl_update(args: &[String], len: Option<usize>) -> ExitCode {
+    let Some(len) = len else {
+        eprintln!("fl-update needs the number of values");
+        return ExitCode::from(2);
+    };
+    let value = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(name).map(str::to_string))
+    };
+    let output = value("--output=").unwrap_or_default();
+    let inputs: Vec<String> = args
+        .iter()
+        .filter(|a| a.starts_with("--input"))
+        .filter_map(|a| a.split_once('=').map(|(_, v)| v.to_string()))
+        .collect();
+    let model = inputs
+        .last()
+        .and_then(|m| fs::read(format!("{m}/model.f64")).ok())
+        .unwrap_or_default();
+    let mut update = Vec::with_capacity(8 * len);
+    for i in 0..len {
+        let x = model
+            .get(8 * i..8 * i + 8)
+            .map_or(0.5, |b| f64::from_le_bytes(b.try_into().unwrap()) + 1.0);
+        update.extend_from_slice(&x.to_le_bytes());
+    }
+    let written = fs::write(format!("{output}/update.f64"), &update).and_then(|()| {
+        fs::write(
+            format!("{output}/update.json"),
+            format!("{{\"weight\": 10, \"len\": {len}}}"),
+        )
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fl-update: {e}");
+            ExitCode::from(1)
         }
     }
 }
