@@ -20,9 +20,11 @@
 //!
 //! Progress is durable: after each completed round the job's state (its id,
 //! the plan's digest, rounds done, every round's model digest and the
-//! participants' executions) and the global model are written to the output
-//! directory (write, fsync, rename), so a coordinator restarted with the same
-//! plan and directory resumes after the last completed round.
+//! participants' executions) and the round's model (by digest, under
+//! `models/`) are written to the output directory (write, fsync, rename; the
+//! model first, so the state never names a model that is not on disk), and a
+//! coordinator restarted with the same plan and directory resumes after the
+//! last completed round. The final model is `model.f64`.
 
 use crate::fedavg;
 use crate::secagg::{self, Advertised};
@@ -38,7 +40,9 @@ use std::time::{Duration, Instant};
 
 /// The state file in the output directory.
 pub const STATE_FILE: &str = "state.json";
-/// The global model in the output directory (little-endian doubles).
+/// The job's final model in the output directory (little-endian doubles);
+/// while it runs, the last completed round's model is kept by digest in
+/// `models/`.
 pub const MODEL_FILE: &str = "model.f64";
 
 /// A federated job: `PLAN.json` of `insitu fl run`.
@@ -355,12 +359,16 @@ impl<P: Peer> Coordinator<'_, P> {
                 expected,
             });
         }
-        let model_path = self.out.join(MODEL_FILE);
+        let Some(last) = state.rounds.last() else {
+            return Err(FlError::State {
+                path,
+                reason: "it records no completed round".into(),
+            });
+        };
+        let model_path = self.model_path(&last.model);
         let bytes = std::fs::read(&model_path).map_err(io("read", &model_path))?;
-        let digest = model_digest(&bytes);
-        let model = wire::model_from_bytes(&bytes).filter(|m| m.len() == self.plan.parameters);
-        match (state.rounds.last(), model) {
-            (Some(last), Some(model)) if last.model == digest => Ok((state, model)),
+        match wire::model_from_bytes(&bytes).filter(|m| m.len() == self.plan.parameters) {
+            Some(model) if model_digest(&bytes) == last.model => Ok((state, model)),
             _ => Err(FlError::State {
                 path: model_path,
                 reason: "the model does not match the last completed round's digest".into(),
@@ -368,14 +376,33 @@ impl<P: Peer> Coordinator<'_, P> {
         }
     }
 
+    /// Where the model of digest `digest` is kept: `models/<hex>.f64`.
+    fn model_path(&self, digest: &str) -> PathBuf {
+        self.out
+            .join("models")
+            .join(format!("{}.f64", digest.trim_start_matches("sha256:")))
+    }
+
+    /// Commits a completed round: its model (content-addressed, so the
+    /// previous round's stays until the state names the new one), then the
+    /// state; then older models go. A crash at any point leaves a state
+    /// whose model is on disk.
     fn save(&self, state: &JobState, model: &[u8]) -> Result<(), FlError> {
-        // The model first: a crash between the two leaves the old state,
-        // whose digest no longer matches, and the round is run again.
-        write_durably(&self.out.join(MODEL_FILE), model)?;
+        let digest = model_digest(model);
+        let path = self.model_path(&digest);
+        let dir = path.parent().expect("under models/");
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        write_durably(&path, model)?;
         write_durably(
             &self.out.join(STATE_FILE),
             &serde_json::to_vec_pretty(state).expect("state serialises"),
-        )
+        )?;
+        for old in std::fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+            if old.path() != path {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        Ok(())
     }
 
     /// Records where the model was published.
@@ -419,10 +446,14 @@ impl<P: Peer> Coordinator<'_, P> {
             model = next;
             report(state.rounds.last().expect("just pushed"));
         }
+        // The job's model, for its user: a copy, so editing it cannot touch
+        // the state's.
         let bytes = wire::model_bytes(&model);
+        let path = self.out.join(MODEL_FILE);
+        write_durably(&path, &bytes)?;
         Ok(Finished {
             digest: model_digest(&bytes),
-            path: self.out.join(MODEL_FILE),
+            path,
             model,
             state,
         })
@@ -954,6 +985,10 @@ mod tests {
         assert!(matches!(e, FlError::Aborted { round: 1, .. }), "{e}");
         assert_eq!(rounds, 1);
         let job = c.load().unwrap().0.job;
+        // A crash while committing the next round leaves a model the state
+        // does not name, and model.f64 half-written: neither matters.
+        std::fs::write(out.path().join("models/0badc0de.f64"), [1u8; 24]).unwrap();
+        std::fs::write(out.path().join(MODEL_FILE), [7u8; 5]).unwrap();
         // Back up: rounds 1 and 2 run, round 0 is not repeated.
         for p in &peers {
             p.down.store(false, Ordering::SeqCst);
@@ -967,6 +1002,16 @@ mod tests {
         let seen = peers[0].seen.lock().unwrap().clone();
         assert!(seen[0].is_empty());
         assert_eq!(model_digest(&seen[2]), done.state.rounds[0].model);
+        assert_eq!(
+            model_digest(&std::fs::read(out.path().join(MODEL_FILE)).unwrap()),
+            done.digest
+        );
+        assert_eq!(
+            std::fs::read_dir(out.path().join("models"))
+                .unwrap()
+                .count(),
+            1
+        );
         // Another plan in the same directory is refused.
         let mut other = plan.clone();
         other.rounds = 4;

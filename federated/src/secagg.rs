@@ -94,16 +94,30 @@ fn random32() -> Result<[u8; 32], Error> {
     Ok(b)
 }
 
-/// Adds `sign ·` the ChaCha20 stream of `seed` to `acc` (mod 2^64).
+/// Adds `sign ·` the ChaCha20 stream of `seed` (read as little-endian
+/// `u64`s) to `acc` (mod 2^64). The stream is drawn a block run at a time,
+/// so the cipher's SIMD backend does the work.
 fn add_prg(acc: &mut [u64], seed: [u8; 32], negate: bool) {
+    const WORDS: usize = 1024;
     let mut rng = ChaCha20Rng::from_seed(seed);
-    for a in acc.iter_mut() {
-        let m = rng.next_u64();
-        *a = if negate {
-            a.wrapping_sub(m)
+    let mut buf = [0u8; 8 * WORDS];
+    for chunk in acc.chunks_mut(WORDS) {
+        let bytes = &mut buf[..8 * chunk.len()];
+        rng.fill_bytes(bytes);
+        let stream = bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        if negate {
+            chunk
+                .iter_mut()
+                .zip(stream)
+                .for_each(|(a, m)| *a = a.wrapping_sub(m));
         } else {
-            a.wrapping_add(m)
-        };
+            chunk
+                .iter_mut()
+                .zip(stream)
+                .for_each(|(a, m)| *a = a.wrapping_add(m));
+        }
     }
 }
 

@@ -618,6 +618,11 @@ pub async fn serve(
                 }
             },
         };
+        // Responses written in several pieces (a streamed file) must not wait
+        // for the peer's delayed ACK (Nagle: ~40 ms per response on loopback).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

@@ -463,13 +463,14 @@ async fn three_providers_train_a_model_as_good_as_central_training_and_publish_i
             );
         }
     }
-    // The coordinator keeps only its state and the global model.
+    // The coordinator keeps only its state and the global model (also by
+    // digest, for a crash-safe commit of each round).
     let mut kept: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     kept.sort();
-    assert_eq!(kept, ["model.f64", "state.json"]);
+    assert_eq!(kept, ["model.f64", "models", "state.json"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
