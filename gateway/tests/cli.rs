@@ -795,9 +795,9 @@ fn the_readme_federated_walkthrough_runs_as_written() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
-    for round in 0..10 {
-        let line: Value = serde_json::from_str(lines[round]).unwrap();
-        assert_eq!(line["round"], round as u64, "{}", lines[round]);
+    for (round, line) in lines[..10].iter().enumerate() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["round"], round as u64, "{line}");
         assert_eq!(line["participants"], serde_json::json!([0, 1, 2]));
     }
     let last: Value = serde_json::from_str(lines[10]).unwrap();
