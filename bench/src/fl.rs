@@ -95,15 +95,15 @@ async fn run() -> anyhow::Result<()> {
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000]);
     println!(
-        "| participants | parameters | secure round (p50) | plain round (p50) | secure / plain | secure rounds/s | sent per participant per round: masked update + keys and shares | / model bytes |"
+        "| participants | parameters | secure round (p50; start / share / masked / unmask ms) | plain round (p50) | secure / plain | secure rounds/s | sent per participant per round: masked update + keys and shares | / model bytes |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for n in [3usize, 5, 10] {
         for &len in &sizes {
-            let (secure, plain, (masked, rest)) = configuration(n, len).await?;
+            let (secure, plain, (masked, rest), steps) = configuration(n, len).await?;
             let model = 8.0 * len as f64;
             println!(
-                "| {n} | {len} | {} | {} | {:.2}× | {:.1} | {masked} B + {rest} B | {:.4}× + {rest} B |",
+                "| {n} | {len} | {} ({steps}) | {} | {:.2}× | {:.1} | {masked} B + {rest} B | {:.4}× + {rest} B |",
                 super::ms(secure),
                 super::ms(plain),
                 secure.as_secs_f64() / plain.as_secs_f64(),
@@ -116,8 +116,11 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// (secure round p50, plain round p50, bytes sent per participant per
-/// secure round: (masked update, the rest)).
-async fn configuration(n: usize, len: usize) -> anyhow::Result<(Duration, Duration, (u64, u64))> {
+/// secure round: (masked update, the rest), that round's steps in ms).
+async fn configuration(
+    n: usize,
+    len: usize,
+) -> anyhow::Result<(Duration, Duration, (u64, u64), String)> {
     let tmp = tempfile::tempdir()?;
     let artifact = package::wasm_artifact(insitu_tests::HOSTILE_P1)?;
     let layout = tmp.path().join("layout");
@@ -184,7 +187,15 @@ async fn configuration(n: usize, len: usize) -> anyhow::Result<(Duration, Durati
     }
     .run(|r| {
         assert!(r.dropped.is_empty(), "{:?}", r.dropped);
-        secure.push(Duration::from_secs_f64(r.seconds));
+        let ms = |k: &str| r.steps.get(k).copied().unwrap_or(0.0) * 1e3;
+        let steps = format!(
+            "{:.1} / {:.1} / {:.1} / {:.1}",
+            ms("start"),
+            ms("share"),
+            ms("masked"),
+            ms("unmask")
+        );
+        secure.push((Duration::from_secs_f64(r.seconds), steps));
     })
     .await?;
     let sent = peers
@@ -240,5 +251,6 @@ async fn configuration(n: usize, len: usize) -> anyhow::Result<(Duration, Durati
     }
     secure.sort();
     plain.sort();
-    Ok((secure[secure.len() / 2], plain[plain.len() / 2], sent))
+    let (secure, steps) = secure.swap_remove(secure.len() / 2);
+    Ok((secure, plain[plain.len() / 2], sent, steps))
 }

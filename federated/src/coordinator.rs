@@ -242,6 +242,11 @@ pub struct RoundReport {
     /// Those left out, with why.
     pub dropped: Vec<Dropped>,
     pub seconds: f64,
+    /// Seconds each step took: `start` (training queued, keys), `share`,
+    /// `masked` (training and masking), `unmask` (shares, the aggregator's
+    /// unmasking and FedAvg).
+    #[serde(default)]
+    pub steps: BTreeMap<String, f64>,
     /// sha256 of the new global model.
     pub model: String,
     /// Each survivor's round execution and its receipt hash.
@@ -312,6 +317,25 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).expect("the OS has randomness");
     hex::encode(b)
+}
+
+/// Asks participants `ids` (1-based plan indexes) concurrently with `f`,
+/// each until `deadline`; their answers, or why not, by id.
+async fn ask<'p, P, T, Fut>(
+    peers: &'p [P],
+    deadline: Instant,
+    step: &str,
+    ids: impl IntoIterator<Item = u32>,
+    f: impl Fn(&'p P, u32) -> Fut,
+) -> Vec<(u32, Result<T, String>)>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    join_all(ids.into_iter().map(|id| {
+        let answer = f(&peers[id as usize - 1], id);
+        async move { (id, until(deadline, step, answer).await) }
+    }))
+    .await
 }
 
 /// Runs `call` against the round's deadline.
@@ -483,18 +507,22 @@ impl<P: Peer> Coordinator<'_, P> {
         let index = |id: u32| id as usize - 1;
         let model_bytes = wire::model_bytes(model);
 
+        let mut steps = BTreeMap::new();
+        let mut clock = Instant::now();
+        let mut lap = |name: &str| {
+            steps.insert(name.to_string(), clock.elapsed().as_secs_f64());
+            clock = Instant::now();
+        };
         // 1. Start: training queued, keys advertised (U1).
-        let starts = join_all(self.peers.iter().enumerate().map(|(i, p)| {
-            until(
-                call.deadline,
-                "start",
-                p.start(call, i as u32 + 1, &model_bytes),
-            )
-        }))
+        let everyone = 1..=self.peers.len() as u32;
+        let starts = ask(self.peers, call.deadline, "start", everyone, |p, id| {
+            p.start(call, id, &model_bytes)
+        })
         .await;
         let mut roster: BTreeMap<u32, Keys> = BTreeMap::new();
         let mut executions: BTreeMap<u32, String> = BTreeMap::new();
-        for (i, r) in starts.into_iter().enumerate() {
+        for (id, r) in starts {
+            let i = index(id);
             match r {
                 Ok(s) if s.participant == i as u32 + 1 => {
                     roster.insert(s.participant, s.keys);
@@ -523,24 +551,18 @@ impl<P: Peer> Coordinator<'_, P> {
             )));
         }
 
+        lap("start");
         // 2. Share: sealed shares, relayed unread (U2 = who shared).
         let body = ShareRequest {
             roster: roster.clone(),
         };
-        let shares = join_all(roster.keys().map(|&id| {
-            let body = &body;
-            async move {
-                (
-                    id,
-                    until(
-                        call.deadline,
-                        "share",
-                        self.peers[index(id)].share(call, body),
-                    )
-                    .await,
-                )
-            }
-        }))
+        let shares = ask(
+            self.peers,
+            call.deadline,
+            "share",
+            roster.keys().copied(),
+            |p, _| p.share(call, &body),
+        )
         .await;
         let mut inbox: BTreeMap<u32, Vec<SealedMsg>> = BTreeMap::new();
         let mut shared: BTreeSet<u32> = BTreeSet::new();
@@ -577,34 +599,32 @@ impl<P: Peer> Coordinator<'_, P> {
             )));
         }
 
+        lap("share");
         // 3. Masked inputs, to the aggregator (U3 = who sent a valid one).
         let keys: BTreeMap<u32, Advertised> = shared.iter().map(|i| (*i, roster[i].mask)).collect();
         let mut aggregator =
             secagg::Aggregator::new(tag.as_bytes(), plan.parameters + 1, plan.threshold, keys);
-        let masked = join_all(shared.iter().map(|&id| {
-            let body = MaskRequest {
-                sealed: inbox
+        // Each gets the shares sealed for it by those who shared.
+        let bodies: BTreeMap<u32, MaskRequest> = shared
+            .iter()
+            .map(|&id| {
+                let sealed = inbox
                     .get(&id)
-                    .map(|v| {
-                        v.iter()
-                            .filter(|s| shared.contains(&s.owner))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
-            async move {
-                (
-                    id,
-                    until(
-                        call.deadline,
-                        "masked",
-                        self.peers[index(id)].masked(call, &body),
-                    )
-                    .await,
-                )
-            }
-        }))
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| shared.contains(&s.owner))
+                    .cloned()
+                    .collect();
+                (id, MaskRequest { sealed })
+            })
+            .collect();
+        let masked = ask(
+            self.peers,
+            call.deadline,
+            "masked",
+            shared.iter().copied(),
+            |p, id| p.masked(call, &bodies[&id]),
+        )
         .await;
         for (id, r) in masked {
             let added = r.and_then(|bytes| {
@@ -632,25 +652,19 @@ impl<P: Peer> Coordinator<'_, P> {
             )));
         }
 
+        lap("masked");
         // 4. Unmask: seeds of the survivors, keys of the dropped.
         let request = UnmaskRequest {
             survivors: survivors.clone(),
             dropped: aggregator.dropped(),
         };
-        let answers = join_all(survivors.iter().map(|&id| {
-            let request = &request;
-            async move {
-                (
-                    id,
-                    until(
-                        call.deadline,
-                        "unmask",
-                        self.peers[index(id)].unmask(call, request),
-                    )
-                    .await,
-                )
-            }
-        }))
+        let answers = ask(
+            self.peers,
+            call.deadline,
+            "unmask",
+            survivors.iter().copied(),
+            |p, _| p.unmask(call, &request),
+        )
         .await;
         let mut seeds: BTreeMap<u32, Vec<secagg::shamir::Share>> = BTreeMap::new();
         let mut masks: BTreeMap<u32, Vec<secagg::shamir::Share>> = BTreeMap::new();
@@ -690,6 +704,7 @@ impl<P: Peer> Coordinator<'_, P> {
             .unmask(&seeds, &masks)
             .map_err(|e| abort(format!("unmasking the sum: {e}")))?;
         let next = fedavg::average(&sum).map_err(|e| abort(e.to_string()))?;
+        lap("unmask");
 
         dropped.sort_by_key(|d| d.participant);
         Ok((
@@ -699,6 +714,7 @@ impl<P: Peer> Coordinator<'_, P> {
                 participants: survivors.iter().map(|&id| index(id)).collect(),
                 dropped,
                 seconds: 0.0,
+                steps,
                 model: String::new(),
                 executions: receipts,
             },
@@ -743,6 +759,8 @@ mod tests {
         WrongLength,
         /// Sends a number of bytes that is no whole vector.
         Malformed,
+        /// Never answers `masked` (a training that runs past the round).
+        Hangs,
     }
 
     /// A participant in this process: its update is `params` of `weight`.
@@ -801,6 +819,9 @@ mod tests {
         async fn masked(&self, _: &RoundCall, body: &MaskRequest) -> Result<Vec<u8>, String> {
             if self.fault == Fault::DiesAfterSharing {
                 return Err("connection reset".into());
+            }
+            if self.fault == Fault::Hangs {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             let sealed: Vec<_> = body.sealed.iter().map(|s| s.sealed().unwrap()).collect();
             let mut s = self.secrets.lock().unwrap();
@@ -1025,6 +1046,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("holds the state of another job"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_participant_past_the_round_deadline_is_dropped() {
+        let peers: Vec<Fake> = (0..3)
+            .map(|i| {
+                let (p, w) = update(i);
+                fake(p, w, if i == 1 { Fault::Hangs } else { Fault::None })
+            })
+            .collect();
+        let mut plan = plan(3, 1, 2);
+        plan.round_timeout_secs = 1;
+        let out = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let mut lines = Vec::new();
+        let done = Coordinator {
+            plan: &plan,
+            peers: &peers,
+            out: out.path(),
+        }
+        .run(|r| lines.push(r.clone()))
+        .await
+        .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            lines[0].dropped,
+            vec![Dropped {
+                participant: 1,
+                reason: "masked: no answer before the round's deadline".into()
+            }]
+        );
+        close(&done.model, &fedavg::plain(&[update(0), update(2)]));
     }
 
     #[test]

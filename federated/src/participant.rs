@@ -6,8 +6,9 @@
 //! 2. [`RoundSecrets::share`] — given the roster of everyone who advertised
 //!    (U1), Shamir shares of both secrets, sealed for their holders (round 1,
 //!    *ShareKeys*).
-//! 3. [`RoundSecrets::mask`] — given the sealed shares addressed to it (whose
-//!    owners are U2), opens and keeps them, and masks its update over U2
+//! 3. [`RoundSecrets::prepare`] — given the sealed shares addressed to it
+//!    (whose owners are U2), opens and keeps them and computes its mask over
+//!    U2 (while the training runs); [`RoundSecrets::finish`] adds the update
 //!    (round 2, *MaskedInputCollection*). The unmasked update is the caller's
 //!    to delete; only the masked vector leaves.
 //! 4. [`RoundSecrets::reveal`] — given who sent masked inputs (U3) and who
@@ -28,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 enum Step {
     Advertised,
     Shared,
+    Prepared,
     Masked,
     Revealed,
 }
@@ -45,6 +47,8 @@ pub struct RoundSecrets {
     held: Vec<SharesFor>,
     /// U2: the participants this one masked over.
     masked_over: BTreeSet<u32>,
+    /// The mask over U2, once prepared.
+    mask: Vec<u64>,
 }
 
 /// Why a participant refuses a step.
@@ -109,6 +113,7 @@ impl RoundSecrets {
                 roster: BTreeMap::new(),
                 held: Vec::new(),
                 masked_over: BTreeSet::new(),
+                mask: Vec::new(),
             },
             keys,
         ))
@@ -155,39 +160,29 @@ impl RoundSecrets {
     }
 
     /// Opens the shares addressed to this participant (their owners are U2,
-    /// which must include it) and masks the update `params` of `weight`
-    /// samples (FedAvg's contribution) over U2.
+    /// which must include it) and computes its mask over U2 — the costly
+    /// part, done while the training still runs. Again with the same owners
+    /// it does nothing.
     ///
     /// # Errors
-    /// [`StepError::Order`]; [`StepError::UpdateLength`], [`StepError::NotFinite`],
-    /// [`StepError::NoWeight`] for an update that cannot be aggregated;
-    /// [`Error::Unknown`] / [`Error::Sealing`] for shares from outside U1 or
-    /// that do not open; [`Error::BelowThreshold`] when U2 is too small.
-    pub fn mask(
-        &mut self,
-        sealed: &[Sealed],
-        params: &[f64],
-        weight: u64,
-    ) -> Result<Vec<u64>, StepError> {
-        if self.step != Step::Shared {
-            return Err(StepError::Order("an update is masked once, after sharing"));
-        }
-        if params.len() != self.parameters {
-            return Err(StepError::UpdateLength {
-                found: params.len(),
-                expected: self.parameters,
-            });
-        }
-        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| !p.is_finite()) {
-            return Err(StepError::NotFinite(i, *p));
-        }
-        if weight == 0 {
-            return Err(StepError::NoWeight);
+    /// [`StepError::Order`] unless it shared (or prepared for the same
+    /// owners); [`Error::Unknown`] / [`Error::Sealing`] for shares from
+    /// outside U1 or that do not open; [`StepError::Roster`];
+    /// [`Error::BelowThreshold`] when U2 is too small.
+    pub fn prepare(&mut self, sealed: &[Sealed]) -> Result<(), StepError> {
+        let owners: BTreeSet<u32> = sealed.iter().map(|s| s.owner).collect();
+        match self.step {
+            Step::Shared => {}
+            Step::Prepared if owners == self.masked_over => return Ok(()),
+            _ => {
+                return Err(StepError::Order(
+                    "an update is masked once, after sharing, over one set of participants",
+                ));
+            }
         }
         let transport: BTreeMap<u32, _> =
             self.roster.iter().map(|(&i, k)| (i, k.transport)).collect();
         let held = self.me.open(&self.tag, sealed, &transport)?;
-        let owners: BTreeSet<u32> = held.iter().map(|s| s.owner).collect();
         if owners.len() != held.len() {
             return Err(StepError::Roster("sent two shares of one owner".into()));
         }
@@ -206,13 +201,58 @@ impl RoundSecrets {
         }
         let keys: BTreeMap<u32, Advertised> =
             owners.iter().map(|i| (*i, self.roster[i].mask)).collect();
-        let masked = self
+        self.mask = self
             .me
-            .mask(&self.tag, &fedavg::contribution(params, weight), &keys);
+            .mask(&self.tag, &vec![0; self.parameters + 1], &keys);
         self.held = held;
         self.masked_over = owners;
+        self.step = Step::Prepared;
+        Ok(())
+    }
+
+    /// The update `params` of `weight` samples (FedAvg's contribution),
+    /// masked with the prepared mask. Once.
+    ///
+    /// # Errors
+    /// [`StepError::Order`] unless prepared; [`StepError::UpdateLength`],
+    /// [`StepError::NotFinite`], [`StepError::NoWeight`] for an update that
+    /// cannot be aggregated (the participant stays prepared).
+    pub fn finish(&mut self, params: &[f64], weight: u64) -> Result<Vec<u64>, StepError> {
+        if self.step != Step::Prepared {
+            return Err(StepError::Order("an update is masked once, after sharing"));
+        }
+        if params.len() != self.parameters {
+            return Err(StepError::UpdateLength {
+                found: params.len(),
+                expected: self.parameters,
+            });
+        }
+        if let Some((i, p)) = params.iter().enumerate().find(|(_, p)| !p.is_finite()) {
+            return Err(StepError::NotFinite(i, *p));
+        }
+        if weight == 0 {
+            return Err(StepError::NoWeight);
+        }
+        let mut masked = std::mem::take(&mut self.mask);
+        for (m, x) in masked.iter_mut().zip(fedavg::contribution(params, weight)) {
+            *m = m.wrapping_add(x);
+        }
         self.step = Step::Masked;
         Ok(masked)
+    }
+
+    /// [`RoundSecrets::prepare`] then [`RoundSecrets::finish`].
+    ///
+    /// # Errors
+    /// As theirs.
+    pub fn mask(
+        &mut self,
+        sealed: &[Sealed],
+        params: &[f64],
+        weight: u64,
+    ) -> Result<Vec<u64>, StepError> {
+        self.prepare(sealed)?;
+        self.finish(params, weight)
     }
 
     /// What this participant reveals for the survivors (U3) and the dropped
@@ -284,7 +324,7 @@ mod tests {
         let (mut s, keys) = RoundSecrets::new(1, b"t", 2, 2).unwrap();
         assert_eq!(
             s.mask(&[], &[0.0, 0.0], 1).unwrap_err().to_string(),
-            "step out of order: an update is masked once, after sharing"
+            "step out of order: an update is masked once, after sharing, over one set of participants"
         );
         let e = s
             .share(BTreeMap::from([(2, keys)]))
@@ -301,20 +341,34 @@ mod tests {
 
     #[test]
     fn updates_of_the_wrong_shape_are_refused() {
-        let (mut s, keys) = RoundSecrets::new(1, b"t", 2, 2).unwrap();
-        let (_, k2) = RoundSecrets::new(2, b"t", 2, 2).unwrap();
-        s.share(BTreeMap::from([(1, keys), (2, k2)])).unwrap();
-        let e = s.mask(&[], &[1.0, 2.0, 3.0], 5).unwrap_err().to_string();
+        let (mut a, ka) = RoundSecrets::new(1, b"t", 2, 2).unwrap();
+        let (mut b, kb) = RoundSecrets::new(2, b"t", 2, 2).unwrap();
+        let roster = BTreeMap::from([(1, ka), (2, kb)]);
+        let mine: Vec<Sealed> = a
+            .share(roster.clone())
+            .unwrap()
+            .into_iter()
+            .chain(b.share(roster).unwrap())
+            .filter(|s| s.holder == 1)
+            .collect();
+        assert_eq!(
+            a.finish(&[1.0, 2.0], 5).unwrap_err().to_string(),
+            "step out of order: an update is masked once, after sharing"
+        );
+        a.prepare(&mine).unwrap();
+        // Again with the same owners (a retried request): nothing changes.
+        a.prepare(&mine).unwrap();
+        let e = a.finish(&[1.0, 2.0, 3.0], 5).unwrap_err().to_string();
         assert_eq!(
             e,
             "the update has 3 parameters; the plan's model has 2 (the training stage wrote a model of another shape)"
         );
-        let e = s.mask(&[], &[1.0, f64::NAN], 5).unwrap_err().to_string();
+        let e = a.finish(&[1.0, f64::NAN], 5).unwrap_err().to_string();
         assert_eq!(e, "the update is not finite: parameter 1 is NaN");
-        assert_eq!(
-            s.mask(&[], &[1.0, 2.0], 0).unwrap_err(),
-            StepError::NoWeight
-        );
+        assert_eq!(a.finish(&[1.0, 2.0], 0).unwrap_err(), StepError::NoWeight);
+        // A refused update leaves it prepared: a good one still goes out, once.
+        assert_eq!(a.finish(&[1.0, 2.0], 5).unwrap().len(), 3);
+        assert!(a.finish(&[1.0, 2.0], 5).is_err());
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct Gateway {
     pub(crate) legacy_exec_signatures: bool,
     /// Federated rounds this provider takes part in.
     pub(crate) rounds: routes::federated::Rounds,
+    /// Woken whenever an execution ends (its final status is stored).
+    pub(crate) finished: tokio::sync::Notify,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -221,7 +223,10 @@ impl Gateway {
             );
         } else {
             match self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
-                Ok(Status::Succeeded) => self.settle(&job).await,
+                Ok(Status::Succeeded) => {
+                    self.finished.notify_waiters();
+                    self.settle(&job).await
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
@@ -243,6 +248,7 @@ impl Gateway {
             }
             tracing::info!(execution = %job.id, status = e.status.as_str(), "execution finished");
         }
+        self.finished.notify_waiters();
         self.stops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -520,6 +526,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         http: config.http,
         legacy_exec_signatures: config.legacy_exec_signatures,
         rounds: Default::default(),
+        finished: tokio::sync::Notify::new(),
         _lock: lock,
     });
     if let Some(chain) = watcher {

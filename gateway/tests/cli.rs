@@ -697,41 +697,58 @@ fn catalog_verbs_register_datasets_workflows_and_agreements() {
     );
 }
 
-/// The README's curl walkthrough, run as written (on a free port; the user's
-/// `cargo build … -p word-count` step is replaced by the module the tests built).
-#[test]
-fn the_readme_walkthrough_runs_as_written() {
-    let readme = include_str!("../../README.md");
-    let block = readme
-        .split("<!-- walkthrough -->\n```sh\n")
+/// The README's shell block after `<!-- MARKER -->`.
+fn readme_block(marker: &str) -> &'static str {
+    include_str!("../../README.md")
+        .split(&format!("<!-- {marker} -->\n```sh\n"))
         .nth(1)
         .and_then(|rest| rest.split("\n```").next())
-        .expect("README has the walkthrough block");
-    let e = Env::new();
-    let release = e.tmp.path().join("target/wasm32-wasip1/release");
-    std::fs::create_dir_all(&release).unwrap();
-    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|| panic!("README has no {marker} block"))
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Runs a README block in `dir` with bash, `insitu` first on the PATH,
+/// `cargo` a no-op (the tests built what it would) and `envs` set.
+fn run_block(block: &str, dir: &Path, envs: &[(&str, String)]) -> Output {
     let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
-    let out = Command::new("bash")
+    Command::new("bash")
         .arg("-c")
         .arg(format!(
             // Background jobs die with the script, whatever happens, so no
             // orphan keeps our output pipes open.
             "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
         ))
-        .current_dir(e.tmp.path())
+        .current_dir(dir)
         .env(
             "PATH",
             format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
         )
-        .env("INSITU_LISTEN", format!("127.0.0.1:{port}"))
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The README's curl walkthrough, run as written (on a free port; the user's
+/// `cargo build … -p word-count` step is replaced by the module the tests built).
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let out = run_block(
+        readme_block("walkthrough"),
+        e.tmp.path(),
+        &[("INSITU_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for want in [
@@ -756,12 +773,6 @@ fn the_readme_walkthrough_runs_as_written() {
 /// the build script made).
 #[test]
 fn the_readme_federated_walkthrough_runs_as_written() {
-    let readme = include_str!("../../README.md");
-    let block = readme
-        .split("<!-- federated walkthrough -->\n```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("README has the federated walkthrough block");
     let e = Env::new();
     let release = e.tmp.path().join("target/wasm32-wasip1/release");
     std::fs::create_dir_all(&release).unwrap();
@@ -770,28 +781,20 @@ fn the_readme_federated_walkthrough_runs_as_written() {
         insitu_examples::LINREG_TRAIN.wasm,
     )
     .unwrap();
-    let listeners: Vec<std::net::TcpListener> = (0..3)
+    // Held together, so the three ports differ.
+    let held: Vec<std::net::TcpListener> = (0..3)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
-    let ports: Vec<String> = listeners
+    let ports: Vec<String> = held
         .iter()
         .map(|l| l.local_addr().unwrap().port().to_string())
         .collect();
-    drop(listeners);
-    let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
-        ))
-        .current_dir(e.tmp.path())
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("INSITU_FL_PORTS", ports.join(" "))
-        .output()
-        .unwrap();
+    drop(held);
+    let out = run_block(
+        readme_block("federated walkthrough"),
+        e.tmp.path(),
+        &[("INSITU_FL_PORTS", ports.join(" "))],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
@@ -822,12 +825,6 @@ fn the_readme_federated_walkthrough_runs_as_written() {
 /// restored from the `testchain/` fixture (built by `scripts/setup`).
 #[test]
 fn the_readme_chain_walkthrough_runs_as_written() {
-    let readme = include_str!("../../README.md");
-    let block = readme
-        .split("<!-- chain walkthrough -->\n```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("README has the chain walkthrough block");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     for needed in [
         "testchain/out/state.json",
@@ -843,30 +840,14 @@ fn the_readme_chain_walkthrough_runs_as_written() {
     let release = e.tmp.path().join("target/wasm32-wasip1/release");
     std::fs::create_dir_all(&release).unwrap();
     std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let bin = Path::new(env!("CARGO_BIN_EXE_insitu")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            // Background jobs die with the script, whatever happens, so no
-            // orphan keeps our output pipes open.
-            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\ncargo() {{ :; }}\n{block}\n"
-        ))
-        .current_dir(e.tmp.path())
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("INSITU_LISTEN", format!("127.0.0.1:{}", port()))
-        .env("INSITU_CHAIN_ADDR", format!("127.0.0.1:{}", port()))
-        .output()
-        .unwrap();
+    let out = run_block(
+        readme_block("chain walkthrough"),
+        e.tmp.path(),
+        &[
+            ("INSITU_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("INSITU_CHAIN_ADDR", format!("127.0.0.1:{}", free_port())),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for want in [

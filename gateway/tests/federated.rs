@@ -6,8 +6,9 @@
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::ProviderKey;
+use insitu_tests::fl::{Row, accuracy, write_shard};
 use serde_json::{Value, json};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,44 +21,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// `rows` of a logistic problem with `features` features from `seed`: the
-/// label is whether Σ (i+1)/2·xᵢ + noise > 0.
-fn write_shard(path: &Path, rows: usize, seed: u64, features: usize) -> Vec<(Vec<f64>, f64)> {
-    let mut rng = insitu_examples::Rng::new(seed);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let header: Vec<String> = (1..=features).map(|i| format!("x{i}")).collect();
-    writeln!(out, "{},y", header.join(",")).unwrap();
-    let mut data = Vec::new();
-    for _ in 0..rows {
-        let x: Vec<f64> = (0..features).map(|_| rng.normal()).collect();
-        let z: f64 = x
-            .iter()
-            .take(4)
-            .enumerate()
-            .map(|(i, x)| (i + 1) as f64 * 0.5 * x)
-            .sum::<f64>()
-            + 0.8 * rng.normal();
-        let y = f64::from(u8::from(z > 0.0));
-        for v in &x {
-            write!(out, "{v:.5},").unwrap();
-        }
-        writeln!(out, "{y}").unwrap();
-        data.push((x, y));
-    }
-    data
-}
-
-fn accuracy(params: &[f64], data: &[(Vec<f64>, f64)]) -> f64 {
-    let correct = data
-        .iter()
-        .filter(|(x, y)| {
-            let z = params[4] + x.iter().zip(params).map(|(x, w)| x * w).sum::<f64>();
-            (z >= 0.0) == (*y >= 0.5)
-        })
-        .count();
-    correct as f64 / data.len() as f64
 }
 
 /// Runs `insitu` with `args`; its stdout's last word on success.
@@ -99,24 +62,15 @@ impl Drop for Provider {
 
 /// `insitu serve` on a random loopback port; returns it and its URL.
 fn serve(data: &Path, layout: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--layout")
-        .arg(layout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(url) = line.strip_prefix("insitu gateway listening on ") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
+    let args = [
+        "--workers".as_ref(),
+        "1".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--layout".as_ref(),
+        layout.as_os_str(),
+    ];
+    insitu_tests::serve(Path::new(BIN), args)
 }
 
 /// Providers with shards of the training data, one consumer, a plan.
@@ -126,7 +80,7 @@ struct Federation {
     key_file: PathBuf,
     providers: Vec<Provider>,
     wasm: PathBuf,
-    held_out: Vec<(Vec<f64>, f64)>,
+    held_out: Vec<Row>,
 }
 
 /// A shard: rows, features, extra training arguments.

@@ -1,6 +1,9 @@
 //! Fixtures shared by the end-to-end tests: guest modules built from source by
-//! this crate's build script, and a tree fingerprint to prove data untouched.
+//! this crate's build script, a tree fingerprint to prove data untouched,
+//! `insitu serve` as a child process, the registry harness and federated
+//! learning's data.
 
+pub mod fl;
 pub mod registry;
 
 use sha2::{Digest, Sha256};
@@ -84,4 +87,29 @@ pub const SPINNER_WAT: &str = r#"(module
 /// [`SPINNER_WAT`] as a binary module.
 pub fn spinner() -> Vec<u8> {
     wat::parse_str(SPINNER_WAT).expect("valid WAT")
+}
+
+/// `BIN serve --listen 127.0.0.1:0 ARGS…` as a child process; returns it and
+/// its URL once it listens. Its stderr is drained so it never blocks.
+pub fn serve<I, A>(bin: &Path, args: I) -> (std::process::Child, String)
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("the server exited").unwrap();
+        if let Some(url) = line.strip_prefix("insitu gateway listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, base)
 }

@@ -213,18 +213,38 @@ pub(crate) async fn start(
         },
     )
     .await?;
-    let mut rounds = g.rounds.lock();
-    rounds.retain(|_, r| r.created.elapsed() < ROUND_TTL);
-    // A new attempt of the same round replaces the old one's secrets.
-    rounds.insert(
-        (grant.agreement.clone(), job.clone(), round),
-        Round {
-            consumer: grant.consumer.clone(),
-            execution: execution.clone(),
-            secrets: Some(secrets),
-            created: Instant::now(),
-        },
-    );
+    let mut gone = Vec::new();
+    {
+        let mut rounds = g.rounds.lock();
+        rounds.retain(|_, r| {
+            let keep = r.created.elapsed() < ROUND_TTL;
+            if !keep {
+                gone.push(r.execution.clone());
+            }
+            keep
+        });
+        // A new attempt of the same round replaces the old one's secrets.
+        if let Some(old) = rounds.insert(
+            (grant.agreement.clone(), job.clone(), round),
+            Round {
+                consumer: grant.consumer.clone(),
+                execution: execution.clone(),
+                secrets: Some(secrets),
+                created: Instant::now(),
+            },
+        ) {
+            gone.push(old.execution);
+        }
+    }
+    // Updates of rounds that will never be masked go with their secrets.
+    for old in gone {
+        let dir = g.pipeline.update_dir(&old);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(path = %dir.display(), error = %e, "cannot delete a federated update");
+        }
+    }
     tracing::info!(
         job,
         round,
@@ -295,16 +315,60 @@ pub(crate) async fn masked(
         .map(SealedMsg::sealed)
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::BadRequest)?;
-    let execution = with_round(&g, &grant, &job, round, |r| Ok(r.execution.clone()))?;
-    let waited = Instant::now();
+    // The secrets leave the map while the mask is computed (no lock held),
+    // and go back for the unmask step; a concurrent call meanwhile gets 409.
+    let (secrets, execution) = with_round(&g, &grant, &job, round, |r| {
+        let s = r.secrets.take().ok_or_else(|| {
+            ApiError::Conflict(
+                "this round's masked update is being computed by another request, or its secrets are gone"
+                    .into(),
+            )
+        })?;
+        Ok((s, r.execution.clone()))
+    })?;
+    let key = (grant.agreement.clone(), job.clone(), round);
+    let put_back = |secrets: RoundSecrets| {
+        let mut rounds = g.rounds.lock();
+        if let Some(r) = rounds.get_mut(&key)
+            && r.execution == execution
+            && r.secrets.is_none()
+        {
+            r.secrets = Some(secrets);
+        }
+    };
+    // The costly part first, while the training may still run.
+    let (mut secrets, prepared) = tokio::task::spawn_blocking(move || {
+        let mut secrets = secrets;
+        let r = secrets.prepare(&sealed);
+        (secrets, r)
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(format!("masking was interrupted: {e}")))?;
+    if let Err(e) = prepared {
+        put_back(secrets);
+        return Err(step(e));
+    }
+    let deadline = Instant::now() + MASK_WAIT;
     let e = loop {
-        let e = g.store.execution(&execution)?;
-        if e.status.is_terminal() || waited.elapsed() > MASK_WAIT {
+        // Armed before the status is read, so an end in between still wakes it.
+        let ended = g.finished.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let e = match g.store.execution(&execution) {
+            Ok(e) => e,
+            Err(e) => {
+                put_back(secrets);
+                return Err(e.into());
+            }
+        };
+        let now = Instant::now();
+        if e.status.is_terminal() || now >= deadline {
             break e;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let _ = tokio::time::timeout(deadline - now, ended).await;
     };
     if !e.status.is_terminal() {
+        put_back(secrets);
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({"status": e.status.as_str(), "execution": execution})),
@@ -321,14 +385,10 @@ pub(crate) async fn masked(
             e.reason.unwrap_or_default()
         ))
     };
-    let masked = with_round(&g, &grant, &job, round, |r| {
-        let (params, weight) = update.map_err(ApiError::Unprocessable)?;
-        let secrets = r
-            .secrets
-            .as_mut()
-            .ok_or_else(|| ApiError::Conflict("this round's secrets are gone".into()))?;
-        secrets.mask(&sealed, &params, weight).map_err(step)
-    });
+    let masked = update
+        .map_err(ApiError::Unprocessable)
+        .and_then(|(params, weight)| secrets.finish(&params, weight).map_err(step));
+    put_back(secrets);
     // Masked or refused, the unmasked update goes now.
     if let Err(e) = std::fs::remove_dir_all(&dir)
         && e.kind() != std::io::ErrorKind::NotFound

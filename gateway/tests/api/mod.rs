@@ -950,32 +950,17 @@ async fn the_openapi_document_covers_every_route() {
 
 /// `insitu serve` as a child process; returns it and its base URL.
 fn spawn_server(data: &Path, layout: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_insitu"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--data-dir",
-        ])
-        .arg(data)
-        .arg("--layout")
-        .arg(layout)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("the server exited").unwrap();
-        if let Some(url) = line.strip_prefix("insitu gateway listening on ") {
-            break url.trim().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, base)
+    insitu_tests::serve(
+        Path::new(env!("CARGO_BIN_EXE_insitu")),
+        [
+            "--workers".as_ref(),
+            "1".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--layout".as_ref(),
+            layout.as_os_str(),
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,45 +7,9 @@ use crate::{Dirs, run};
 use insitu_federated::{fedavg, secagg};
 use insitu_guest::fl;
 use insitu_runtime::sandbox::JobSpec;
+use insitu_tests::fl::{accuracy, write_shard};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
-
-/// `rows` of a logistic problem with 4 features, from `seed`: the label is
-/// whether 3 + Σ (i+1)/2·xᵢ + noise exceeds 3.
-fn write_shard(path: &Path, rows: usize, seed: u64) -> Vec<(Vec<f64>, f64)> {
-    let mut rng = insitu_examples::Rng::new(seed);
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(out, "x1,x2,x3,x4,y").unwrap();
-    let mut data = Vec::new();
-    for _ in 0..rows {
-        let x: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
-        let z: f64 = x
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (i + 1) as f64 * 0.5 * x)
-            .sum::<f64>()
-            + 0.8 * rng.normal();
-        let y = f64::from(u8::from(z > 0.0));
-        for v in &x {
-            write!(out, "{v:.5},").unwrap();
-        }
-        writeln!(out, "{y}").unwrap();
-        data.push((x, y));
-    }
-    data
-}
-
-fn accuracy(params: &[f64], data: &[(Vec<f64>, f64)]) -> f64 {
-    let correct = data
-        .iter()
-        .filter(|(x, y)| {
-            let z = params[4] + x.iter().zip(params).map(|(x, w)| x * w).sum::<f64>();
-            (z >= 0.0) == (*y >= 0.5)
-        })
-        .count();
-    correct as f64 / data.len() as f64
-}
 
 /// One participant's round: its update (parameters, weight).
 async fn participate(shard: &Path, model: &Path, round: u64) -> (Vec<f64>, u64) {
@@ -128,11 +92,11 @@ async fn federated_training_matches_central_training() {
     for (i, rows) in [600usize, 900, 1500].into_iter().enumerate() {
         let dir = tmp.path().join(format!("shard-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        write_shard(&dir.join("train.csv"), rows, 100 + i as u64);
+        write_shard(&dir.join("train.csv"), rows, 100 + i as u64, 4);
         std::fs::copy(dir.join("train.csv"), all.join(format!("train-{i}.csv"))).unwrap();
         shards.push(dir);
     }
-    let held_out = write_shard(&tmp.path().join("held-out.csv"), 3000, 999);
+    let held_out = write_shard(&tmp.path().join("held-out.csv"), 3000, 999, 4);
 
     // Central: the same model on all the data at once.
     let d = Dirs::new();
