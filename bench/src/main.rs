@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     if all || what == "secagg" {
         secagg::secagg()?;
     }
-    if what == "fl" {
+    if all || what == "fl" {
         fl::fl()?;
     }
     Ok(())
