@@ -167,6 +167,7 @@ async fn configuration(
             })
             .collect(),
         publish: 0,
+        per_round: None,
     };
     let http = reqwest::Client::new();
     let peers: Vec<Counting> = plan

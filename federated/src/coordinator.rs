@@ -68,6 +68,10 @@ pub struct Plan {
     /// result asset. Default 0.
     #[serde(default)]
     pub publish: usize,
+    /// Participants asked each round: a fresh uniform sample of this many
+    /// (FedAvg's fraction C of the clients). Default: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_round: Option<usize>,
 }
 
 fn default_round_timeout() -> u64 {
@@ -111,9 +115,16 @@ impl Plan {
                 self.threshold
             ));
         }
-        if self.min_participants < self.threshold || self.min_participants > n {
+        let asked = self.per_round.unwrap_or(n);
+        if asked > n || asked < self.threshold {
             return bad(format!(
-                "min_participants must be between the threshold {} and the {n} participants, not {}",
+                "per_round must be between the threshold {} and the {n} participants, not {asked}",
+                self.threshold
+            ));
+        }
+        if self.min_participants < self.threshold || self.min_participants > asked {
+            return bad(format!(
+                "min_participants must be between the threshold {} and the {asked} participants asked each round, not {}",
                 self.threshold, self.min_participants
             ));
         }
@@ -237,6 +248,9 @@ pub trait Peer: Sync {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundReport {
     pub round: u64,
+    /// Participant indexes (0-based, in the plan) asked this round.
+    #[serde(default)]
+    pub selected: Vec<usize>,
     /// Participant indexes (0-based, in the plan) whose updates are in the sum.
     pub participants: Vec<usize>,
     /// Those left out, with why.
@@ -317,6 +331,23 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).expect("the OS has randomness");
     hex::encode(b)
+}
+
+/// The ids (1-based plan indexes, ascending) of the participants asked in a
+/// round: all `n`, or a uniform sample of `per_round` of them.
+fn select(n: usize, per_round: Option<usize>) -> Vec<u32> {
+    let mut ids: Vec<u32> = (1..=n as u32).collect();
+    let k = per_round.unwrap_or(n).min(n);
+    // A partial Fisher–Yates shuffle with the OS's randomness.
+    for i in 0..k {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the OS has randomness");
+        let j = i + (u64::from_le_bytes(b) % (n - i) as u64) as usize;
+        ids.swap(i, j);
+    }
+    ids.truncate(k);
+    ids.sort_unstable();
+    ids
 }
 
 /// Asks participants `ids` (1-based plan indexes) concurrently with `f`,
@@ -514,10 +545,14 @@ impl<P: Peer> Coordinator<'_, P> {
             clock = Instant::now();
         };
         // 1. Start: training queued, keys advertised (U1).
-        let everyone = 1..=self.peers.len() as u32;
-        let starts = ask(self.peers, call.deadline, "start", everyone, |p, id| {
-            p.start(call, id, &model_bytes)
-        })
+        let selected = select(self.peers.len(), plan.per_round);
+        let starts = ask(
+            self.peers,
+            call.deadline,
+            "start",
+            selected.clone(),
+            |p, id| p.start(call, id, &model_bytes),
+        )
         .await;
         let mut roster: BTreeMap<u32, Keys> = BTreeMap::new();
         let mut executions: BTreeMap<u32, String> = BTreeMap::new();
@@ -543,9 +578,9 @@ impl<P: Peer> Coordinator<'_, P> {
         let needed = plan.min_participants.max(plan.threshold);
         if roster.len() < needed {
             return Err(abort(format!(
-                "only {} of {} participants started, fewer than min_participants {}; dropped: {}",
+                "only {} of {} participants asked started, fewer than min_participants {}; dropped: {}",
                 roster.len(),
-                plan.participants.len(),
+                selected.len(),
                 plan.min_participants,
                 describe(&dropped)
             )));
@@ -711,6 +746,7 @@ impl<P: Peer> Coordinator<'_, P> {
             next,
             RoundReport {
                 round,
+                selected: selected.iter().map(|&id| index(id)).collect(),
                 participants: survivors.iter().map(|&id| index(id)).collect(),
                 dropped,
                 seconds: 0.0,
@@ -871,6 +907,7 @@ mod tests {
                 })
                 .collect(),
             publish: 0,
+            per_round: None,
         }
     }
 
@@ -1080,6 +1117,39 @@ mod tests {
         close(&done.model, &fedavg::plain(&[update(0), update(2)]));
     }
 
+    #[tokio::test]
+    async fn each_round_asks_a_fresh_sample_of_per_round_participants() {
+        let peers: Vec<Fake> = (0..6)
+            .map(|i| {
+                let (p, w) = update(i);
+                fake(p, w, Fault::None)
+            })
+            .collect();
+        let mut plan = plan(6, 8, 2);
+        plan.per_round = Some(3);
+        let out = tempfile::tempdir().unwrap();
+        let mut lines = Vec::new();
+        Coordinator {
+            plan: &plan,
+            peers: &peers,
+            out: out.path(),
+        }
+        .run(|r| lines.push(r.clone()))
+        .await
+        .unwrap();
+        let mut asked = BTreeSet::new();
+        for r in &lines {
+            assert_eq!(r.selected.len(), 3, "{r:?}");
+            assert_eq!(r.participants, r.selected);
+            asked.extend(r.selected.iter().copied());
+        }
+        // Each participant was handed a model once per round it was asked in.
+        let calls: usize = peers.iter().map(|p| p.seen.lock().unwrap().len()).sum();
+        assert_eq!(calls, 3 * 8);
+        // Over 8 rounds, more than one sample (a fixed one has probability 20^-7).
+        assert!(asked.len() > 3, "{asked:?}");
+    }
+
     #[test]
     fn plans_are_checked() {
         let mut p = plan(3, 1, 2);
@@ -1096,6 +1166,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("repeats gateway")
+        );
+        let mut p = plan(3, 1, 2);
+        p.per_round = Some(1);
+        assert_eq!(
+            p.check().unwrap_err().to_string(),
+            "the plan is invalid: per_round must be between the threshold 2 and the 3 participants, not 1"
         );
         let e = serde_json::from_value::<Plan>(serde_json::json!({"rounds": 1, "rouds": 2}))
             .unwrap_err()

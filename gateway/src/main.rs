@@ -84,7 +84,8 @@ enum FlCmd {
     /// resume), 2 on a bad plan, key or directory.
     Run {
         /// The plan: rounds, min_participants, threshold, parameters,
-        /// round_timeout_secs, participants [{gateway, agreement, workflow}], publish.
+        /// round_timeout_secs, participants [{gateway, agreement, workflow}],
+        /// per_round, publish.
         #[arg(long, value_name = "PLAN.json")]
         plan: PathBuf,
         /// The consumer's key file (hex, or a keystore with INSITU_KEYSTORE_PASSWORD).
