@@ -359,6 +359,14 @@ async fn three_providers_train_a_model_as_good_as_central_training_and_publish_i
     assert_eq!(receipt["body"]["federated"]["model"], last["digest"]);
     let rounds = receipt["body"]["federated"]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 12);
+    // Provider 0 checked its own twelve round executions and their receipts.
+    assert_eq!(
+        receipt["body"]["federated"]["checked_here"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
     assert_eq!(rounds[5]["model"], lines[5]["model"]);
     let download = http
         .get(format!(
@@ -561,6 +569,45 @@ async fn below_the_threshold_the_job_aborts_and_a_restarted_coordinator_resumes(
     assert_eq!(rounds, (done as u64..5).collect::<Vec<_>>());
     assert_eq!(lines.last().unwrap()["job"], state["job"]);
     assert_eq!(lines.last().unwrap()["rounds"], 5);
+
+    // A publication whose provenance misstates one of this provider's round
+    // executions is refused.
+    let p = &f.providers[0];
+    let mut forged = lines[0].clone();
+    let e0 = forged["executions"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["participant"] == 0)
+        .unwrap();
+    e0["receipt"] = json!(format!("0x{}", "0".repeat(64)));
+    let claims = json!({"iss": f.consumer.address(), "aud": AUD_EXECUTE, "sub": p.agreement, "did": p.workflow,
+                        "eths": "personal", "iat": now(), "exp": now() + 300});
+    let r = f.token(&f.consumer, &p.base, claims).await;
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/node/services/fl/{}/publish",
+            p.base,
+            state["job"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"model": "AAAAAAAA8D8=", "plan": state["plan"], "rounds": [forged]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().ends_with(&format!(
+            "is not a round of job {} by this consumer with the receipt named",
+            state["job"].as_str().unwrap()
+        )),
+        "{body}"
+    );
 
     // A stranger (another key) gets no round started under the agreement.
     let p = &f.providers[0];

@@ -469,23 +469,29 @@ pub(crate) async fn publish(
         )));
     }
     // Executions of this provider the provenance names must be this
-    // consumer's rounds of this job.
+    // consumer's rounds of this job, with the receipts it claims; they are
+    // recorded as checked here. The rest of the provenance is the
+    // coordinator's word, signed as received.
+    let mut checked = Vec::new();
     for r in &body.rounds {
         for e in r["executions"].as_array().into_iter().flatten() {
             let Some(id) = e["execution"].as_str() else {
                 continue;
             };
-            if let Ok(x) = g.store.execution(id)
-                && (x.consumer != grant.consumer
-                    || x.receipt
-                        .as_ref()
-                        .and_then(|r| r["body"]["federated"]["job"].as_str())
-                        != Some(job.as_str()))
+            let Ok(x) = g.store.execution(id) else {
+                continue;
+            };
+            let receipt = x.receipt.as_ref();
+            if x.consumer != grant.consumer
+                || receipt.and_then(|r| r["body"]["federated"]["job"].as_str())
+                    != Some(job.as_str())
+                || e["receipt"] != receipt.map_or(Value::Null, |r| r["hash"].clone())
             {
                 return Err(ApiError::Unprocessable(format!(
-                    "execution {id} of this provider is not a round of job {job} by this consumer"
+                    "execution {id} of this provider is not a round of job {job} by this consumer with the receipt named"
                 )));
             }
+            checked.push(id.to_string());
         }
     }
     let agreement = g
@@ -495,6 +501,7 @@ pub(crate) async fn publish(
     let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&model)));
     let provenance = json!({
         "job": job, "plan": body.plan, "rounds": body.rounds, "model": digest,
+        "checked_here": checked,
     });
     let id = g.store.create_execution(&agreement)?;
     let published = g
