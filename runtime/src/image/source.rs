@@ -206,23 +206,36 @@ impl ImageSource for RegistrySource {
     }
 
     async fn manifest(&self, digest: &str) -> Result<Vec<u8>, Error> {
+        use oci_client::errors::{DigestError, OciDistributionError as E, OciErrorCode};
         let r = self.reference.clone_with_digest(digest.to_string());
-        let (bytes, _) = self
+        let e = match self
             .client
             .pull_manifest_raw(&r, &self.auth, media::ACCEPTED)
             .await
-            .map_err(|e| match e {
-                // The client checks the digest too; report it as ours.
-                oci_client::errors::OciDistributionError::DigestError(
-                    oci_client::errors::DigestError::VerificationError { expected, actual },
-                ) => Error::DigestMismatch {
+        {
+            Ok((bytes, _)) => return Ok(bytes.to_vec()),
+            Err(e) => e,
+        };
+        Err(match e {
+            // The client checks the digest too; report it as ours.
+            E::DigestError(DigestError::VerificationError { expected, actual }) => {
+                Error::DigestMismatch {
                     what: format!("the manifest {digest} from {}", self.name()),
                     expected,
                     actual,
-                },
-                e => self.error(&format!("cannot fetch manifest {digest}"), e),
-            })?;
-        Ok(bytes.to_vec())
+                }
+            }
+            E::ImageManifestNotFoundError(_) => self.unknown(digest).await,
+            E::RegistryError { envelope, .. }
+                if envelope
+                    .errors
+                    .iter()
+                    .any(|e| e.code == OciErrorCode::ManifestUnknown) =>
+            {
+                self.unknown(digest).await
+            }
+            e => self.error(&format!("cannot fetch manifest {digest}"), e),
+        })
     }
 
     async fn blob(&self, digest: &str) -> Result<BlobStream, Error> {
@@ -241,6 +254,31 @@ impl ImageSource for RegistrySource {
 }
 
 impl RegistrySource {
+    /// The error for a checksum the repository has no manifest for: what was
+    /// asked, where, and what the reference's tag points to now (if it has
+    /// one and it resolves), so a stale checksum is told from a wrong
+    /// repository.
+    async fn unknown(&self, digest: &str) -> Error {
+        let tag = match self.reference.tag() {
+            None => String::new(),
+            Some(t) => match self.resolve_tag().await {
+                Ok(now) if now == digest => format!(
+                    "; its tag `{t}` points to that digest, yet the registry does not serve it"
+                ),
+                Ok(now) => format!(
+                    "; its tag `{t}` points to {now} now: if that is the algorithm meant, put that checksum in the workflow (insitu inspect prints it)"
+                ),
+                Err(_) => format!("; its tag `{t}` does not resolve either"),
+            },
+        };
+        Error::Source {
+            source_name: self.name(),
+            reason: format!(
+                "checksum {digest} not found: the repository has no manifest with that digest (never pushed there, deleted, or a wrong checksum){tag}"
+            ),
+        }
+    }
+
     /// The digest the registry's tag currently points to (sha256 of the
     /// manifest bytes it returns). For `insitu inspect` and explicitly allowed
     /// tags only: running is always by digest.
