@@ -373,7 +373,11 @@ impl Pipeline {
             for input in &stage.inputs {
                 if let ResolvedInput::Dataset { did, path } = input {
                     let digest = self.input_digest(path)?;
-                    inputs.push(json!({"stage": stage.index, "did": did, "digest": digest}));
+                    let mut entry = json!({"stage": stage.index, "did": did, "digest": digest});
+                    if let Some(other) = resolved.covering.get(did) {
+                        entry["agreement"] = json!(other);
+                    }
+                    inputs.push(entry);
                 }
             }
         }

@@ -44,6 +44,9 @@ pub struct Resolved {
     pub deterministic: bool,
     /// Set when the execution is a participant's round of a federated job.
     pub federated: Option<FederatedRound>,
+    /// Datasets the workflow reads that the agreement does not cover, and the
+    /// other agreement of the same consumer (for the same workflow) that does.
+    pub covering: std::collections::BTreeMap<Did, String>,
 }
 
 /// A federated round (see `insitu_guest::fl`): the workflow's one stage runs
@@ -89,8 +92,10 @@ impl FederatedRound {
 
 /// Resolves `agreement`'s workflow at time `now` (unix seconds).
 ///
-/// Every dataset the workflow reads must be the agreement's; every stage's
-/// image must be allowed (by checksum) by the compute service of every dataset
+/// Every dataset the workflow reads must be the agreement's, or covered by
+/// another unexpired agreement of the same consumer for the same workflow
+/// ([`Store::covering_agreement`]: a stage may read several datasets, each
+/// under its own agreement); every stage's image must be allowed (by checksum) by the compute service of every dataset
 /// the workflow reads, since later stages process data derived from them.
 ///
 /// # Errors
@@ -107,12 +112,24 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
     }
     let workflow = store.workflow(&agreement.workflow)?;
     let mut datasets = Vec::new();
+    let mut covering = std::collections::BTreeMap::new();
     for did in workflow.datasets() {
         if *did != agreement.dataset {
-            return Err(Error::Denied(format!(
-                "the workflow reads dataset {did}, which agreement {} does not cover (it covers {})",
-                agreement.id, agreement.dataset
-            )));
+            match store.covering_agreement(&agreement.consumer, did, &agreement.workflow, now)? {
+                Some(other) => {
+                    covering.insert(did.clone(), other);
+                }
+                None => {
+                    return Err(Error::Denied(format!(
+                        "the workflow reads dataset {did}, which agreement {} does not cover (it covers {}), and consumer {} holds no other agreement for {did} and workflow {}; ask the provider for one (insitu agreement grant --dataset {did} --workflow {})",
+                        agreement.id,
+                        agreement.dataset,
+                        agreement.consumer,
+                        agreement.workflow,
+                        agreement.workflow
+                    )));
+                }
+            }
         }
         let ds = store.dataset(did)?;
         if !ds.path.is_dir() {
@@ -171,6 +188,7 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
         workflow,
         stages,
         federated: None,
+        covering,
     })
 }
 
@@ -213,6 +231,58 @@ mod tests {
             }]
         );
         assert_eq!(r.stages[1].inputs, vec![ResolvedInput::PreviousStage(0)]);
+    }
+
+    #[test]
+    fn a_stage_may_read_datasets_under_several_agreements_of_one_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let mut dids = Vec::new();
+        for name in ["a", "b"] {
+            let data = dir.path().join(name);
+            std::fs::create_dir(&data).unwrap();
+            dids.push(store.add_dataset(name, &data, &[OK.into()], 60).unwrap());
+        }
+        let wf = store
+            .add_workflow(&json!({"main": {"type": "workflow", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "r/a", "tag": "1", "checksum": OK}},
+                 "input": [{"index": 0, "id": dids[0]}, {"index": 1, "id": dids[1]}]}]}}}))
+            .unwrap();
+        let a = store
+            .agreement(&store.grant(ALICE, &dids[0], &wf, 60).unwrap())
+            .unwrap();
+        let e = resolve(&store, &a, a.expires_at).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "not permitted: the workflow reads dataset {b}, which agreement {} does not cover (it covers {}), and consumer {ALICE} holds no other agreement for {b} and workflow {wf}; ask the provider for one (insitu agreement grant --dataset {b} --workflow {wf})",
+                a.id,
+                dids[0],
+                b = dids[1]
+            )
+        );
+        // Another consumer's agreement for the second dataset does not count.
+        store
+            .grant(
+                "0x0000000000000000000000000000000000000001",
+                &dids[1],
+                &wf,
+                60,
+            )
+            .unwrap();
+        assert!(resolve(&store, &a, a.expires_at).is_err());
+        let b = store.grant(ALICE, &dids[1], &wf, 10).unwrap();
+        let soon = a.expires_at - 55;
+        let r = resolve(&store, &a, soon).unwrap();
+        assert_eq!(r.covering.get(&dids[1]), Some(&b));
+        assert_eq!(r.stages[0].inputs.len(), 2);
+        // Once the other agreement expired it covers nothing, while the
+        // execution's own is still valid.
+        let e = resolve(&store, &a, a.expires_at).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("holds no other agreement for {}", dids[1])),
+            "{e}"
+        );
     }
 
     #[test]

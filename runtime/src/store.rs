@@ -727,6 +727,35 @@ impl Store {
         })
     }
 
+    /// The id of an agreement `consumer` holds for `dataset` and `workflow`
+    /// that has not expired at `now` (unix seconds): local, or recorded from
+    /// the chain when it was checked there. The one expiring last.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn covering_agreement(
+        &self,
+        consumer: &str,
+        dataset: &Did,
+        workflow: &Did,
+        now: u64,
+    ) -> Result<Option<String>, Error> {
+        self.conn()
+            .query_row(
+                "SELECT id FROM agreements WHERE consumer = ?1 AND dataset = ?2 AND workflow = ?3 AND expires_at >= ?4
+                 ORDER BY expires_at DESC LIMIT 1",
+                params![
+                    consumer.to_ascii_lowercase(),
+                    dataset.as_str(),
+                    workflow.as_str(),
+                    now.min(i64::MAX as u64) as i64
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Records (or updates) an agreement that lives elsewhere — on-chain —
     /// so executions can refer to it.
     ///

@@ -823,6 +823,79 @@ async fn agreements_images_and_dids_are_checked_at_execute() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_reads_two_datasets_each_under_an_agreement_of_the_consumer() {
+    let api = start().await;
+    let more = api.tmp.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    std::fs::write(more.join("b.txt"), "green red\n").unwrap();
+    let store = &api.g().store;
+    let ds2 = store
+        .add_dataset("more colours", &more, std::slice::from_ref(&api.wc), 60)
+        .unwrap();
+    let wf = store
+        .add_workflow(&json!({"main": {"type": "workflow", "name": "count both", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "example.invalid/wc", "tag": "1", "checksum": api.wc}},
+             "input": [{"index": 0, "id": api.dataset}, {"index": 1, "id": ds2}]}]}}}))
+        .unwrap();
+    let first = store
+        .grant(&api.consumer.address(), &api.dataset, &wf, 600)
+        .unwrap();
+    let mut c = api.claims(&api.consumer, AUD_EXECUTE);
+    (c["sub"], c["did"]) = (json!(first), json!(wf));
+    let token = api.access(c).await;
+    // Without an agreement for the second dataset: 403 naming it.
+    let (code, body) = api.execute_under(&token, &first, wf.as_str()).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(&format!(
+            "holds no other agreement for {ds2} and workflow {wf}"
+        )),
+        "{body}"
+    );
+    // Another consumer's agreement for it does not help.
+    store
+        .grant("0x00000000000000000000000000000000000000aa", &ds2, &wf, 600)
+        .unwrap();
+    let (code, _) = api.execute_under(&token, &first, wf.as_str()).await;
+    assert_eq!(code, 403);
+    // With the consumer's own, the stage reads both.
+    let second = store
+        .grant(&api.consumer.address(), &ds2, &wf, 600)
+        .unwrap();
+    let (code, body) = api.execute_under(&token, &first, wf.as_str()).await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["workflowId"].as_str().unwrap().to_string();
+    let e = api.wait_for(&id, &["succeeded", "failed"]).await;
+    assert_eq!(e.status.as_str(), "succeeded", "{:?}", e.reason);
+    let receipt = e.receipt.unwrap();
+    let inputs = receipt["body"]["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs[0]["did"], json!(api.dataset));
+    assert!(inputs[0].get("agreement").is_none());
+    assert_eq!(inputs[1]["did"], json!(ds2));
+    assert_eq!(inputs[1]["agreement"], json!(second));
+    let mut c = api.claims(&api.consumer, AUD_COMPUTE);
+    (c["sub"], c["execution_id"]) = (json!(first), json!(id));
+    let token = api.access(c).await;
+    let r = api
+        .http
+        .get(format!(
+            "{}/api/v1/node/services/compute/results/{id}/counts.json",
+            api.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let counts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (counts["files"].as_u64(), counts["words"].as_u64()),
+        (Some(2), Some(8)),
+        "{counts}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_execute_and_download_loses_nothing() {
     let mut api = start().await;
     let id = api.run().await;
