@@ -11,6 +11,11 @@ use crate::Error;
 use serde::Serialize;
 use serde_json::Value;
 
+/// Extra arguments a stage may carry (`arguments`).
+pub const MAX_ARGUMENTS: usize = 64;
+/// Bytes in one extra argument.
+pub const MAX_ARGUMENT_BYTES: usize = 4096;
+
 /// A `did:nv:` identifier: `did:nv:` followed by 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -341,10 +346,35 @@ fn parse_stage(s: &Value, path: &str, pos: usize) -> Result<Stage, Error> {
     let apath = format!("{path}.arguments");
     let arguments = match s.get("arguments") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) if a.len() > MAX_ARGUMENTS => {
+            return Err(err(
+                &apath,
+                format!(
+                    "{} arguments; a stage takes at most {MAX_ARGUMENTS}",
+                    a.len()
+                ),
+            ));
+        }
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
-            .map(|(i, v)| string(v, &format!("{apath}[{i}]")).map(str::to_string))
+            .map(|(i, v)| {
+                let p = format!("{apath}[{i}]");
+                let arg = string(v, &p)?;
+                if arg.len() > MAX_ARGUMENT_BYTES {
+                    return Err(err(
+                        &p,
+                        format!(
+                            "is {} bytes; an argument is at most {MAX_ARGUMENT_BYTES}",
+                            arg.len()
+                        ),
+                    ));
+                }
+                if arg.contains('\0') {
+                    return Err(err(&p, "contains a NUL character"));
+                }
+                Ok(arg.to_string())
+            })
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(err(
@@ -454,6 +484,36 @@ mod tests {
         let mut v = two_stage();
         edit(&mut v);
         Workflow::from_value(&v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stage_arguments_are_bounded() {
+        let s = "$.main.workflow.stages[0].arguments";
+        let args = |v: serde_json::Value| {
+            move |w: &mut Value| w["main"]["workflow"]["stages"][0]["arguments"] = v
+        };
+        let ok = {
+            let mut v = two_stage();
+            v["main"]["workflow"]["stages"][0]["arguments"] = serde_json::json!(["--k", "3"]);
+            Workflow::from_value(&v).unwrap()
+        };
+        assert_eq!(ok.stages[0].arguments, ["--k", "3"]);
+        assert_eq!(
+            refused(args(serde_json::json!(vec!["x"; 65]))),
+            format!("workflow {s}: 65 arguments; a stage takes at most 64")
+        );
+        assert_eq!(
+            refused(args(serde_json::json!(["ok", "y".repeat(4097)]))),
+            format!("workflow {s}[1]: is 4097 bytes; an argument is at most 4096")
+        );
+        assert_eq!(
+            refused(args(serde_json::json!(["a\u{0}b"]))),
+            format!("workflow {s}[0]: contains a NUL character")
+        );
+        assert_eq!(
+            refused(args(serde_json::json!("--k 3"))),
+            format!("workflow {s}: must be an array of strings, found \"--k 3\"")
+        );
     }
 
     #[test]
