@@ -114,6 +114,18 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
     let mut datasets = Vec::new();
     let mut covering = std::collections::BTreeMap::new();
     for did in workflow.datasets() {
+        // A result of an earlier execution, read by its owner: the data never
+        // left this provider.
+        if store.ddo(did)?.0 == crate::store::AssetKind::Result {
+            let ds = store.result_as_dataset(did, &agreement.consumer)?;
+            if !ds.path.is_dir() {
+                return Err(Error::InvalidJob(format!(
+                    "result {did}'s files are missing on the provider"
+                )));
+            }
+            datasets.push(ds);
+            continue;
+        }
         if *did != agreement.dataset {
             match store.covering_agreement(&agreement.consumer, did, &agreement.workflow, now)? {
                 Some(other) => {

@@ -538,7 +538,10 @@ impl Store {
     pub fn add_workflow(&self, doc: &Value) -> Result<Did, Error> {
         let workflow = Workflow::from_value(doc)?;
         for d in workflow.datasets() {
-            self.dataset(d)?;
+            // A dataset, or a result (an input of its owner's executions).
+            if !matches!(self.ddo(d)?.0, AssetKind::Dataset | AssetKind::Result) {
+                self.dataset(d)?;
+            }
         }
         let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
         let main = doc.get("main").cloned().unwrap_or_else(|| {
@@ -649,6 +652,90 @@ impl Store {
                 .unwrap_or_default(),
             deterministic: ddo.pointer("/service/1/attributes/main/deterministic")
                 == Some(&Value::Bool(true)),
+        })
+    }
+
+    /// A result asset used as an input of a later execution by `consumer`:
+    /// as a [`Dataset`] whose directory is the result's files, whose allowed
+    /// images, resources and deterministic mode are those of the datasets it
+    /// was computed from (all of them, through results of results: data
+    /// derived from a dataset stays under its compute service).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `did` is not a result; [`Error::Denied`] when
+    /// it belongs to another consumer or a dataset it came from is gone.
+    pub fn result_as_dataset(&self, did: &Did, consumer: &str) -> Result<Dataset, Error> {
+        let ddo = self.expect_kind(did, AssetKind::Result)?;
+        let main = ddo
+            .pointer("/service/0/attributes/main")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if !main["owner"]
+            .as_str()
+            .is_some_and(|o| o.eq_ignore_ascii_case(consumer))
+        {
+            return Err(Error::Denied(format!(
+                "result {did} is not {consumer}'s: a result is an input only of its owner's executions"
+            )));
+        }
+        let path: String = self
+            .conn()
+            .query_row(
+                "SELECT path FROM assets WHERE did = ?1",
+                params![did.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        // The datasets it came from, through results of results.
+        let mut sources: Vec<Dataset> = Vec::new();
+        let mut todo: Vec<(Value, usize)> = vec![(main["provenance"]["inputs"].clone(), 0)];
+        while let Some((inputs, depth)) = todo.pop() {
+            for d in inputs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                let Ok(d) = Did::parse(d) else { continue };
+                match self.ddo(&d) {
+                    Ok((AssetKind::Dataset, _)) => {
+                        if !sources.iter().any(|s| s.did == d) {
+                            sources.push(self.dataset(&d)?);
+                        }
+                    }
+                    Ok((AssetKind::Result, r)) if depth < 32 => todo.push((
+                        r.pointer("/service/0/attributes/main/provenance/inputs")
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                        depth + 1,
+                    )),
+                    _ => {
+                        return Err(Error::Denied(format!(
+                            "result {did} was computed from {d}, which this provider no longer has as a dataset; its compute service cannot be checked"
+                        )));
+                    }
+                }
+            }
+        }
+        let Some(first) = sources.first() else {
+            return Err(Error::Denied(format!(
+                "result {did} records no dataset it was computed from"
+            )));
+        };
+        Ok(Dataset {
+            did: did.clone(),
+            name: main["name"].as_str().unwrap_or("").to_string(),
+            path: PathBuf::from(path),
+            allowed_images: first
+                .allowed_images
+                .iter()
+                .filter(|i| sources.iter().all(|s| s.allowed_images.contains(i)))
+                .cloned()
+                .collect(),
+            server: sources
+                .iter()
+                .fold(Server::default(), |s, d| s.min(&d.server)),
+            deterministic: sources.iter().any(|s| s.deterministic),
         })
     }
 

@@ -896,6 +896,75 @@ async fn a_stage_reads_two_datasets_each_under_an_agreement_of_the_consumer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_is_an_input_of_its_owners_later_executions_only() {
+    let api = start().await;
+    let first = api.run().await;
+    let e = api.wait_for(&first, &["succeeded", "failed"]).await;
+    assert_eq!(e.status.as_str(), "succeeded", "{:?}", e.reason);
+    let result = e.result.unwrap();
+    // A workflow reading the result (its counts.json) with the same image.
+    let store = &api.g().store;
+    let wf = store
+        .add_workflow(&json!({"main": {"type": "workflow", "name": "count the counts", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "example.invalid/wc", "tag": "1", "checksum": api.wc}},
+             "input": [{"index": 0, "id": result}]}]}}}))
+        .unwrap();
+    let mine = store
+        .grant(&api.consumer.address(), &api.dataset, &wf, 600)
+        .unwrap();
+    let mut c = api.claims(&api.consumer, AUD_EXECUTE);
+    (c["sub"], c["did"]) = (json!(mine), json!(wf));
+    let token = api.access(c).await;
+    let (code, body) = api.execute_under(&token, &mine, wf.as_str()).await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["workflowId"].as_str().unwrap().to_string();
+    let e = api.wait_for(&id, &["succeeded", "failed"]).await;
+    assert_eq!(e.status.as_str(), "succeeded", "{:?}", e.reason);
+    let receipt = e.receipt.unwrap();
+    assert_eq!(receipt["body"]["inputs"][0]["did"], json!(result));
+    // It counted the words of the first result's one file.
+    let counts: Value = serde_json::from_slice(
+        &std::fs::read(api.g().pipeline.outputs(&id, 0).join("counts.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(counts["files"], 1, "{counts}");
+    assert!(counts["counts"]["blue"].is_number(), "{counts}");
+    // Another consumer, with an agreement of its own for that workflow,
+    // cannot read this consumer's result.
+    let other = ProviderKey::random();
+    let theirs = store
+        .grant(&other.address(), &api.dataset, &wf, 600)
+        .unwrap();
+    let claims = json!({"iss": other.address(), "aud": AUD_EXECUTE, "sub": theirs, "did": wf,
+                        "eths": "personal", "iat": now(), "exp": now() + 300});
+    let r = api.token(&other, claims).await;
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = api
+        .http
+        .post(format!(
+            "{}/api/v1/node/services/compute/execute/{theirs}",
+            api.base
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"workflowDid": wf, "consumer": other.address()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        format!(
+            "not permitted: result {result} is not {}'s: a result is an input only of its owner's executions",
+            other.address().to_lowercase()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_execute_and_download_loses_nothing() {
     let mut api = start().await;
     let id = api.run().await;
