@@ -84,6 +84,7 @@ async fn bench(port: u16) -> anyhow::Result<()> {
         price: Some("1000".into()),
         did: Some(dataset.clone()),
         deterministic: false,
+        about: Default::default(),
     })?;
     let workflow = store
         .add_workflow(&json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [

@@ -94,6 +94,7 @@ async fn run() -> anyhow::Result<()> {
             price: None,
             did: None,
             deterministic,
+            about: Default::default(),
         })?;
     if deterministic {
         println!("deterministic mode on");

@@ -16,6 +16,7 @@ mod fl;
 mod http;
 mod load;
 mod scale;
+mod search;
 mod secagg;
 mod verify;
 
@@ -74,6 +75,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "fl" {
         fl::fl()?;
+    }
+    if all || what == "search" {
+        search::search()?;
     }
     Ok(())
 }

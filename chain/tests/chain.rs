@@ -174,6 +174,7 @@ async fn world() -> World {
             price: Some(PRICE_WEI.to_string()),
             did: Some(dataset.clone()),
             deterministic: false,
+            about: Default::default(),
         })
         .unwrap();
     let workflow = store

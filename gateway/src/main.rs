@@ -243,6 +243,15 @@ enum AssetCmd {
         /// reproduced and checked with `insitu verify --reproduce`.
         #[arg(long)]
         deterministic: bool,
+        /// What the dataset holds, for the catalog's search.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Comma-separated tags, for the catalog's search.
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Who made the data.
+        #[arg(long, value_name = "NAME")]
+        author: Option<String>,
         /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
         #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
         chain_rpc: Option<String>,
@@ -569,6 +578,9 @@ fn main() -> ExitCode {
             disk,
             max_execution_time,
             deterministic,
+            description,
+            tags,
+            author,
             chain_rpc,
             contracts,
             price,
@@ -583,6 +595,15 @@ fn main() -> ExitCode {
                     max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
                 },
                 deterministic,
+                about: insitu_runtime::store::About {
+                    description,
+                    tags: tags
+                        .into_iter()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                    author,
+                },
             };
             match (chain_rpc, contracts, price) {
                 (Some(rpc), Some(contracts), Some(price)) => commands::provider_key(

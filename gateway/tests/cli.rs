@@ -625,6 +625,42 @@ fn catalog_verbs_register_datasets_workflows_and_agreements() {
         "60",
     ]));
     assert!(id.starts_with("0x") && id.len() == 66, "{id}");
+    // Description, tags and author go into the DDO the catalog searches.
+    let described = last_word(&e.insitu(&[
+        "asset",
+        "add",
+        "--data-dir",
+        &data,
+        "--path",
+        &e.p("in"),
+        "--name",
+        "more words",
+        "--description",
+        "words counted by hand",
+        "--tags",
+        "text, words",
+        "--author",
+        "Ada",
+    ]));
+    let store = insitu_runtime::store::Store::open(Path::new(&data).join("insitu.db")).unwrap();
+    let (_, ddo) = store
+        .ddo(&insitu_runtime::workflow::Did::parse(&described).unwrap())
+        .unwrap();
+    let meta = &ddo["service"][0]["attributes"];
+    assert_eq!(meta["main"]["author"], "Ada");
+    assert_eq!(
+        meta["additionalInformation"],
+        serde_json::json!({"description": "words counted by hand", "tags": ["text", "words"]})
+    );
+    let found = store
+        .search(&insitu_runtime::store::Search {
+            text: "hand".into(),
+            page_size: 10,
+            page: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(found.0[0]["id"], serde_json::json!(described));
 
     // Refusals: one clear line, exit 2, nothing registered.
     let mut bad = workflow.clone();

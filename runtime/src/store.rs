@@ -71,6 +71,56 @@ pub struct DatasetSpec<'a> {
     pub did: Option<Did>,
     /// Stages reading it run in deterministic mode.
     pub deterministic: bool,
+    /// What the catalog shows and searches besides the name.
+    pub about: About,
+}
+
+/// A catalog search ([`Store::search`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Search {
+    /// Words to find (any punctuation separates words; each matches as a
+    /// prefix; all must match). Empty lists everything.
+    pub text: String,
+    /// `dataset`, `workflow`, `algorithm` or `result`.
+    pub kind: Option<String>,
+    /// Tags the asset must all carry.
+    pub tags: Vec<String>,
+    /// The owner of results.
+    pub owner: Option<String>,
+    /// Compute price bounds (wei).
+    pub price_min: Option<f64>,
+    pub price_max: Option<f64>,
+    pub sort: Sort,
+    /// Who searches: their results are found too.
+    pub viewer: Option<String>,
+    /// Results per page (Nevermined's `offset`), at most [`Search::MAX_PAGE_SIZE`].
+    pub page_size: usize,
+    /// 1-based.
+    pub page: usize,
+}
+
+impl Search {
+    pub const MAX_PAGE_SIZE: usize = 500;
+}
+
+/// The order of search results after relevance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    #[default]
+    Relevance,
+    Newest,
+    Oldest,
+    Name,
+}
+
+/// A dataset's descriptive metadata (Nevermined's `main.author`,
+/// `additionalInformation.description` and `.tags`), searched by
+/// [`Store::search`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct About {
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub author: Option<String>,
 }
 
 /// The resources a dataset's compute service offers a stage — the first of
@@ -273,6 +323,41 @@ pub fn parse_address(a: &str) -> Result<String, Error> {
     Ok(a.to_ascii_lowercase())
 }
 
+/// The searched columns of `assets_fts` from a DDO column: owner (results),
+/// name, description, tags, author.
+fn fts_columns(ddo: &str) -> String {
+    let main = "$.service[0].attributes.main";
+    let info = "$.service[0].attributes.additionalInformation";
+    format!(
+        "lower(coalesce(json_extract({ddo}, '{main}.owner'), '')), \
+         coalesce(json_extract({ddo}, '{main}.name'), ''), \
+         coalesce(json_extract({ddo}, '{info}.description'), ''), \
+         coalesce((SELECT group_concat(value, ' ') FROM json_each({ddo}, '{info}.tags')), ''), \
+         coalesce(json_extract({ddo}, '{main}.author'), '')"
+    )
+}
+
+/// `unix` seconds as RFC 3339 UTC (`2026-12-04T18:00:00Z`).
+fn rfc3339(unix: u64) -> String {
+    let (days, secs) = (unix / 86400, unix % 86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS assets (
     did TEXT PRIMARY KEY,
@@ -304,6 +389,22 @@ CREATE TABLE IF NOT EXISTS executions (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_consumer ON executions(consumer, created_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS assets_fts USING fts5(
+    did UNINDEXED, kind UNINDEXED, owner UNINDEXED, name, description, tags, author,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS assets_fts_insert AFTER INSERT ON assets BEGIN
+    INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
+    SELECT new.did, new.kind, FTS_COLUMNS(new.ddo);
+END;
+CREATE TRIGGER IF NOT EXISTS assets_fts_update AFTER UPDATE OF ddo ON assets BEGIN
+    DELETE FROM assets_fts WHERE did = old.did;
+    INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
+    SELECT new.did, new.kind, FTS_COLUMNS(new.ddo);
+END;
+CREATE TRIGGER IF NOT EXISTS assets_fts_delete AFTER DELETE ON assets BEGIN
+    DELETE FROM assets_fts WHERE did = old.did;
+END;
 CREATE TABLE IF NOT EXISTS used_signatures (
     digest TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
@@ -330,7 +431,17 @@ impl Store {
         let conn = Connection::open(&path).map_err(e)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(e)?;
-        conn.execute_batch(SCHEMA).map_err(e)?;
+        conn.execute_batch(&SCHEMA.replace("FTS_COLUMNS(new.ddo)", &fts_columns("new.ddo")))
+            .map_err(e)?;
+        // Databases from before the catalog was searchable.
+        conn.execute_batch(&format!(
+            "INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
+             SELECT did, kind, {} FROM assets
+             WHERE (SELECT count(*) FROM assets) != (SELECT count(*) FROM assets_fts)
+               AND did NOT IN (SELECT did FROM assets_fts)",
+            fts_columns("ddo")
+        ))
+        .map_err(e)?;
         // Databases from before settlements existed.
         let has_settlement = conn
             .prepare("SELECT 1 FROM pragma_table_info('executions') WHERE name = 'settlement'")
@@ -477,6 +588,7 @@ impl Store {
             price: None,
             did: None,
             deterministic: false,
+            about: About::default(),
         })
     }
 
@@ -518,11 +630,20 @@ impl Store {
         if spec.deterministic {
             compute["deterministic"] = json!(true);
         }
+        let mut metadata = json!({"main": {"type": "dataset", "name": spec.name,
+                                           "dateCreated": rfc3339(now_ms() / 1000)}});
+        if let Some(a) = &spec.about.author {
+            metadata["main"]["author"] = json!(a);
+        }
+        if spec.about.description.is_some() || !spec.about.tags.is_empty() {
+            metadata["additionalInformation"] = json!({"description": spec.about.description.clone().unwrap_or_default(),
+                       "tags": spec.about.tags});
+        }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
             "service": [
-                {"type": "metadata", "index": 0, "attributes": {"main": {"type": "dataset", "name": spec.name}}},
+                {"type": "metadata", "index": 0, "attributes": metadata},
                 {"type": "compute", "index": 1, "attributes": {"main": compute}},
             ],
         });
@@ -737,6 +858,114 @@ impl Store {
                 .fold(Server::default(), |s, d| s.min(&d.server)),
             deterministic: sources.iter().any(|s| s.deterministic),
         })
+    }
+
+    /// Searches the catalog: full text over name, description, tags and
+    /// author (SQLite FTS5, ranked by BM25 with the name weighing most; an
+    /// exact name first), filtered by `query`. Datasets, workflows and
+    /// algorithms are public; a result is found only by its owner
+    /// (`query.viewer`). Returns one page of DDOs and the total.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn search(&self, query: &Search) -> Result<(Vec<Value>, u64), Error> {
+        let words: Vec<String> = query
+            .text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(16)
+            .map(|w| format!("\"{w}\"*"))
+            .collect();
+        if words.is_empty() && !query.text.trim().is_empty() {
+            // Only punctuation: nothing can match it.
+            return Ok((Vec::new(), 0));
+        }
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            query
+                .viewer
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .into(),
+        ];
+        let mut arg = |v: rusqlite::types::Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        // The full-text match and its rank first (FTS5's rank functions work
+        // only on the table's own scan), then the filters and the page.
+        let matched = if words.is_empty() {
+            "SELECT did, kind, owner, name, 0.0 AS score FROM assets_fts".to_string()
+        } else {
+            let a = arg(words.join(" ").into());
+            format!(
+                "SELECT did, kind, owner, name, bm25(assets_fts, 0, 0, 0, 10.0, 1.0, 5.0, 3.0) AS score FROM assets_fts WHERE assets_fts MATCH {a}"
+            )
+        };
+        let mut sql = format!(
+            "WITH f AS ({matched}) SELECT a.ddo, count(*) OVER () FROM f JOIN assets a ON a.did = f.did WHERE (f.kind != 'result' OR f.owner = ?1)"
+        );
+        if let Some(kind) = &query.kind {
+            let a = arg(kind.clone().into());
+            sql.push_str(&format!(" AND f.kind = {a}"));
+        }
+        if let Some(owner) = &query.owner {
+            let a = arg(owner.to_ascii_lowercase().into());
+            sql.push_str(&format!(" AND f.owner = {a}"));
+        }
+        for tag in &query.tags {
+            let a = arg(tag.clone().into());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(a.ddo, '$.service[0].attributes.additionalInformation.tags') WHERE value = {a})"
+            ));
+        }
+        let price = "CAST(json_extract(a.ddo, '$.service[1].attributes.main.price') AS REAL)";
+        if let Some(min) = query.price_min {
+            let a = arg(min.into());
+            sql.push_str(&format!(" AND {price} >= {a}"));
+        }
+        if let Some(max) = query.price_max {
+            let a = arg(max.into());
+            sql.push_str(&format!(" AND {price} <= {a}"));
+        }
+        let exact = arg(query.text.trim().to_lowercase().into());
+        sql.push_str(&format!(" ORDER BY lower(f.name) = {exact} DESC, f.score"));
+        sql.push_str(match query.sort {
+            Sort::Relevance | Sort::Newest => ", a.created_at DESC",
+            Sort::Oldest => ", a.created_at ASC",
+            Sort::Name => ", lower(f.name) ASC",
+        });
+        let size = query.page_size.clamp(1, Search::MAX_PAGE_SIZE);
+        let skip = query.page.saturating_sub(1).saturating_mul(size);
+        let (l, o) = (
+            arg((size as i64).into()),
+            arg((skip.min(i64::MAX as usize) as i64).into()),
+        );
+        sql.push_str(&format!(" LIMIT {l} OFFSET {o}"));
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut total = 0;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut results = Vec::new();
+        for row in rows {
+            let (ddo, n) = row.map_err(|e| self.err(e))?;
+            total = n as u64;
+            results.push(serde_json::from_str(&ddo).unwrap_or(Value::Null));
+        }
+        if results.is_empty() && skip > 0 {
+            // Past the last page: count what there is.
+            drop(st);
+            drop(conn);
+            let mut first = query.clone();
+            first.page = 1;
+            first.page_size = 1;
+            return Ok((Vec::new(), self.search(&first)?.1));
+        }
+        Ok((results, total))
     }
 
     /// A registered workflow, parsed.
@@ -1372,5 +1601,122 @@ mod tests {
                 .add_dataset("x", &data, &["sha256:bad".into()], 1)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_catalog_is_searched_ranked_and_results_stay_their_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let add = |name: &str, description: &str, tags: &[&str]| {
+            store
+                .register_dataset(&DatasetSpec {
+                    name,
+                    path: &data,
+                    allowed_images: &[],
+                    timeout_secs: 60,
+                    server: Server::default(),
+                    price: None,
+                    did: None,
+                    deterministic: false,
+                    about: About {
+                        description: Some(description.into()),
+                        tags: tags.iter().map(|t| t.to_string()).collect(),
+                        author: Some("Met Office".into()),
+                    },
+                })
+                .unwrap()
+        };
+        let weather = add("weather", "hourly readings", &["climate", "hourly"]);
+        let stations = add(
+            "weather stations",
+            "where the weather is measured",
+            &["climate"],
+        );
+        let _rain = add("rainfall", "daily weather totals", &["climate", "daily"]);
+        let _other = add("traffic", "cars per hour", &["roads"]);
+        let search = |text: &str| Search {
+            text: text.into(),
+            page_size: 10,
+            page: 1,
+            ..Search::default()
+        };
+        let names = |r: &(Vec<Value>, u64)| -> Vec<String> {
+            r.0.iter()
+                .map(|d| {
+                    d["service"][0]["attributes"]["main"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        // The exact name first, then by relevance; prefix matches count.
+        let r = store.search(&search("weather")).unwrap();
+        assert_eq!(r.1, 3);
+        assert_eq!(names(&r)[0], "weather");
+        assert_eq!(r.0[0]["id"], json!(weather));
+        assert_eq!(
+            names(&store.search(&search("stat")).unwrap()),
+            ["weather stations"]
+        );
+        assert_eq!(
+            store.search(&search("office")).unwrap().1,
+            4,
+            "author is searched"
+        );
+        // Tags and type filter; hostile query syntax is just words.
+        let mut q = search("weather");
+        q.tags = vec!["daily".into()];
+        assert_eq!(names(&store.search(&q).unwrap()), ["rainfall"]);
+        q.kind = Some("workflow".into());
+        assert_eq!(store.search(&q).unwrap().1, 0);
+        for hostile in ["\"", "weather\" OR *", "NEAR(", "a AND", ")(", "-", "''"] {
+            store.search(&search(hostile)).unwrap();
+        }
+        assert_eq!(store.search(&search("!!!")).unwrap().1, 0);
+        // Pages.
+        let mut q = search("");
+        q.page_size = 3;
+        let first = store.search(&q).unwrap();
+        assert_eq!((first.0.len(), first.1), (3, 4));
+        q.page = 2;
+        assert_eq!(store.search(&q).unwrap().0.len(), 1);
+        q.page = 9;
+        assert_eq!(store.search(&q).unwrap(), (Vec::new(), 4));
+        // A result is found by its owner only; paths never appear.
+        let wf = store
+            .add_workflow(&json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "r/a", "tag": "1", "checksum": format!("sha256:{}", "ab".repeat(32))}},
+                 "input": [{"index": 0, "id": stations}]}]}}}))
+            .unwrap();
+        let owner = "0x5b38da6a701c568545dcfcb03fcb875f56beddc4";
+        let a = store
+            .agreement(&store.grant(owner, &stations, &wf, 60).unwrap())
+            .unwrap();
+        let id = store.create_execution(&a).unwrap();
+        for to in [Status::Configuring, Status::Running, Status::Publishing] {
+            store.set_status(&id, to, None).unwrap();
+        }
+        let result = store.new_result_did().unwrap();
+        let receipt =
+            crate::receipt::sign(&crate::receipt::ProviderKey::random(), json!({})).unwrap();
+        store
+            .publish(
+                &id,
+                &result,
+                &json!({"type": "result", "name": "weather result", "owner": owner}),
+                &data,
+                &receipt,
+            )
+            .unwrap();
+        let mut q = search("weather result");
+        assert_eq!(store.search(&q).unwrap().1, 0, "strangers do not find it");
+        q.viewer = Some(owner.to_uppercase().replace("0X", "0x"));
+        let r = store.search(&q).unwrap();
+        assert_eq!(names(&r), ["weather result"]);
+        let all = serde_json::to_string(&store.search(&search("")).unwrap().0).unwrap();
+        assert!(!all.contains(data.to_str().unwrap()), "a local path leaked");
     }
 }

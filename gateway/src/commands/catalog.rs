@@ -31,6 +31,8 @@ pub struct Offer {
     pub server: insitu_runtime::store::Server,
     /// Stages reading it run in deterministic mode.
     pub deterministic: bool,
+    /// Description, tags and author for the catalog.
+    pub about: insitu_runtime::store::About,
 }
 
 /// Registers a dataset; returns the line to print.
@@ -54,6 +56,7 @@ pub fn add_dataset(
         price: None,
         did: None,
         deterministic: offer.deterministic,
+        about: offer.about.clone(),
     })?;
     Ok(format!("dataset `{name}` registered as {did}"))
 }
@@ -115,6 +118,7 @@ pub fn add_dataset_on_chain(
         price: Some(chain.price.clone()),
         did: Some(did.clone()),
         deterministic: offer.deterministic,
+        about: offer.about.clone(),
     })?;
     Ok(format!(
         "dataset `{name}` registered on-chain (tx {tx:#x}) as {did}"

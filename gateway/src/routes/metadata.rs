@@ -1,4 +1,7 @@
-//! The metadata API: `GET /api/v1/metadata/assets/ddo/{did}` resolves a DDO.
+//! The metadata API: `GET /api/v1/metadata/assets/ddo/{did}` resolves a DDO;
+//! `GET|POST /api/v1/metadata/assets/ddo/query` searches the catalog
+//! (Nevermined's query shape: `text`, `query` filters, `sort`, `offset` =
+//! page size, `page`) → `{results, page, total_pages, total_results}`.
 //!
 //! Datasets and workflows are public. A result's DDO is whole only for its
 //! owner (a bearer access token of the consumer who owns it); anyone else
@@ -9,12 +12,14 @@
 
 use super::bearer;
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE};
-use crate::error::{ApiError, ApiPath, ApiResult};
+use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult, integral_json};
 use crate::server::{Gateway, now};
 use axum::Json;
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderMap;
 use insitu_runtime::store::AssetKind;
+use insitu_runtime::store::{Search, Sort};
 use insitu_runtime::workflow::Did;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -82,4 +87,149 @@ fn public_result(main: &mut Value) {
             *stage = Value::Object(public);
         }
     }
+}
+
+/// `GET …/ddo/query?text=&offset=&page=`: `offset` is the page size
+/// (Nevermined's name), `page` is 1-based.
+#[derive(serde::Deserialize)]
+pub(crate) struct QueryParams {
+    #[serde(default)]
+    text: String,
+    offset: Option<usize>,
+    page: Option<usize>,
+}
+
+/// `POST …/ddo/query`: Nevermined's query body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueryBody {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    query: Filters,
+    /// `{"created": "asc"|"desc"}` or `{"name": "asc"}`; default relevance.
+    #[serde(default)]
+    sort: Option<Map<String, Value>>,
+    offset: Option<usize>,
+    page: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Filters {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    owner: Option<String>,
+    price: Option<PriceRange>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PriceRange {
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+/// Results per page when the query does not say.
+const DEFAULT_PAGE_SIZE: usize = 100;
+/// Longest search text.
+const MAX_TEXT: usize = 1000;
+
+pub(crate) async fn query_get(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<QueryParams>,
+) -> ApiResult<Json<Value>> {
+    search(
+        &g,
+        &headers,
+        QueryBody {
+            text: q.text,
+            query: Filters::default(),
+            sort: None,
+            offset: q.offset,
+            page: q.page,
+        },
+    )
+}
+
+pub(crate) async fn query_post(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let body: QueryBody = integral_json(body)?;
+    search(&g, &headers, body)
+}
+
+/// The consumer of a valid bearer access token, if any.
+fn viewer(g: &Gateway, headers: &HeaderMap) -> Option<String> {
+    let t = bearer(headers).ok()?;
+    g.tokens
+        .check(t, AUD_COMPUTE, now())
+        .or_else(|_| g.tokens.check(t, AUD_EXECUTE, now()))
+        .ok()
+        .map(|grant| grant.consumer)
+}
+
+fn search(g: &Gateway, headers: &HeaderMap, q: QueryBody) -> ApiResult<Json<Value>> {
+    let size = q.offset.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=Search::MAX_PAGE_SIZE).contains(&size) {
+        return Err(ApiError::BadRequest(format!(
+            "offset (results per page) must be between 1 and {}, not {size}",
+            Search::MAX_PAGE_SIZE
+        )));
+    }
+    let page = q.page.unwrap_or(1);
+    if page == 0 || page > 1_000_000 {
+        return Err(ApiError::BadRequest(format!(
+            "page must be between 1 and 1000000, not {page}"
+        )));
+    }
+    if q.text.len() > MAX_TEXT {
+        return Err(ApiError::BadRequest(format!(
+            "text is {} bytes; at most {MAX_TEXT}",
+            q.text.len()
+        )));
+    }
+    if let Some(k) = &q.query.kind
+        && !["dataset", "workflow", "algorithm", "result"].contains(&k.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "query.type `{k}` is not one of dataset, workflow, algorithm, result"
+        )));
+    }
+    let sort = match q.sort.as_ref().map(|m| m.iter().next()) {
+        None | Some(None) => Sort::Relevance,
+        Some(Some((k, v))) => match (k.as_str(), v.as_str()) {
+            ("created", Some("desc")) => Sort::Newest,
+            ("created", Some("asc")) => Sort::Oldest,
+            ("name", Some("asc")) => Sort::Name,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "sort {{\"{k}\": {v}}} is not one of {{\"created\": \"asc\"|\"desc\"}}, {{\"name\": \"asc\"}}"
+                )));
+            }
+        },
+    };
+    let (results, total) = g.store.search(&Search {
+        text: q.text,
+        kind: q.query.kind,
+        tags: q.query.tags,
+        owner: q.query.owner,
+        price_min: q.query.price.as_ref().and_then(|p| p.min),
+        price_max: q.query.price.as_ref().and_then(|p| p.max),
+        sort,
+        viewer: viewer(g, headers),
+        page_size: size,
+        page,
+    })?;
+    Ok(Json(serde_json::json!({
+        "results": results,
+        "page": page,
+        "total_pages": total.div_ceil(size as u64),
+        "total_results": total,
+    })))
 }

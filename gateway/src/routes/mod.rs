@@ -1,6 +1,6 @@
 //! The HTTP routes, one module per API area: [`compute`] (execute, status,
 //! logs, stop, list, results), [`oauth`] (grants for access tokens),
-//! [`metadata`] (DDOs), [`federated`] (a participant's steps in federated
+//! [`metadata`] (DDOs and catalog search), [`federated`] (a participant's steps in federated
 //! rounds, the final model's publication) and [`ops`] (health, metrics, the
 //! OpenAPI document).
 //! Shared here: the router and how a request proves who it is.
@@ -59,6 +59,10 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
         .route(
             "/api/v1/node/services/compute/results/{execution}/{*file}",
             get(compute::download),
+        )
+        .route(
+            "/api/v1/metadata/assets/ddo/query",
+            get(metadata::query_get).post(metadata::query_post),
         )
         .route("/api/v1/metadata/assets/ddo/{did}", get(metadata::ddo))
         .route(

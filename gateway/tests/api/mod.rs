@@ -965,6 +965,105 @@ async fn a_result_is_an_input_of_its_owners_later_executions_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_is_searched_over_http_and_results_are_listed_to_their_owner() {
+    use insitu_runtime::store::{About, DatasetSpec};
+    let api = start().await;
+    let store = &api.g().store;
+    let dir = api.tmp.path().join("input");
+    for (name, tags) in [
+        ("colour swatches", vec!["paint", "colour"]),
+        ("bird sightings", vec!["nature"]),
+    ] {
+        store
+            .register_dataset(&DatasetSpec {
+                name,
+                path: &dir,
+                allowed_images: std::slice::from_ref(&api.wc),
+                timeout_secs: 60,
+                server: Default::default(),
+                price: None,
+                did: None,
+                deterministic: false,
+                about: About {
+                    description: Some(format!("{name}, counted by hand")),
+                    tags: tags.into_iter().map(str::to_string).collect(),
+                    author: Some("Ada".into()),
+                },
+            })
+            .unwrap();
+    }
+    let id = api.run().await;
+    let result = api.wait_for(&id, &["succeeded"]).await.result.unwrap();
+    let query = "/api/v1/metadata/assets/ddo/query";
+    let names = |body: &Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                d["service"][0]["attributes"]["main"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    // GET: the exact name first, prefixes match, pages.
+    let (code, body) = api.get(&format!("{query}?text=colours"), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(names(&body)[0], "colours");
+    let (_, body) = api
+        .get(&format!("{query}?text=colo&offset=1&page=2"), "")
+        .await;
+    assert_eq!(
+        (
+            body["page"].as_u64(),
+            body["total_pages"].as_u64(),
+            body["total_results"].as_u64()
+        ),
+        (Some(2), Some(2), Some(2)),
+        "{body}"
+    );
+    // POST with filters.
+    let post = |body: Value, token: Option<String>| {
+        let mut r = api.http.post(format!("{}{query}", api.base)).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, body) = post(
+        json!({"text": "counted", "query": {"tags": ["nature"]}}),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(names(&body), ["bird sightings"]);
+    let (_, body) = post(json!({"query": {"type": "workflow"}}), None).await;
+    assert_eq!(body["total_results"], 1, "the one workflow");
+    // The result: its owner finds it, nobody else does.
+    let (_, body) = post(json!({"query": {"type": "result"}}), None).await;
+    assert_eq!(body["total_results"], 0, "{body}");
+    let token = api.compute_token(&id).await;
+    let (_, body) = post(json!({"query": {"type": "result"}}), Some(token)).await;
+    assert_eq!(body["results"][0]["id"], json!(result), "{body}");
+    // No local path anywhere, and bad parameters are 400 with the reason.
+    let (_, all) = api.get(&format!("{query}?offset=500"), "").await;
+    assert!(!all.to_string().contains(api.tmp.path().to_str().unwrap()));
+    let (code, body) = api.get(&format!("{query}?offset=0"), "").await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        body["message"],
+        "offset (results per page) must be between 1 and 500, not 0"
+    );
+    let (code, body) = post(json!({"sort": {"size": "asc"}}), None).await;
+    assert_eq!(code, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_execute_and_download_loses_nothing() {
     let mut api = start().await;
     let id = api.run().await;
