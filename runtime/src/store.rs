@@ -895,15 +895,23 @@ impl Store {
         // The full-text match and its rank first (FTS5's rank functions work
         // only on the table's own scan), then the filters and the page.
         let matched = if words.is_empty() {
-            "SELECT did, kind, owner, name, 0.0 AS score FROM assets_fts".to_string()
+            "SELECT rowid AS seq, did, kind, owner, name, 0.0 AS score FROM assets_fts".to_string()
         } else {
             let a = arg(words.join(" ").into());
             format!(
-                "SELECT did, kind, owner, name, bm25(assets_fts, 0, 0, 0, 10.0, 1.0, 5.0, 3.0) AS score FROM assets_fts WHERE assets_fts MATCH {a}"
+                "SELECT rowid AS seq, did, kind, owner, name, bm25(assets_fts, 0, 0, 0, 10.0, 1.0, 5.0, 3.0) AS score FROM assets_fts WHERE assets_fts MATCH {a}"
             )
         };
+        // Only the page's DDOs are read; the assets table is joined only for
+        // filters on the DDO itself (tags, price).
+        let join = if query.tags.is_empty() && query.price_min.is_none() && query.price_max.is_none()
+        {
+            ""
+        } else {
+            " JOIN assets a ON a.did = f.did"
+        };
         let mut sql = format!(
-            "WITH f AS ({matched}) SELECT a.ddo, count(*) OVER () FROM f JOIN assets a ON a.did = f.did WHERE (f.kind != 'result' OR f.owner = ?1)"
+            "WITH f AS ({matched}) SELECT f.did, count(*) OVER () FROM f{join} WHERE (f.kind != 'result' OR f.owner = ?1)"
         );
         if let Some(kind) = &query.kind {
             let a = arg(kind.clone().into());
@@ -930,9 +938,10 @@ impl Store {
         }
         let exact = arg(query.text.trim().to_lowercase().into());
         sql.push_str(&format!(" ORDER BY lower(f.name) = {exact} DESC, f.score"));
+        // Registration order is the index's rowid order.
         sql.push_str(match query.sort {
-            Sort::Relevance | Sort::Newest => ", a.created_at DESC",
-            Sort::Oldest => ", a.created_at ASC",
+            Sort::Relevance | Sort::Newest => ", f.seq DESC",
+            Sort::Oldest => ", f.seq ASC",
             Sort::Name => ", lower(f.name) ASC",
         });
         let size = query.page_size.clamp(1, Search::MAX_PAGE_SIZE);
@@ -950,15 +959,27 @@ impl Store {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })
             .map_err(|e| self.err(e))?;
-        let mut results = Vec::new();
+        let mut dids = Vec::new();
         for row in rows {
-            let (ddo, n) = row.map_err(|e| self.err(e))?;
+            let (did, n) = row.map_err(|e| self.err(e))?;
             total = n as u64;
-            results.push(serde_json::from_str(&ddo).unwrap_or(Value::Null));
+            dids.push(did);
+        }
+        drop(st);
+        let mut results = Vec::with_capacity(dids.len());
+        {
+            let mut ddo = conn
+                .prepare_cached("SELECT ddo FROM assets WHERE did = ?1")
+                .map_err(|e| self.err(e))?;
+            for did in &dids {
+                let text: String = ddo
+                    .query_row(params![did], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                results.push(serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
         }
         if results.is_empty() && skip > 0 {
             // Past the last page: count what there is.
-            drop(st);
             drop(conn);
             let mut first = query.clone();
             first.page = 1;
