@@ -904,12 +904,12 @@ impl Store {
         };
         // Only the page's DDOs are read; the assets table is joined only for
         // filters on the DDO itself (tags, price).
-        let join = if query.tags.is_empty() && query.price_min.is_none() && query.price_max.is_none()
-        {
-            ""
-        } else {
-            " JOIN assets a ON a.did = f.did"
-        };
+        let join =
+            if query.tags.is_empty() && query.price_min.is_none() && query.price_max.is_none() {
+                ""
+            } else {
+                " JOIN assets a ON a.did = f.did"
+            };
         let mut sql = format!(
             "WITH f AS ({matched}) SELECT f.did, count(*) OVER () FROM f{join} WHERE (f.kind != 'result' OR f.owner = ?1)"
         );

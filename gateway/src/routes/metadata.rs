@@ -160,6 +160,19 @@ pub(crate) async fn query_post(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    // serde takes a struct from an array too; the API's objects are objects.
+    let object = |v: Option<&Value>, what: &str| match v {
+        None | Some(Value::Null | Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiError::Body(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{what} must be an object"),
+        )),
+    };
+    if let Ok(Json(v)) = &body {
+        object(Some(v), "the body")?;
+        object(v.get("query"), "query")?;
+        object(v.get("query").and_then(|q| q.get("price")), "query.price")?;
+    }
     let body: QueryBody = integral_json(body)?;
     search(&g, &headers, body)
 }
@@ -201,18 +214,22 @@ fn search(g: &Gateway, headers: &HeaderMap, q: QueryBody) -> ApiResult<Json<Valu
             "query.type `{k}` is not one of dataset, workflow, algorithm, result"
         )));
     }
-    let sort = match q.sort.as_ref().map(|m| m.iter().next()) {
-        None | Some(None) => Sort::Relevance,
-        Some(Some((k, v))) => match (k.as_str(), v.as_str()) {
-            ("created", Some("desc")) => Sort::Newest,
-            ("created", Some("asc")) => Sort::Oldest,
-            ("name", Some("asc")) => Sort::Name,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "sort {{\"{k}\": {v}}} is not one of {{\"created\": \"asc\"|\"desc\"}}, {{\"name\": \"asc\"}}"
-                )));
+    let sort = match &q.sort {
+        None => Sort::Relevance,
+        Some(m) => {
+            let one = (m.len() == 1).then(|| m.iter().next()).flatten();
+            match one.map(|(k, v)| (k.as_str(), v.as_str())) {
+                Some(("created", Some("desc"))) => Sort::Newest,
+                Some(("created", Some("asc"))) => Sort::Oldest,
+                Some(("name", Some("asc"))) => Sort::Name,
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "sort {} is not one of {{\"created\": \"asc\"|\"desc\"}}, {{\"name\": \"asc\"}}",
+                        Value::Object(m.clone())
+                    )));
+                }
             }
-        },
+        }
     };
     let (results, total) = g.store.search(&Search {
         text: q.text,
