@@ -433,6 +433,12 @@ impl Store {
             .map_err(e)?;
         conn.execute_batch(&SCHEMA.replace("FTS_COLUMNS(new.ddo)", &fts_columns("new.ddo")))
             .map_err(e)?;
+        // Search ranks by BM25 with the name weighing most, then tags, author,
+        // description (did, kind and owner are not searched).
+        conn.execute_batch(
+            "INSERT INTO assets_fts (assets_fts, rank) VALUES ('rank', 'bm25(0.0, 0.0, 0.0, 10.0, 1.0, 5.0, 3.0)')",
+        )
+        .map_err(e)?;
         // Databases from before the catalog was searchable.
         conn.execute_batch(&format!(
             "INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
@@ -874,12 +880,14 @@ impl Store {
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
             .take(16)
-            .map(|w| format!("\"{w}\"*"))
+            .map(str::to_string)
             .collect();
         if words.is_empty() && !query.text.trim().is_empty() {
             // Only punctuation: nothing can match it.
             return Ok((Vec::new(), 0));
         }
+        // The conditions on the index's own columns, and their arguments
+        // (?1 is the viewer, who sees their own results).
         let mut args: Vec<rusqlite::types::Value> = vec![
             query
                 .viewer
@@ -892,99 +900,126 @@ impl Store {
             args.push(v);
             format!("?{}", args.len())
         };
-        // The full-text match and its rank first (FTS5's rank functions work
-        // only on the table's own scan), then the filters and the page.
-        let matched = if words.is_empty() {
-            "SELECT rowid AS seq, did, kind, owner, name, 0.0 AS score FROM assets_fts".to_string()
-        } else {
-            let a = arg(words.join(" ").into());
-            format!(
-                "SELECT rowid AS seq, did, kind, owner, name, bm25(assets_fts, 0, 0, 0, 10.0, 1.0, 5.0, 3.0) AS score FROM assets_fts WHERE assets_fts MATCH {a}"
-            )
-        };
-        // Only the page's DDOs are read; the assets table is joined only for
-        // filters on the DDO itself (tags, price).
-        let join =
-            if query.tags.is_empty() && query.price_min.is_none() && query.price_max.is_none() {
-                ""
-            } else {
-                " JOIN assets a ON a.did = f.did"
-            };
-        let mut sql = format!(
-            "WITH f AS ({matched}) SELECT f.did, count(*) OVER () FROM f{join} WHERE (f.kind != 'result' OR f.owner = ?1)"
-        );
+        let mut filter = String::from("(kind != 'result' OR owner = ?1)");
+        let mut fts: Vec<String> = words.iter().map(|w| format!("\"{w}\"*")).collect();
+        for tag in &query.tags {
+            // Narrowed by the index; checked exactly on the DDO below.
+            let t: Vec<String> = tag
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(|w| format!("\"{w}\""))
+                .collect();
+            if !t.is_empty() {
+                fts.push(format!("tags : ({})", t.join(" ")));
+            }
+        }
         if let Some(kind) = &query.kind {
             let a = arg(kind.clone().into());
-            sql.push_str(&format!(" AND f.kind = {a}"));
+            filter.push_str(&format!(" AND kind = {a}"));
         }
         if let Some(owner) = &query.owner {
             let a = arg(owner.to_ascii_lowercase().into());
-            sql.push_str(&format!(" AND f.owner = {a}"));
+            filter.push_str(&format!(" AND owner = {a}"));
         }
+        let matched = (!fts.is_empty()).then(|| arg(fts.join(" AND ").into()));
+        let mut exact_on_ddo = Vec::new();
         for tag in &query.tags {
             let a = arg(tag.clone().into());
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM json_each(a.ddo, '$.service[0].attributes.additionalInformation.tags') WHERE value = {a})"
+            exact_on_ddo.push(format!(
+                "EXISTS (SELECT 1 FROM json_each((SELECT ddo FROM assets WHERE did = f.did), '$.service[0].attributes.additionalInformation.tags') WHERE value = {a})"
             ));
         }
-        let price = "CAST(json_extract(a.ddo, '$.service[1].attributes.main.price') AS REAL)";
+        let price = "CAST(json_extract((SELECT ddo FROM assets WHERE did = f.did), '$.service[1].attributes.main.price') AS REAL)";
         if let Some(min) = query.price_min {
             let a = arg(min.into());
-            sql.push_str(&format!(" AND {price} >= {a}"));
+            exact_on_ddo.push(format!("{price} >= {a}"));
         }
         if let Some(max) = query.price_max {
             let a = arg(max.into());
-            sql.push_str(&format!(" AND {price} <= {a}"));
+            exact_on_ddo.push(format!("{price} <= {a}"));
         }
-        let exact = arg(query.text.trim().to_lowercase().into());
-        sql.push_str(&format!(" ORDER BY lower(f.name) = {exact} DESC, f.score"));
-        // Registration order is the index's rowid order.
-        sql.push_str(match query.sort {
-            Sort::Relevance | Sort::Newest => ", f.seq DESC",
-            Sort::Oldest => ", f.seq ASC",
-            Sort::Name => ", lower(f.name) ASC",
-        });
+        for c in &exact_on_ddo {
+            filter.push_str(&format!(" AND {c}"));
+        }
+        let source = match &matched {
+            Some(m) => format!("assets_fts f WHERE assets_fts MATCH {m} AND {filter}"),
+            None => format!("assets_fts f WHERE {filter}"),
+        };
         let size = query.page_size.clamp(1, Search::MAX_PAGE_SIZE);
         let skip = query.page.saturating_sub(1).saturating_mul(size);
-        let (l, o) = (
-            arg((size as i64).into()),
-            arg((skip.min(i64::MAX as usize) as i64).into()),
-        );
-        sql.push_str(&format!(" LIMIT {l} OFFSET {o}"));
         let conn = self.conn();
-        let mut st = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let mut total = 0;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut dids = Vec::new();
-        for row in rows {
-            let (did, n) = row.map_err(|e| self.err(e))?;
-            total = n as u64;
-            dids.push(did);
-        }
-        drop(st);
-        let mut results = Vec::with_capacity(dids.len());
-        {
-            let mut ddo = conn
-                .prepare_cached("SELECT ddo FROM assets WHERE did = ?1")
+        let run = |sql: &str, extra: &[rusqlite::types::Value]| -> Result<Vec<String>, Error> {
+            let mut st = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+            let all = args.iter().chain(extra).cloned();
+            let rows = st
+                .query_map(rusqlite::params_from_iter(all), |r| r.get::<_, String>(0))
                 .map_err(|e| self.err(e))?;
-            for did in &dids {
-                let text: String = ddo
-                    .query_row(params![did], |r| r.get(0))
-                    .map_err(|e| self.err(e))?;
-                results.push(serde_json::from_str(&text).unwrap_or(Value::Null));
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        };
+        let total: u64 = run(&format!("SELECT CAST(count(*) AS TEXT) FROM {source}"), &[])?
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // An exact name comes first: found by a phrase on the name column.
+        let exact: Vec<String> = match (&matched, words.is_empty()) {
+            (Some(_), false) => {
+                let phrase = format!("name : \"{}\"", words.join(" "));
+                let n = args.len() + 1;
+                run(
+                    &format!(
+                        "SELECT did FROM assets_fts f WHERE assets_fts MATCH ?{n} AND {filter} AND lower(name) = ?{} LIMIT 50",
+                        n + 1
+                    ),
+                    &[phrase.into(), query.text.trim().to_lowercase().into()],
+                )?
             }
+            _ => Vec::new(),
+        };
+        let order = match (query.sort, matched.is_some()) {
+            (Sort::Relevance, true) => "rank",
+            (Sort::Relevance | Sort::Newest, _) => "f.rowid DESC",
+            (Sort::Oldest, _) => "f.rowid ASC",
+            (Sort::Name, _) => "lower(f.name) ASC",
+        };
+        // The rest, ranked, without the exact ones; the exact ones fill the
+        // head of page 1.
+        let head = exact.len().saturating_sub(skip).min(size);
+        let n = args.len();
+        let exclude = if exact.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND did NOT IN ({})",
+                (1..=exact.len())
+                    .map(|i| format!("?{}", n + i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let limit = size - head;
+        let offset = skip.saturating_sub(exact.len());
+        let mut extra: Vec<rusqlite::types::Value> =
+            exact.iter().map(|d| d.clone().into()).collect();
+        extra.push((limit as i64).into());
+        extra.push((offset.min(i64::MAX as usize) as i64).into());
+        let page_sql = format!(
+            "SELECT did FROM {source}{exclude} ORDER BY {order} LIMIT ?{} OFFSET ?{}",
+            n + exact.len() + 1,
+            n + exact.len() + 2
+        );
+        let mut dids: Vec<String> = exact.iter().skip(skip).take(head).cloned().collect();
+        if limit > 0 {
+            dids.extend(run(&page_sql, &extra)?);
         }
-        if results.is_empty() && skip > 0 {
-            // Past the last page: count what there is.
-            drop(conn);
-            let mut first = query.clone();
-            first.page = 1;
-            first.page_size = 1;
-            return Ok((Vec::new(), self.search(&first)?.1));
+        let mut results = Vec::with_capacity(dids.len());
+        let mut ddo = conn
+            .prepare_cached("SELECT ddo FROM assets WHERE did = ?1")
+            .map_err(|e| self.err(e))?;
+        for did in &dids {
+            let text: String = ddo
+                .query_row(params![did], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            results.push(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
         Ok((results, total))
     }
