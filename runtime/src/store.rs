@@ -741,20 +741,24 @@ impl Store {
         Ok(ddo)
     }
 
+    /// The local directory of an asset (datasets, results).
+    fn asset_path(&self, did: &Did) -> Result<String, Error> {
+        self.conn()
+            .query_row(
+                "SELECT path FROM assets WHERE did = ?1",
+                params![did.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// A registered dataset.
     ///
     /// # Errors
     /// [`Error::NotFound`] when `did` is not a dataset; [`Error::Store`].
     pub fn dataset(&self, did: &Did) -> Result<Dataset, Error> {
         let ddo = self.expect_kind(did, AssetKind::Dataset)?;
-        let path: String = self
-            .conn()
-            .query_row(
-                "SELECT path FROM assets WHERE did = ?1",
-                params![did.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let path = self.asset_path(did)?;
         let allowed_images = ddo
             .pointer("/service/1/attributes/main/provider/environment/supportedContainers")
             .and_then(Value::as_array)
@@ -805,14 +809,7 @@ impl Store {
                 "result {did} is not {consumer}'s: a result is an input only of its owner's executions"
             )));
         }
-        let path: String = self
-            .conn()
-            .query_row(
-                "SELECT path FROM assets WHERE did = ?1",
-                params![did.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let path = self.asset_path(did)?;
         // The datasets it came from, through results of results.
         let mut sources: Vec<Dataset> = Vec::new();
         let mut todo: Vec<(Value, usize)> = vec![(main["provenance"]["inputs"].clone(), 0)];
