@@ -439,7 +439,7 @@ async fn three_providers_train_a_model_as_good_as_central_training_and_publish_i
 async fn a_participant_killed_mid_round_and_a_malformed_update_are_dropped() {
     // Provider 3 trains slowly (killed while it trains); provider 2's data
     // has 5 features, so its update has 6 parameters instead of 5.
-    let slow = ["--epochs", "400000"];
+    let slow = ["--epochs", "4000000"];
     let mut f = Federation::new(&[
         shard(600),
         shard(900),
@@ -461,26 +461,27 @@ async fn a_participant_killed_mid_round_and_a_malformed_update_are_dropped() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill provider 3 once its round-0 training runs.
+    // Kill provider 3 once it has shared its round-0 keys (its training
+    // runs for a while yet), so its masks must be removed with the
+    // survivors' shares of its key. Its /metrics count the steps it took.
     let mut victim = f.providers.pop().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let http = reqwest::Client::new();
     loop {
-        let running = std::fs::read_dir(victim.data.join("executions"))
-            .map(|d| d.count() > 0)
-            .unwrap_or(false);
-        if running {
+        let metrics = http
+            .get(format!("{}/metrics", victim.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("insitu_fl_steps_total{step=\"share\"} 1") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "provider 3 never started training"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(Instant::now() < deadline, "provider 3 never shared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Its training runs for seconds; the round's share step ends within a
-    // few hundred milliseconds of the start, so it is killed after sharing
-    // (its masks must then be removed with the survivors' key shares).
-    std::thread::sleep(Duration::from_secs(2));
     victim.kill();
     let o = coordinator.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -65,13 +65,30 @@ struct Round {
     created: Instant,
 }
 
-/// The rounds in progress, in memory.
+/// The rounds in progress, in memory, and how many times each step was
+/// taken (`/metrics`: `insitu_fl_steps_total{step}`).
 #[derive(Default)]
-pub(crate) struct Rounds(Mutex<HashMap<RoundKey, Round>>);
+pub(crate) struct Rounds {
+    map: Mutex<HashMap<RoundKey, Round>>,
+    /// start, share, masked, unmask.
+    steps: [std::sync::atomic::AtomicU64; 4],
+}
+
+/// The steps counted in [`Rounds`], in order.
+pub(crate) const STEPS: [&str; 4] = ["start", "share", "masked", "unmask"];
 
 impl Rounds {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoundKey, Round>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, step: usize) {
+        self.steps[step].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times each of [`STEPS`] succeeded.
+    pub(crate) fn counts(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.steps[i].load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -245,6 +262,7 @@ pub(crate) async fn start(
             tracing::error!(path = %dir.display(), error = %e, "cannot delete a federated update");
         }
     }
+    g.rounds.count(0);
     tracing::info!(
         job,
         round,
@@ -273,6 +291,7 @@ pub(crate) async fn share(
             .as_mut()
             .ok_or_else(|| ApiError::Conflict("this round's secrets are gone".into()))?;
         let sealed = secrets.share(body.roster).map_err(step)?;
+        g.rounds.count(1);
         Ok(Json(ShareResponse {
             sealed: sealed.iter().map(SealedMsg::from).collect(),
         }))
@@ -396,6 +415,7 @@ pub(crate) async fn masked(
         tracing::error!(path = %dir.display(), error = %e, "cannot delete a federated update");
     }
     let masked = masked?;
+    g.rounds.count(2);
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
         wire::to_bytes(&masked),
@@ -425,6 +445,7 @@ pub(crate) async fn unmask(
     g.rounds
         .lock()
         .remove(&(grant.agreement.clone(), job.clone(), round));
+    g.rounds.count(3);
     let receipt = g
         .store
         .execution(&execution)

@@ -48,6 +48,10 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
         "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",
         g.active.load(Ordering::Relaxed)
     ));
+    out.push_str("# HELP insitu_fl_steps_total Federated round steps this provider took as a participant.\n# TYPE insitu_fl_steps_total counter\n");
+    for (step, n) in super::federated::STEPS.iter().zip(g.rounds.counts()) {
+        out.push_str(&format!("insitu_fl_steps_total{{step=\"{step}\"}} {n}\n"));
+    }
     g.stage_seconds.render(
         "insitu_stage_duration_seconds",
         "Stage durations from configuring to the end of running.",
