@@ -35,6 +35,9 @@ enum Command {
     /// Register workflows.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
+    /// Register algorithm assets.
+    #[command(subcommand)]
+    Algorithm(AlgorithmCmd),
     /// Grant local agreements.
     #[command(subcommand)]
     Agreement(AgreementCmd),
@@ -285,6 +288,22 @@ enum WorkflowCmd {
         data_dir: PathBuf,
         #[arg(long, value_name = "WORKFLOW.json")]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlgorithmCmd {
+    /// Register an algorithm asset: an image pinned by digest; prints its
+    /// DID. A workflow stage whose `transformation.id` names it must run
+    /// that image's checksum.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The image, `host/repo[:tag]@sha256:DIGEST`.
+        #[arg(long, value_name = "REF@sha256:DIGEST")]
+        image: String,
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -638,6 +657,11 @@ fn main() -> ExitCode {
         Command::Workflow(WorkflowCmd::Add { data_dir, file }) => {
             print_line(commands::catalog::add_workflow(&data_dir, &file))
         }
+        Command::Algorithm(AlgorithmCmd::Add {
+            data_dir,
+            image,
+            name,
+        }) => print_line(commands::catalog::add_algorithm(&data_dir, &image, &name)),
         Command::Agreement(AgreementCmd::Grant {
             data_dir,
             consumer,

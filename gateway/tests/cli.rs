@@ -625,6 +625,48 @@ fn catalog_verbs_register_datasets_workflows_and_agreements() {
         "60",
     ]));
     assert!(id.starts_with("0x") && id.len() == 66, "{id}");
+    // An algorithm asset; a stage naming it must run its checksum.
+    let algo = last_word(&e.insitu(&[
+        "algorithm",
+        "add",
+        "--data-dir",
+        &data,
+        "--image",
+        &format!("r.example/wc:1@{sum}"),
+        "--name",
+        "word count",
+    ]));
+    assert!(algo.starts_with("did:nv:") && algo.len() == 71, "{algo}");
+    let mut named = workflow.clone();
+    named["main"]["workflow"]["stages"][0]["transformation"] = serde_json::json!({"id": algo});
+    std::fs::write(e.tmp.path().join("named.json"), named.to_string()).unwrap();
+    last_word(&e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &data,
+        "--file",
+        &e.p("named.json"),
+    ]));
+    let other = format!("sha256:{}", "dd".repeat(32));
+    named["main"]["workflow"]["stages"][0]["requirements"]["container"]["checksum"] =
+        other.clone().into();
+    std::fs::write(e.tmp.path().join("named.json"), named.to_string()).unwrap();
+    let out = e.insitu(&[
+        "workflow",
+        "add",
+        "--data-dir",
+        &data,
+        "--file",
+        &e.p("named.json"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: workflow $.main.workflow.stages[0].transformation.id: algorithm {algo} is the image {sum}, but the stage runs {other}; use the algorithm's checksum or another algorithm"
+        )
+    );
     // Description, tags and author go into the DDO the catalog searches.
     let described = last_word(&e.insitu(&[
         "asset",

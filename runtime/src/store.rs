@@ -657,6 +657,50 @@ impl Store {
         Ok(did)
     }
 
+    /// Registers an algorithm asset: the image `reference`
+    /// (`host/repo[:tag]@sha256:…`, pinned by digest) named `name`; returns
+    /// its DID. A workflow stage whose `transformation.id` is this DID must
+    /// run the same image checksum.
+    ///
+    /// # Errors
+    /// [`Error::Reference`] without a digest or with a malformed one;
+    /// [`Error::Store`].
+    pub fn add_algorithm(&self, name: &str, reference: &str) -> Result<Did, Error> {
+        let (image, checksum) = reference.rsplit_once('@').ok_or_else(|| Error::Reference {
+            reference: reference.to_string(),
+            reason: "an algorithm is pinned by digest: append @sha256:<digest> (insitu inspect prints it)".into(),
+        })?;
+        crate::image::check_digest(checksum)?;
+        let (image, tag) = match image.rsplit_once(':') {
+            Some((i, t)) if !t.contains('/') => (i, t),
+            _ => (image, ""),
+        };
+        let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
+        let ddo = json!({
+            "@context": "https://w3id.org/did/v1",
+            "id": did,
+            "service": [{"type": "metadata", "index": 0, "attributes": {"main": {
+                "type": "algorithm", "name": name, "dateCreated": rfc3339(now_ms() / 1000),
+                "algorithm": {"container": {"image": image, "tag": tag, "checksum": checksum}},
+            }}}],
+        });
+        self.insert_asset(&did, AssetKind::Algorithm, &ddo, None)?;
+        Ok(did)
+    }
+
+    /// The image checksum of algorithm asset `did`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `did` is not an algorithm.
+    pub fn algorithm_checksum(&self, did: &Did) -> Result<String, Error> {
+        let ddo = self.expect_kind(did, AssetKind::Algorithm)?;
+        Ok(ddo
+            .pointer("/service/0/attributes/main/algorithm/container/checksum")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// Registers a workflow (validated); returns its DID.
     ///
     /// # Errors
@@ -664,6 +708,26 @@ impl Store {
     /// stage reads a dataset the catalog does not have; [`Error::Store`].
     pub fn add_workflow(&self, doc: &Value) -> Result<Did, Error> {
         let workflow = Workflow::from_value(doc)?;
+        for (i, stage) in workflow.stages.iter().enumerate() {
+            if let Some(algorithm) = &stage.transformation {
+                let path = format!("$.main.workflow.stages[{i}].transformation.id");
+                let checksum = self.algorithm_checksum(algorithm).map_err(|_| Error::Workflow {
+                    path: path.clone(),
+                    reason: format!(
+                        "{algorithm} is not an algorithm asset of this provider (insitu algorithm add registers one)"
+                    ),
+                })?;
+                if checksum != stage.container.checksum {
+                    return Err(Error::Workflow {
+                        path,
+                        reason: format!(
+                            "algorithm {algorithm} is the image {checksum}, but the stage runs {}; use the algorithm's checksum or another algorithm",
+                            stage.container.checksum
+                        ),
+                    });
+                }
+            }
+        }
         for d in workflow.datasets() {
             // A dataset, or a result (an input of its owner's executions).
             if !matches!(self.ddo(d)?.0, AssetKind::Dataset | AssetKind::Result) {
@@ -1771,5 +1835,58 @@ mod tests {
         assert_eq!(names(&r), ["weather result"]);
         let all = serde_json::to_string(&store.search(&search("")).unwrap().0).unwrap();
         assert!(!all.contains(data.to_str().unwrap()), "a local path leaked");
+    }
+
+    #[test]
+    fn a_stage_naming_an_algorithm_must_run_its_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        std::fs::create_dir(&data).unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        let (a, b) = (
+            format!("sha256:{}", "aa".repeat(32)),
+            format!("sha256:{}", "bb".repeat(32)),
+        );
+        let ds = store
+            .add_dataset("d", &data, std::slice::from_ref(&a), 60)
+            .unwrap();
+        let algo = store
+            .add_algorithm("word count", &format!("r.example/wc:1@{a}"))
+            .unwrap();
+        assert_eq!(store.algorithm_checksum(&algo).unwrap(), a);
+        let (_, ddo) = store.ddo(&algo).unwrap();
+        assert_eq!(
+            ddo["service"][0]["attributes"]["main"]["algorithm"]["container"],
+            json!({"image": "r.example/wc", "tag": "1", "checksum": a})
+        );
+        let workflow = |checksum: &str, id: &Did| {
+            json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "r.example/wc", "tag": "1", "checksum": checksum}},
+                 "input": [{"index": 0, "id": ds}], "transformation": {"id": id}}]}}})
+        };
+        store.add_workflow(&workflow(&a, &algo)).unwrap();
+        let p = "$.main.workflow.stages[0].transformation.id";
+        assert_eq!(
+            store
+                .add_workflow(&workflow(&b, &algo))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "workflow {p}: algorithm {algo} is the image {a}, but the stage runs {b}; use the algorithm's checksum or another algorithm"
+            )
+        );
+        assert_eq!(
+            store
+                .add_workflow(&workflow(&a, &ds))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "workflow {p}: {ds} is not an algorithm asset of this provider (insitu algorithm add registers one)"
+            )
+        );
+        assert!(
+            store.add_algorithm("x", "r.example/wc:1").is_err(),
+            "a tag alone is refused"
+        );
     }
 }

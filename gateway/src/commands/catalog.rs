@@ -143,6 +143,16 @@ pub fn add_workflow(data_dir: &Path, file: &Path) -> anyhow::Result<String> {
     ))
 }
 
+/// Registers an algorithm asset (an image pinned by digest); returns the
+/// line to print.
+///
+/// # Errors
+/// A reference without a digest, database errors.
+pub fn add_algorithm(data_dir: &Path, image: &str, name: &str) -> anyhow::Result<String> {
+    let did = open(data_dir)?.add_algorithm(name, image)?;
+    Ok(format!("algorithm `{name}` ({image}) registered as {did}"))
+}
+
 /// Grants a local agreement; returns the line to print.
 ///
 /// # Errors
