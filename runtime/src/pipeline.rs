@@ -352,22 +352,6 @@ impl Pipeline {
             Some(fl) => Some(self.set_aside_update(id, &results, fl)?),
             None => None,
         };
-        let (files, skipped) = collect(&results)?;
-        let main = json!({
-            "type": "result",
-            "name": format!("{} result", resolved.workflow.name),
-            "owner": resolved.agreement.consumer,
-            "files": files,
-            "skipped": skipped,
-            "provenance": {
-                "execution": id,
-                "agreement": resolved.agreement.id,
-                "workflow": resolved.agreement.workflow,
-                "inputs": resolved.workflow.datasets(),
-                "stages": records,
-            },
-        });
-        let result = self.store.new_result_did()?;
         let mut inputs = Vec::new();
         for stage in &resolved.stages {
             for input in &stage.inputs {
@@ -381,28 +365,19 @@ impl Pipeline {
                 }
             }
         }
-        let body = json!({
-            "version": receipt::VERSION,
-            "schema": receipt::SCHEMA_ID,
-            "deterministic": resolved.deterministic,
-            "execution": id,
-            "agreement": resolved.agreement.id,
-            "workflow": resolved.agreement.workflow,
-            "consumer": resolved.agreement.consumer,
-            "provider": self.key.address(),
-            "result": result,
-            "inputs": inputs,
-            "outputs": main["files"],
-            "stages": records,
-            "finished_at": now_ms(),
-        });
-        let (mut main, mut body) = (main, body);
-        if let Some(fl) = federated {
-            main["provenance"]["federated"] = fl.clone();
-            body["federated"] = fl;
-        }
-        let receipt = receipt::sign(&self.key, body)?;
-        self.store.publish(id, &result, &main, &results, &receipt)?;
+        self.publish_result(
+            id,
+            &resolved.agreement,
+            &format!("{} result", resolved.workflow.name),
+            &results,
+            Provenance {
+                datasets: json!(resolved.workflow.datasets()),
+                inputs,
+                stages: Value::Array(records),
+                deterministic: resolved.deterministic,
+                federated,
+            },
+        )?;
         // Intermediate outputs were workspaces: only the result (the last
         // stage's outputs) and every stage's logs stay.
         for stage in &resolved.stages[..resolved.stages.len().saturating_sub(1)] {
@@ -444,9 +419,35 @@ impl Pipeline {
                 .and_then(|()| std::fs::File::open(&path)?.sync_all())
                 .map_err(|e| Error::io("write", &path, e))?;
         }
-        let (files, skipped) = collect(&results)?;
-        let result = self.store.new_result_did()?;
-        let main = json!({
+        self.publish_result(
+            id,
+            agreement,
+            name,
+            &results,
+            Provenance {
+                datasets: json!([]),
+                inputs: Vec::new(),
+                stages: json!([]),
+                deterministic: false,
+                federated: Some(provenance),
+            },
+        )
+    }
+
+    /// Registers the files in `results` as execution `id`'s result (it is
+    /// `publishing`), owned by the agreement's consumer, with `provenance`
+    /// in its DDO and a signed receipt; ends the execution `succeeded`.
+    /// Returns the result's DID.
+    fn publish_result(
+        &self,
+        id: &str,
+        agreement: &crate::store::Agreement,
+        name: &str,
+        results: &Path,
+        provenance: Provenance,
+    ) -> Result<crate::workflow::Did, Error> {
+        let (files, skipped) = collect(results)?;
+        let mut main = json!({
             "type": "result",
             "name": name,
             "owner": agreement.consumer,
@@ -456,29 +457,32 @@ impl Pipeline {
                 "execution": id,
                 "agreement": agreement.id,
                 "workflow": agreement.workflow,
-                "inputs": [],
-                "stages": [],
-                "federated": provenance,
+                "inputs": provenance.datasets,
+                "stages": provenance.stages,
             },
         });
-        let body = json!({
+        let result = self.store.new_result_did()?;
+        let mut body = json!({
             "version": receipt::VERSION,
             "schema": receipt::SCHEMA_ID,
-            "deterministic": false,
+            "deterministic": provenance.deterministic,
             "execution": id,
             "agreement": agreement.id,
             "workflow": agreement.workflow,
             "consumer": agreement.consumer,
             "provider": self.key.address(),
             "result": result,
-            "inputs": [],
+            "inputs": provenance.inputs,
             "outputs": main["files"],
-            "stages": [],
-            "federated": provenance,
+            "stages": main["provenance"]["stages"],
             "finished_at": now_ms(),
         });
+        if let Some(fl) = provenance.federated {
+            main["provenance"]["federated"] = fl.clone();
+            body["federated"] = fl;
+        }
         let receipt = receipt::sign(&self.key, body)?;
-        self.store.publish(id, &result, &main, &results, &receipt)?;
+        self.store.publish(id, &result, &main, results, &receipt)?;
         Ok(result)
     }
 
@@ -514,6 +518,19 @@ impl Pipeline {
                   "model": fl.model_digest}),
         )
     }
+}
+
+/// What a result's DDO and receipt record besides its files.
+struct Provenance {
+    /// The datasets the workflow read (the DDO's `provenance.inputs`).
+    datasets: Value,
+    /// Per dataset input: stage, DID, listing digest (the receipt's `inputs`).
+    inputs: Vec<Value>,
+    /// The stage records.
+    stages: Value,
+    deterministic: bool,
+    /// A federated round's or job's record.
+    federated: Option<Value>,
 }
 
 /// What a receipt records of an input dataset: `sha256:` of the JCS form of

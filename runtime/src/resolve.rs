@@ -114,18 +114,24 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
     let mut datasets = Vec::new();
     let mut covering = std::collections::BTreeMap::new();
     for did in workflow.datasets() {
-        // A result of an earlier execution, read by its owner: the data never
-        // left this provider.
-        if store.ddo(did)?.0 == crate::store::AssetKind::Result {
-            let ds = store.result_as_dataset(did, &agreement.consumer)?;
-            if !ds.path.is_dir() {
-                return Err(Error::InvalidJob(format!(
-                    "result {did}'s files are missing on the provider"
-                )));
-            }
-            datasets.push(ds);
-            continue;
-        }
+        let ds = match store.dataset(did) {
+            Ok(ds) => ds,
+            // Not a dataset: a result of an earlier execution, read by its
+            // owner (the data never left this provider).
+            Err(e) => match store.ddo(did) {
+                Ok((crate::store::AssetKind::Result, _)) => {
+                    let ds = store.result_as_dataset(did, &agreement.consumer)?;
+                    if !ds.path.is_dir() {
+                        return Err(Error::InvalidJob(format!(
+                            "result {did}'s files are missing on the provider"
+                        )));
+                    }
+                    datasets.push(ds);
+                    continue;
+                }
+                _ => return Err(e),
+            },
+        };
         if *did != agreement.dataset {
             match store.covering_agreement(&agreement.consumer, did, &agreement.workflow, now)? {
                 Some(other) => {
@@ -143,7 +149,6 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
                 }
             }
         }
-        let ds = store.dataset(did)?;
         if !ds.path.is_dir() {
             return Err(Error::InvalidJob(format!(
                 "dataset {did}'s directory {} is missing on the provider",
