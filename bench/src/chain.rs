@@ -82,6 +82,8 @@ async fn bench(port: u16) -> anyhow::Result<()> {
         timeout_secs: 3600,
         server: Server::default(),
         price: Some("1000".into()),
+        price_token: None,
+        access: false,
         did: Some(dataset.clone()),
         deterministic: false,
         about: Default::default(),

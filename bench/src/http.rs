@@ -92,6 +92,8 @@ async fn run() -> anyhow::Result<()> {
             timeout_secs: 3600,
             server: Default::default(),
             price: None,
+            price_token: None,
+            access: false,
             did: None,
             deterministic,
             about: Default::default(),

@@ -78,6 +78,8 @@ async fn run(n: usize) -> anyhow::Result<()> {
             timeout_secs: 60,
             server: Default::default(),
             price: None,
+            price_token: None,
+            access: false,
             did: None,
             deterministic: false,
             about: About {

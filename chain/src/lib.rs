@@ -25,7 +25,7 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use insitu_runtime::permissions::{BoxFuture, Permissions};
 use insitu_runtime::receipt::ProviderKey;
-use insitu_runtime::store::{Agreement, Store};
+use insitu_runtime::store::{AccessAgreement, Agreement, Store};
 use insitu_runtime::workflow::Did;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,18 @@ mod interfaces {
     interface IEscrowComputeExecutionTemplate {
         function getAgreementData(bytes32 _id) external view returns (address accessConsumer, address accessProvider, bytes32 did);
         function createAgreement(bytes32 _id, bytes32 _did, bytes32[] _conditionIds, uint256[] _timeLocks, uint256[] _timeOuts, address _accessConsumer) external;
+    }
+
+    #[sol(rpc)]
+    interface IAccessCondition {
+        function fulfill(bytes32 _agreementId, bytes32 _documentId, address _grantee) external returns (uint8);
+    }
+
+    #[sol(rpc)]
+    interface IERC20 {
+        function approve(address spender, uint256 amount) external returns (bool);
+        function balanceOf(address account) external view returns (uint256);
+        function mint(address account, uint256 amount) external returns (bool);
     }
 
     #[sol(rpc)]
@@ -143,6 +155,45 @@ pub struct Addresses {
     pub lock_payment: Address,
     pub escrow_payment: Address,
     pub did_registry: Address,
+    /// `AccessTemplate` and `AccessCondition`, when deployed (data sharing).
+    pub access: Option<AccessContracts>,
+}
+
+/// The contracts of access agreements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessContracts {
+    pub template: Address,
+    pub condition: Address,
+}
+
+/// The service an agreement is for: which template created it and which
+/// condition releases its payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `EscrowComputeExecutionTemplate`, released by `ComputeExecutionCondition`.
+    Compute,
+    /// `AccessTemplate`, released by `AccessCondition`.
+    Access,
+}
+
+impl Addresses {
+    /// The (template, release condition) of `service`.
+    ///
+    /// # Errors
+    /// [`ChainError::Addresses`] when the access contracts are not in the
+    /// addresses file.
+    pub fn of(&self, service: Service) -> Result<(Address, Address), ChainError> {
+        match service {
+            Service::Compute => Ok((self.template, self.compute)),
+            Service::Access => self
+                .access
+                .map(|a| (a.template, a.condition))
+                .ok_or_else(|| ChainError::Addresses {
+                    path: PathBuf::from("(contracts file)"),
+                    reason: "no AccessTemplate and AccessCondition: this deployment cannot make access agreements; add their addresses".into(),
+                }),
+        }
+    }
 }
 
 impl Addresses {
@@ -174,6 +225,13 @@ impl Addresses {
             lock_payment: get("LockPaymentCondition")?,
             escrow_payment: get("EscrowPaymentCondition")?,
             did_registry: get("DIDRegistry")?,
+            access: match (map.contains_key("AccessTemplate"), map.contains_key("AccessCondition")) {
+                (false, false) => None,
+                _ => Some(AccessContracts {
+                    template: get("AccessTemplate")?,
+                    condition: get("AccessCondition")?,
+                }),
+            },
         })
     }
 }
@@ -387,8 +445,23 @@ impl Chain {
     /// # Errors
     /// [`ChainError::Rpc`], [`ChainError::WrongChain`].
     pub async fn agreement_data(&self, id: B256) -> Result<Option<(Address, B256)>, ChainError> {
+        self.agreement_data_of(id, Service::Compute).await
+    }
+
+    /// [`Chain::agreement_data`] of an agreement of `service`'s template.
+    ///
+    /// # Errors
+    /// As [`Chain::agreement_data`]; [`ChainError::Addresses`] for access
+    /// without its contracts.
+    pub async fn agreement_data_of(
+        &self,
+        id: B256,
+        service: Service,
+    ) -> Result<Option<(Address, B256)>, ChainError> {
         self.check_chain().await?;
-        let t = IEscrowComputeExecutionTemplate::new(self.addresses.template, &self.provider);
+        let (template, _) = self.addresses.of(service)?;
+        // Every template derives `getAgreementData` from BaseEscrowTemplate.
+        let t = IEscrowComputeExecutionTemplate::new(template, &self.provider);
         let d = t
             .getAgreementData(id)
             .call()
@@ -605,6 +678,24 @@ impl Chain {
         .await
     }
 
+    /// Grants access on-chain for `agreement` (`AccessCondition.fulfill`);
+    /// returns the transaction hash once mined.
+    ///
+    /// # Errors
+    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`];
+    /// [`ChainError::Addresses`] without the access contracts.
+    pub async fn fulfill_access(
+        &self,
+        agreement: B256,
+        did: B256,
+        consumer: Address,
+    ) -> Result<B256, ChainError> {
+        let (_, condition) = self.addresses.of(Service::Access)?;
+        let c = IAccessCondition::new(condition, &self.provider);
+        self.transact("AccessCondition.fulfill", c.fulfill(agreement, did, consumer))
+            .await
+    }
+
     /// Releases the escrowed payment of `agreement` to the price's receivers
     /// (`EscrowPaymentCondition.fulfill`, released by the compute condition).
     /// Idempotent: once the provider's earlier transactions are mined
@@ -622,8 +713,26 @@ impl Chain {
         consumer: Address,
         price: &Price,
     ) -> Result<Option<B256>, ChainError> {
+        self.release_of(agreement, did, consumer, price, Service::Compute)
+            .await
+    }
+
+    /// [`Chain::release`] of an agreement of `service` (released by its
+    /// compute or access condition).
+    ///
+    /// # Errors
+    /// As [`Chain::release`].
+    pub async fn release_of(
+        &self,
+        agreement: B256,
+        did: B256,
+        consumer: Address,
+        price: &Price,
+        service: Service,
+    ) -> Result<Option<B256>, ChainError> {
         let a = &self.addresses;
-        let compute_id = ids::condition_id(agreement, a.compute, ids::compute_hash(did, consumer));
+        let (_, release) = a.of(service)?;
+        let compute_id = ids::condition_id(agreement, release, ids::compute_hash(did, consumer));
         let lock_id = ids::condition_id(
             agreement,
             a.lock_payment,
@@ -701,19 +810,42 @@ impl Chain {
         did: B256,
         price: &Price,
     ) -> Result<B256, ChainError> {
+        self.create_and_pay(seed, did, price, Service::Compute)
+            .await
+    }
+
+    /// [`Chain::create_agreement_and_pay`] for `service`: a compute or an
+    /// access agreement. A price in an ERC-20 token is first approved for
+    /// the lock-payment condition to take.
+    ///
+    /// # Errors
+    /// As [`Chain::create_agreement_and_pay`]; [`ChainError::Addresses`] for
+    /// access without its contracts.
+    pub async fn create_and_pay(
+        &self,
+        seed: B256,
+        did: B256,
+        price: &Price,
+        service: Service,
+    ) -> Result<B256, ChainError> {
         let a = &self.addresses;
+        let (template, release) = a.of(service)?;
         let me = self.provider_address;
         let id = ids::agreement_id(seed, me);
         let compute_hash = ids::compute_hash(did, me);
         let lock_hash = ids::lock_hash(did, a.escrow_payment, price);
-        let compute_id = ids::condition_id(id, a.compute, compute_hash);
+        let compute_id = ids::condition_id(id, release, compute_hash);
         let lock_id = ids::condition_id(id, a.lock_payment, lock_hash);
         // As the Nevermined SDK does: the escrow's `lockPaymentAddress` is
         // the escrow contract the payment is locked into.
         let escrow_hash = ids::escrow_hash(did, price, me, a.escrow_payment, lock_id, compute_id);
-        let t = IEscrowComputeExecutionTemplate::new(a.template, &self.provider);
+        // Both templates take (id, did, [release, lock, escrow] hashes, ...).
+        let t = IEscrowComputeExecutionTemplate::new(template, &self.provider);
         self.transact(
-            "EscrowComputeExecutionTemplate.createAgreement",
+            match service {
+                Service::Compute => "EscrowComputeExecutionTemplate.createAgreement",
+                Service::Access => "AccessTemplate.createAgreement",
+            },
             t.createAgreement(
                 seed,
                 did,
@@ -725,6 +857,16 @@ impl Chain {
         )
         .await?;
         let total = price.amounts.iter().fold(U256::ZERO, |s, a| s + *a);
+        if price.token != Address::ZERO {
+            let token = IERC20::new(price.token, &self.provider);
+            self.transact("ERC20.approve", token.approve(a.lock_payment, total))
+                .await?;
+        }
+        let native = if price.token == Address::ZERO {
+            total
+        } else {
+            U256::ZERO
+        };
         let l = ILockPaymentCondition::new(a.lock_payment, &self.provider);
         self.transact(
             "LockPaymentCondition.fulfill",
@@ -736,7 +878,7 @@ impl Chain {
                 price.amounts.clone(),
                 price.receivers.clone(),
             )
-            .value(total),
+            .value(native),
         )
         .await?;
         Ok(id)
@@ -990,18 +1132,35 @@ pub fn did_of(bytes: B256) -> Did {
     Did::parse(&format!("did:nv:{}", alloy::hex::encode(bytes))).expect("64 hex digits")
 }
 
-/// The price a dataset's compute service asks, from its DDO (`price` in wei
-/// of the native currency, paid to the provider); `None` when it has none.
+/// The price a dataset's compute service asks, from its DDO (`price` in the
+/// smallest unit of `priceToken`, the native currency without one, paid to
+/// the provider); `None` when it has none.
 pub fn price_of(store: &Store, did: &Did, provider: Address) -> Option<Price> {
+    service_price(store, did, provider, Service::Compute)
+}
+
+/// The price of `service` of dataset `did` (as [`price_of`]).
+pub fn service_price(store: &Store, did: &Did, provider: Address, service: Service) -> Option<Price> {
     let (_, ddo) = store.ddo(did).ok()?;
-    let price = ddo.pointer("/service/1/attributes/main/price")?;
-    let amount: U256 = match price {
+    let kind = match service {
+        Service::Compute => "compute",
+        Service::Access => "access",
+    };
+    let main = &ddo["service"]
+        .as_array()?
+        .iter()
+        .find(|s| s["type"] == kind)?["attributes"]["main"];
+    let amount: U256 = match &main["price"] {
         serde_json::Value::String(s) => s.parse().ok()?,
         serde_json::Value::Number(n) => U256::from(n.as_u64()?),
         _ => return None,
     };
+    let token = match &main["priceToken"] {
+        serde_json::Value::String(t) => t.parse().ok()?,
+        _ => Address::ZERO,
+    };
     Some(Price {
-        token: Address::ZERO,
+        token,
         amounts: vec![amount],
         receivers: vec![provider],
     })
@@ -1018,6 +1177,7 @@ pub struct ChainAgreements {
     pub store: Arc<Store>,
     pub ttl: Duration,
     cache: Mutex<HashMap<CacheKey, (Instant, Agreement)>>,
+    access_cache: Mutex<HashMap<CacheKey, (Instant, AccessAgreement)>>,
 }
 
 /// (agreement id, consumer, workflow).
@@ -1034,6 +1194,7 @@ impl ChainAgreements {
             store,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            access_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1164,6 +1325,136 @@ impl ChainAgreements {
 }
 
 impl ChainAgreements {
+    /// An access agreement on-chain (`AccessTemplate`): its consumer and
+    /// dataset, the payment locked as the dataset's access service prices it;
+    /// then access granted (`AccessCondition.fulfill`) and the payment
+    /// released to the provider (`EscrowPaymentCondition.fulfill`), each once.
+    /// A release that fails is logged and retried on the next download.
+    async fn check_access_now(
+        &self,
+        agreement_id: &str,
+        consumer: &str,
+        dataset: &str,
+    ) -> Result<AccessAgreement, insitu_runtime::Error> {
+        let key = (
+            agreement_id.to_string(),
+            consumer.to_string(),
+            dataset.to_string(),
+        );
+        if let Some((at, a)) = self
+            .access_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(a.clone());
+        }
+        let id: B256 = agreement_id
+            .parse()
+            .map_err(|_| insitu_runtime::Error::Invalid {
+                what: "agreement id",
+                value: agreement_id.to_string(),
+                reason: "expected 0x followed by 64 hex digits",
+            })?;
+        let (on_chain_consumer, did) = self
+            .chain
+            .agreement_data_of(id, Service::Access)
+            .await?
+            .ok_or_else(|| insitu_runtime::Error::NotFound {
+                what: "access agreement",
+                id: agreement_id.to_string(),
+                hint: "; it does not exist on-chain (create it with AccessTemplate.createAgreement, e.g. insitu agreement create --service access)",
+            })?;
+        if format!("{on_chain_consumer:#x}") != consumer {
+            return Err(denied(format!(
+                "access agreement {agreement_id} belongs to another consumer"
+            )));
+        }
+        let on_chain_dataset = did_of(did);
+        if !on_chain_dataset.as_str().eq_ignore_ascii_case(dataset) {
+            return Err(denied(format!(
+                "access agreement {agreement_id} is for dataset {on_chain_dataset}, not {dataset}"
+            )));
+        }
+        let price = service_price(
+            &self.store,
+            &on_chain_dataset,
+            self.chain.provider_address,
+            Service::Access,
+        )
+        .ok_or_else(|| {
+            denied(format!(
+                "dataset {on_chain_dataset} is not offered for download with a price (insitu asset add --access --price WEI)"
+            ))
+        })?;
+        let a = &self.chain.addresses;
+        let (_, access_condition) = a.of(Service::Access)?;
+        let access_id = ids::condition_id(
+            id,
+            access_condition,
+            ids::compute_hash(did, on_chain_consumer),
+        );
+        let lock_id = ids::condition_id(
+            id,
+            a.lock_payment,
+            ids::lock_hash(did, a.escrow_payment, &price),
+        );
+        let lock = self.chain.condition(lock_id).await?;
+        if lock.state != ConditionState::Fulfilled {
+            return Err(denied(format!(
+                "access agreement {agreement_id}: the payment is not locked as the access service prices it (lock condition {lock_id} is {}); lock {} with LockPaymentCondition.fulfill",
+                lock.state.as_str(),
+                price.amounts[0]
+            )));
+        }
+        let access = self.chain.condition(access_id).await?;
+        match access.state {
+            ConditionState::Fulfilled => {}
+            ConditionState::Unfulfilled => {
+                match self.chain.fulfill_access(id, did, on_chain_consumer).await {
+                    Ok(tx) => {
+                        tracing::info!(agreement = agreement_id, tx = %tx, "access granted on-chain");
+                    }
+                    Err(ChainError::Reverted { .. })
+                        if self.chain.condition(access_id).await?.state
+                            == ConditionState::Fulfilled => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            other => {
+                return Err(denied(format!(
+                    "access agreement {agreement_id}: its access condition is {}",
+                    other.as_str()
+                )));
+            }
+        }
+        match self
+            .chain
+            .release_of(id, did, on_chain_consumer, &price, Service::Access)
+            .await
+        {
+            Ok(tx) => {
+                tracing::info!(agreement = agreement_id, tx = ?tx, "access payment released")
+            }
+            Err(e) => {
+                tracing::warn!(agreement = agreement_id, error = %e, "access payment not released; retried at the next download")
+            }
+        }
+        let agreement = AccessAgreement {
+            id: agreement_id.to_string(),
+            consumer: consumer.to_string(),
+            dataset: on_chain_dataset,
+            expires_at: i64::MAX as u64,
+        };
+        self.store.record_access_agreement(&agreement)?;
+        self.access_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), agreement.clone()));
+        Ok(agreement)
+    }
+
     async fn settle_now(
         &self,
         agreement: &Agreement,
@@ -1218,6 +1509,16 @@ impl Permissions for ChainAgreements {
         _now: u64,
     ) -> BoxFuture<'a, Result<Agreement, insitu_runtime::Error>> {
         Box::pin(self.check(agreement_id, consumer, workflow))
+    }
+
+    fn check_access<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        dataset: &'a str,
+        _now: u64,
+    ) -> BoxFuture<'a, Result<AccessAgreement, insitu_runtime::Error>> {
+        Box::pin(self.check_access_now(agreement_id, consumer, dataset))
     }
 
     fn settles(&self) -> bool {

@@ -172,6 +172,8 @@ async fn world() -> World {
             timeout_secs: 3600,
             server: Server::default(),
             price: Some(PRICE_WEI.to_string()),
+            price_token: None,
+            access: false,
             did: Some(dataset.clone()),
             deterministic: false,
             about: Default::default(),
@@ -534,7 +536,6 @@ async fn asset_add_registers_the_did_on_chain() {
         rpc: w.anvil.url.clone(),
         contracts: fixture("out/addresses.json"),
         key: ProviderKey::from_hex(PROVIDER).unwrap(),
-        price: "5000".into(),
     };
     let line = {
         let (data, path, chain) = (data.clone(), path.clone(), chain.clone());
@@ -546,6 +547,7 @@ async fn asset_add_registers_the_did_on_chain() {
                 &[],
                 &insitu_gateway::commands::catalog::Offer {
                     timeout_secs: 60,
+                    price: Some("5000".into()),
                     ..Default::default()
                 },
                 &chain,
@@ -580,10 +582,7 @@ async fn asset_add_registers_the_did_on_chain() {
         vec![U256::from(5000)]
     );
     // A bad price is refused before any transaction.
-    let bad = OnChain {
-        price: "1 eth".into(),
-        ..chain
-    };
+    let bad = chain;
     let err = tokio::task::spawn_blocking(move || {
         add_dataset_on_chain(
             &data,
@@ -592,6 +591,7 @@ async fn asset_add_registers_the_did_on_chain() {
             &[],
             &insitu_gateway::commands::catalog::Offer {
                 timeout_secs: 60,
+                price: Some("1 eth".into()),
                 ..Default::default()
             },
             &bad,

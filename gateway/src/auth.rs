@@ -30,6 +30,8 @@ use sha2::Sha256;
 pub const AUD_EXECUTE: &str = "/api/v1/node/services/execute";
 /// Audience of grants for status, logs, stop and results.
 pub const AUD_COMPUTE: &str = "/api/v1/node/services/compute";
+/// Audience of grants that download a dataset's files (access agreements).
+pub const AUD_ACCESS: &str = "/api/v1/node/services/access";
 /// Clock skew tolerated on `iat`/`exp`, in seconds.
 pub const SKEW: u64 = 60;
 /// Lifetime of access tokens, in seconds.
@@ -50,7 +52,7 @@ pub enum AuthError {
     #[error("the grant is issued in the future (iat {0}); check the client's clock")]
     NotYetValid(u64),
     #[error(
-        "the grant's audience is `{0}`; use {AUD_EXECUTE} to execute or {AUD_COMPUTE} for an execution"
+        "the grant's audience is `{0}`; use {AUD_EXECUTE} to execute, {AUD_COMPUTE} for an execution or {AUD_ACCESS} to download a dataset"
     )]
     Audience(String),
     #[error("the grant's claim `{0}` is missing or malformed")]
@@ -71,7 +73,7 @@ pub struct Grant {
     pub audience: String,
     /// The agreement id (`0x` + 64 hex, lowercase).
     pub agreement: String,
-    /// The workflow DID, for execute grants.
+    /// The workflow DID, for execute grants; the dataset DID, for access grants.
     pub did: Option<String>,
     /// The execution, for compute grants.
     pub execution: Option<String>,
@@ -192,7 +194,7 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
         return Err(AuthError::Claim("sub"));
     }
     let (did, execution) = match audience.as_str() {
-        AUD_EXECUTE => (Some(s("did")?.to_string()), None),
+        AUD_EXECUTE | AUD_ACCESS => (Some(s("did")?.to_string()), None),
         AUD_COMPUTE => (None, Some(s("execution_id")?.to_string())),
         other => return Err(AuthError::Audience(other.to_string())),
     };

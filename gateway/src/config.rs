@@ -16,6 +16,7 @@
 //! request_timeout = "30s"     # … and to send the body and get the answer (408)
 //! max_connections = 1024
 //! legacy_exec_signatures = false  # true: accept replayable exec forms (agreement id only)
+//! public_url = "https://provider.example"  # in DDOs' serviceEndpoint (default: the URL a client used)
 //! mode = "chain"             # or "local" (default unless chain_rpc is set)
 //! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
 //! contracts = "/etc/insitu/contracts.json"
@@ -45,7 +46,7 @@
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
 //! `INSITU_HEADER_TIMEOUT`, `INSITU_REQUEST_TIMEOUT`, `INSITU_MAX_CONNECTIONS`,
-//! `INSITU_LEGACY_EXEC_SIGNATURES`,
+//! `INSITU_LEGACY_EXEC_SIGNATURES`, `INSITU_PUBLIC_URL`,
 //! `INSITU_MODE`, `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`,
 //! `INSITU_PROVIDER_KEYSTORE` with `INSITU_KEYSTORE_PASSWORD` (only ever from
 //! the environment), `INSITU_CHAIN_ID`, `INSITU_CONFIRMATIONS`,
@@ -144,6 +145,8 @@ pub struct Layer {
     pub max_connections: Option<usize>,
     /// Accept the exec form's legacy, replayable signature (with a warning).
     pub legacy_exec_signatures: Option<bool>,
+    /// The gateway's public base URL, for DDOs' `serviceEndpoint`s.
+    pub public_url: Option<String>,
     /// `local` or `chain`; default: chain when `chain_rpc` is set.
     pub mode: Option<Mode>,
     /// Chain mode: the JSON-RPC endpoint (with `contracts`).
@@ -297,6 +300,7 @@ impl Layer {
             request_timeout: var("INSITU_REQUEST_TIMEOUT"),
             max_connections: number("INSITU_MAX_CONNECTIONS")?,
             legacy_exec_signatures: parsed(&var, "INSITU_LEGACY_EXEC_SIGNATURES", "true or false")?,
+            public_url: var("INSITU_PUBLIC_URL"),
             mode,
             chain_rpc: var("INSITU_CHAIN_RPC"),
             chain_id: parsed(&var, "INSITU_CHAIN_ID", "chain id")?,
@@ -547,6 +551,19 @@ impl Settings {
             }
             if let Some(n) = l.max_connections {
                 serve.http.max_connections = n.max(1);
+            }
+            if let Some(u) = &l.public_url {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && !u.contains(char::is_whitespace);
+                if !ok {
+                    return Err(ConfigError::Value {
+                        origin: l.origin.clone(),
+                        what: "public_url",
+                        value: u.clone(),
+                        reason: "expected an http:// or https:// URL".into(),
+                    });
+                }
+                serve.public_url = Some(u.trim_end_matches('/').to_string());
             }
             if let Some(b) = l.legacy_exec_signatures {
                 serve.legacy_exec_signatures = b;

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod ddo;
 pub mod error;
 pub mod routes;
 pub mod server;

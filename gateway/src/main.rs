@@ -41,6 +41,9 @@ enum Command {
     /// Grant local agreements.
     #[command(subcommand)]
     Agreement(AgreementCmd),
+    /// The record of dataset downloads (data sharing).
+    #[command(subcommand)]
+    Downloads(DownloadsCmd),
     /// Run the HTTP gateway (Nevermined-compatible compute API).
     Serve(ServeCli),
     /// The whole flow on embedded defaults: sandbox, gateway, a two-stage workflow over HTTP.
@@ -150,10 +153,13 @@ struct GrantCli {
     /// Grant to execute this workflow DID.
     #[arg(
         long,
-        conflicts_with = "execution",
-        required_unless_present = "execution"
+        conflicts_with_all = ["execution", "dataset"],
+        required_unless_present_any = ["execution", "dataset"]
     )]
     workflow: Option<String>,
+    /// Grant to download this dataset's files (an access agreement).
+    #[arg(long, conflicts_with = "execution")]
+    dataset: Option<String>,
     /// Grant to watch, stop and download this execution.
     #[arg(long)]
     execution: Option<String>,
@@ -188,6 +194,10 @@ struct ServeCli {
     /// `text` or `json` log lines on stderr [default: text].
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// The gateway's public base URL, in the `serviceEndpoint`s of the DDOs
+    /// it serves [default: http:// + the Host a client used].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// Chain mode: the JSON-RPC endpoint of the chain holding the agreements.
     #[arg(long, value_name = "URL", requires = "contracts")]
     chain_rpc: Option<String>,
@@ -255,15 +265,25 @@ enum AssetCmd {
         /// Who made the data.
         #[arg(long, value_name = "NAME")]
         author: Option<String>,
+        /// Also offer the dataset's files for download (an `access` service,
+        /// granted with `insitu agreement grant --service access`). Off by
+        /// default: the data stays in situ and only computations reach it.
+        #[arg(long)]
+        access: bool,
         /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
         #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
         chain_rpc: Option<String>,
         /// Chain mode: JSON file of contract name → address.
         #[arg(long, value_name = "ADDRESSES.json", requires = "chain_rpc")]
         contracts: Option<PathBuf>,
-        /// Chain mode: the compute service's price in wei.
-        #[arg(long, value_name = "WEI", requires = "chain_rpc")]
+        /// The price of each service offered, in the smallest unit of the
+        /// currency (wei); required in chain mode, where it is paid into escrow.
+        #[arg(long, value_name = "WEI")]
         price: Option<String>,
+        /// The ERC-20 token the price is in (its contract address) [default:
+        /// the chain's native currency].
+        #[arg(long, value_name = "ADDRESS", requires = "price")]
+        price_token: Option<String>,
         /// Chain mode: the provider's key file [default: DATA_DIR/provider.key;
         /// env INSITU_PROVIDER_KEY wins].
         #[arg(long, value_name = "FILE", requires = "chain_rpc")]
@@ -325,9 +345,16 @@ enum AgreementCmd {
         /// The provider's address (receives the payment).
         #[arg(long)]
         provider: String,
-        /// The compute service's price, in wei.
+        /// The service's price, in the currency's smallest unit (wei).
         #[arg(long, value_name = "WEI")]
         price: String,
+        /// The ERC-20 token the price is in [default: native currency]; the
+        /// consumer approves the lock-payment condition to take it.
+        #[arg(long, value_name = "ADDRESS")]
+        price_token: Option<String>,
+        /// `compute` (run workflows on the data) or `access` (download it).
+        #[arg(long, value_enum, default_value_t = Service::Compute)]
+        service: Service,
     },
     /// Grant a consumer a local agreement; prints its id.
     Grant {
@@ -338,11 +365,42 @@ enum AgreementCmd {
         consumer: String,
         #[arg(long)]
         dataset: String,
-        #[arg(long)]
-        workflow: String,
+        /// `compute` (run --workflow on the dataset) or `access` (download
+        /// its files; the dataset must be registered with --access).
+        #[arg(long, value_enum, default_value_t = Service::Compute)]
+        service: Service,
+        /// The workflow the agreement runs (compute agreements).
+        #[arg(long, required_if_eq("service", "compute"))]
+        workflow: Option<String>,
         /// Seconds the agreement stays valid.
         #[arg(long, default_value_t = 86_400)]
         timeout: u64,
+    },
+}
+
+/// The service an agreement is for.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Service {
+    Compute,
+    Access,
+}
+
+#[derive(Subcommand)]
+enum DownloadsCmd {
+    /// List recorded downloads, newest first: when, who, agreement,
+    /// dataset, file, bytes, whether complete.
+    List {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// Only this dataset's.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -454,6 +512,7 @@ fn serve(s: ServeCli) -> anyhow::Result<bool> {
         insecure_registries: s.insecure_registry,
         provider_key_file: s.provider_key_file,
         provider_keystore: s.provider_keystore,
+        public_url: s.public_url,
         chain_rpc: s.chain_rpc,
         contracts: s.contracts,
         chain_id: s.chain_id,
@@ -600,9 +659,11 @@ fn main() -> ExitCode {
             description,
             tags,
             author,
+            access,
             chain_rpc,
             contracts,
             price,
+            price_token,
             provider_key_file,
             provider_keystore,
         }) => {
@@ -623,9 +684,12 @@ fn main() -> ExitCode {
                         .collect(),
                     author,
                 },
+                access,
+                price,
+                price_token,
             };
-            match (chain_rpc, contracts, price) {
-                (Some(rpc), Some(contracts), Some(price)) => commands::provider_key(
+            match (chain_rpc, contracts) {
+                (Some(rpc), Some(contracts)) => commands::provider_key(
                     &data_dir,
                     provider_key_file.as_deref(),
                     provider_keystore.as_deref(),
@@ -641,7 +705,6 @@ fn main() -> ExitCode {
                             rpc,
                             contracts,
                             key,
-                            price,
                         },
                     ))
                 }),
@@ -666,10 +729,33 @@ fn main() -> ExitCode {
             data_dir,
             consumer,
             dataset,
+            service,
             workflow,
             timeout,
-        }) => print_line(commands::catalog::grant(
-            &data_dir, &consumer, &dataset, &workflow, timeout,
+        }) => print_line(match (service, workflow) {
+            (Service::Compute, Some(workflow)) => {
+                commands::catalog::grant(&data_dir, &consumer, &dataset, &workflow, timeout)
+            }
+            (Service::Compute, None) => Err(anyhow::anyhow!(
+                "a compute agreement names the workflow it runs: add --workflow DID"
+            )),
+            (Service::Access, None) => {
+                commands::catalog::grant_access(&data_dir, &consumer, &dataset, timeout)
+            }
+            (Service::Access, Some(_)) => Err(anyhow::anyhow!(
+                "an access agreement downloads the dataset's files and runs no workflow: drop --workflow"
+            )),
+        }),
+        Command::Downloads(DownloadsCmd::List {
+            data_dir,
+            dataset,
+            limit,
+            json,
+        }) => print_line(commands::catalog::downloads(
+            &data_dir,
+            dataset.as_deref(),
+            limit,
+            json,
         )),
         Command::Agreement(AgreementCmd::Create {
             chain_rpc,
@@ -678,8 +764,19 @@ fn main() -> ExitCode {
             dataset,
             provider,
             price,
+            price_token,
+            service,
         }) => print_line(commands::consumer::create_agreement(
-            &chain_rpc, &contracts, &key, &dataset, &provider, &price,
+            &chain_rpc,
+            &contracts,
+            &key,
+            &dataset,
+            &provider,
+            &commands::consumer::Payment {
+                price,
+                token: price_token,
+                access: service == Service::Access,
+            },
         )),
         Command::Serve(s) => serve(s),
         Command::K8s(K8sCmd::Manifests {
@@ -715,13 +812,16 @@ fn main() -> ExitCode {
             from.as_deref(),
         )),
         Command::Key(KeyCmd::Address { file }) => print_line(commands::consumer::address(&file)),
-        Command::Grant(g) => print_line(commands::consumer::grant(
-            &g.key,
-            &g.agreement,
-            g.workflow.as_deref(),
-            g.execution.as_deref(),
-            g.ttl,
-        )),
+        Command::Grant(g) => {
+            use commands::consumer::GrantFor;
+            let target = match (&g.workflow, &g.execution, &g.dataset) {
+                (Some(w), _, _) => GrantFor::Execute(w),
+                (_, Some(e), _) => GrantFor::Execution(e),
+                (_, _, Some(d)) => GrantFor::Access(d),
+                _ => unreachable!("clap requires one of --workflow, --execution, --dataset"),
+            };
+            print_line(commands::consumer::grant(&g.key, &g.agreement, target, g.ttl))
+        }
         Command::Verify(v) => commands::verify::run(&commands::verify::VerifyArgs {
             receipt: v.receipt,
             provider: v.provider,

@@ -65,6 +65,10 @@ pub struct ServeConfig {
     /// Accept the exec form's legacy signature (of the agreement id alone,
     /// replayable) with a warning. Default false.
     pub legacy_exec_signatures: bool,
+    /// The gateway's public base URL (no trailing `/`), in served DDOs'
+    /// `serviceEndpoint`s. Default: the scheme-less `Host` a client used,
+    /// as `http://HOST`.
+    pub public_url: Option<String>,
 }
 
 /// What slow or numerous clients may hold.
@@ -132,6 +136,7 @@ impl ServeConfig {
             kubernetes: None,
             http: HttpLimits::default(),
             legacy_exec_signatures: false,
+            public_url: None,
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct Gateway {
     pub(crate) rounds: routes::federated::Rounds,
     /// Woken whenever an execution ends (its final status is stored).
     pub(crate) finished: tokio::sync::Notify,
+    /// What served DDOs' services point at (`base` empty: the request's Host).
+    pub(crate) services: crate::ddo::Services,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -494,10 +501,19 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     let (tx, rx) = mpsc::channel::<Job>(config.queue.max(1));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut watcher = None;
+    let contracts = match &config.chain {
+        Some(c) => Some(insitu_chain::Addresses::from_file(&c.contracts)?),
+        None => None,
+    };
+    let services = crate::ddo::Services {
+        base: config.public_url.clone().unwrap_or_default(),
+        provider: key.address(),
+        contracts: contracts.clone(),
+    };
     let permissions: Arc<dyn Permissions> = match (&config.permissions, &config.chain) {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => {
-            let addresses = insitu_chain::Addresses::from_file(&c.contracts)?;
+            let addresses = contracts.clone().expect("read above");
             let chain = Arc::new(insitu_chain::Chain::connect_with(
                 &c.rpc, addresses, &key, c.tx,
             )?);
@@ -527,6 +543,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         legacy_exec_signatures: config.legacy_exec_signatures,
         rounds: Default::default(),
         finished: tokio::sync::Notify::new(),
+        services,
         _lock: lock,
     });
     if let Some(chain) = watcher {

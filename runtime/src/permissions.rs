@@ -4,7 +4,7 @@
 //! contracts. The gateway asks before it resolves or queues anything.
 
 use crate::Error;
-use crate::store::{Agreement, Store};
+use crate::store::{AccessAgreement, Agreement, Store};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,6 +29,22 @@ pub trait Permissions: Send + Sync + std::fmt::Debug {
         workflow: &'a str,
         now: u64,
     ) -> BoxFuture<'a, Result<Agreement, Error>>;
+
+    /// The access agreement `agreement_id` if `consumer` may download the
+    /// files of `dataset` (a DID) under it at `now`. An implementation that
+    /// settles grants access and releases the payment here.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown agreement; [`Error::Denied`] naming
+    /// the reason (another consumer, another dataset, expired, unpaid, a
+    /// dataset not offered for download…).
+    fn check_access<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        dataset: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<AccessAgreement, Error>>;
 
     /// Whether [`Permissions::settle`] has anything to do (default: no).
     fn settles(&self) -> bool {
@@ -89,7 +105,47 @@ impl LocalAgreements {
     }
 }
 
+impl LocalAgreements {
+    fn check_access(
+        &self,
+        agreement_id: &str,
+        consumer: &str,
+        dataset: &str,
+        now: u64,
+    ) -> Result<AccessAgreement, Error> {
+        let agreement = self.store.access_agreement(agreement_id)?;
+        if agreement.consumer != consumer {
+            return Err(Error::Denied(format!(
+                "access agreement {agreement_id} belongs to another consumer"
+            )));
+        }
+        if !agreement.dataset.as_str().eq_ignore_ascii_case(dataset) {
+            return Err(Error::Denied(format!(
+                "access agreement {agreement_id} is for dataset {}, not {dataset}",
+                agreement.dataset
+            )));
+        }
+        if now > agreement.expires_at {
+            return Err(Error::Denied(format!(
+                "access agreement {agreement_id} expired {} s ago; ask the provider for a new agreement",
+                now - agreement.expires_at
+            )));
+        }
+        Ok(agreement)
+    }
+}
+
 impl Permissions for LocalAgreements {
+    fn check_access<'a>(
+        &'a self,
+        agreement_id: &'a str,
+        consumer: &'a str,
+        dataset: &'a str,
+        now: u64,
+    ) -> BoxFuture<'a, Result<AccessAgreement, Error>> {
+        Box::pin(async move { self.check_access(agreement_id, consumer, dataset, now) })
+    }
+
     fn check_execute<'a>(
         &'a self,
         agreement_id: &'a str,

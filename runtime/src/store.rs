@@ -8,6 +8,9 @@
 //! execution left non-terminal by a crash is marked `failed` with the reason.
 
 use crate::Error;
+
+mod access;
+pub use access::{AccessAgreement, Download};
 use crate::outcome::Status;
 use crate::workflow::{Did, Workflow};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -51,6 +54,8 @@ pub struct Dataset {
     /// Its compute service requires deterministic mode (`"deterministic":
     /// true` in the compute service's attributes).
     pub deterministic: bool,
+    /// It offers its files for download (an `access` service).
+    pub access: bool,
 }
 
 /// What [`Store::register_dataset`] records.
@@ -64,8 +69,15 @@ pub struct DatasetSpec<'a> {
     /// The compute service's time-out, seconds.
     pub timeout_secs: u64,
     pub server: Server,
-    /// The compute service's price (wei, as a decimal string), for chain mode.
+    /// The price of each service offered (in the token's smallest unit, as
+    /// a decimal string), paid into escrow in chain mode.
     pub price: Option<String>,
+    /// The ERC-20 token `price` is in (`0x` address); `None`: the chain's
+    /// native currency.
+    pub price_token: Option<String>,
+    /// Offer the dataset's files for download (an `access` service); off by
+    /// default: in situ computation is the default promise.
+    pub access: bool,
     /// The DID to register it under (chain mode: the DID registered on-chain);
     /// `None` draws a random one.
     pub did: Option<Did>,
@@ -87,6 +99,8 @@ pub struct Search {
     pub tags: Vec<String>,
     /// The owner of results.
     pub owner: Option<String>,
+    /// Only assets offering this service (`compute`, `access`).
+    pub service: Option<String>,
     /// Compute price bounds (wei).
     pub price_min: Option<f64>,
     pub price_max: Option<f64>,
@@ -338,7 +352,7 @@ fn fts_columns(ddo: &str) -> String {
 }
 
 /// `unix` seconds as RFC 3339 UTC (`2026-12-04T18:00:00Z`).
-fn rfc3339(unix: u64) -> String {
+pub fn rfc3339(unix: u64) -> String {
     let (days, secs) = (unix / 86400, unix % 86400);
     // Civil from days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -405,6 +419,25 @@ END;
 CREATE TRIGGER IF NOT EXISTS assets_fts_delete AFTER DELETE ON assets BEGIN
     DELETE FROM assets_fts WHERE did = old.did;
 END;
+CREATE TABLE IF NOT EXISTS access_agreements (
+    id TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    dataset TEXT NOT NULL REFERENCES assets(did),
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS downloads (
+    id INTEGER PRIMARY KEY,
+    agreement TEXT NOT NULL REFERENCES access_agreements(id),
+    consumer TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    file_index INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    started_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS downloads_by_dataset ON downloads(dataset, id);
 CREATE TABLE IF NOT EXISTS used_signatures (
     digest TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
@@ -592,6 +625,8 @@ impl Store {
             timeout_secs,
             server: *server,
             price: None,
+            price_token: None,
+            access: false,
             did: None,
             deterministic: false,
             about: About::default(),
@@ -631,7 +666,24 @@ impl Store {
             "provider": {"environment": environment},
         });
         if let Some(price) = &spec.price {
+            if !(!price.is_empty() && price.len() <= 78 && price.bytes().all(|b| b.is_ascii_digit())) {
+                return Err(Error::Invalid {
+                    what: "price",
+                    value: price.clone(),
+                    reason: "expected an amount in the token's smallest unit (digits only)",
+                });
+            }
             compute["price"] = json!(price);
+        }
+        if let Some(token) = &spec.price_token {
+            if spec.price.is_none() {
+                return Err(Error::Invalid {
+                    what: "price token",
+                    value: token.clone(),
+                    reason: "a token needs a price too (--price)",
+                });
+            }
+            compute["priceToken"] = json!(parse_address(token)?);
         }
         if spec.deterministic {
             compute["deterministic"] = json!(true);
@@ -645,13 +697,26 @@ impl Store {
             metadata["additionalInformation"] = json!({"description": spec.about.description.clone().unwrap_or_default(),
                        "tags": spec.about.tags});
         }
+        let mut services = vec![
+            json!({"type": "metadata", "index": 0, "attributes": metadata}),
+            json!({"type": "compute", "index": 1, "attributes": {"main": compute}}),
+        ];
+        if spec.access {
+            // The files a grantee downloads by index (names relative to the
+            // dataset; the directory itself is never published).
+            services[0]["attributes"]["main"]["files"] = json!(access::list_files(&path)?);
+            let mut main = json!({"name": "access", "timeout": spec.timeout_secs});
+            for key in ["price", "priceToken"] {
+                if let Some(v) = compute.get(key) {
+                    main[key] = v.clone();
+                }
+            }
+            services.push(json!({"type": "access", "index": 2, "attributes": {"main": main}}));
+        }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
-            "service": [
-                {"type": "metadata", "index": 0, "attributes": metadata},
-                {"type": "compute", "index": 1, "attributes": {"main": compute}},
-            ],
+            "service": services,
         });
         self.insert_asset(&did, AssetKind::Dataset, &ddo, Some(&path))?;
         Ok(did)
@@ -847,6 +912,7 @@ impl Store {
                 .unwrap_or_default(),
             deterministic: ddo.pointer("/service/1/attributes/main/deterministic")
                 == Some(&Value::Bool(true)),
+            access: access::offers_access(&ddo),
         })
     }
 
@@ -924,6 +990,7 @@ impl Store {
                 .iter()
                 .fold(Server::default(), |s, d| s.min(&d.server)),
             deterministic: sources.iter().any(|s| s.deterministic),
+            access: false,
         })
     }
 
@@ -988,6 +1055,12 @@ impl Store {
             let a = arg(tag.clone().into());
             exact_on_ddo.push(format!(
                 "EXISTS (SELECT 1 FROM json_each((SELECT ddo FROM assets WHERE did = f.did), '$.service[0].attributes.additionalInformation.tags') WHERE value = {a})"
+            ));
+        }
+        if let Some(service) = &query.service {
+            let a = arg(service.clone().into());
+            exact_on_ddo.push(format!(
+                "EXISTS (SELECT 1 FROM json_each((SELECT ddo FROM assets WHERE did = f.did), '$.service') WHERE json_extract(value, '$.type') = {a})"
             ));
         }
         let price = "CAST(json_extract((SELECT ddo FROM assets WHERE did = f.did), '$.service[1].attributes.main.price') AS REAL)";
@@ -1735,6 +1808,8 @@ mod tests {
                     timeout_secs: 60,
                     server: Server::default(),
                     price: None,
+                    price_token: None,
+                    access: false,
                     did: None,
                     deterministic: false,
                     about: About {

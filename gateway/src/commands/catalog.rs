@@ -33,6 +33,12 @@ pub struct Offer {
     pub deterministic: bool,
     /// Description, tags and author for the catalog.
     pub about: insitu_runtime::store::About,
+    /// Also offer the files for download.
+    pub access: bool,
+    /// The price of each service, in the currency's smallest unit.
+    pub price: Option<String>,
+    /// The ERC-20 token of the price (`None`: native currency).
+    pub price_token: Option<String>,
 }
 
 /// Registers a dataset; returns the line to print.
@@ -53,7 +59,9 @@ pub fn add_dataset(
         allowed_images: &allowed,
         timeout_secs: offer.timeout_secs,
         server: offer.server,
-        price: None,
+        price: offer.price.clone(),
+        price_token: offer.price_token.clone(),
+        access: offer.access,
         did: None,
         deterministic: offer.deterministic,
         about: offer.about.clone(),
@@ -67,8 +75,6 @@ pub struct OnChain {
     pub rpc: String,
     pub contracts: std::path::PathBuf,
     pub key: insitu_runtime::receipt::ProviderKey,
-    /// The compute service's price in wei, paid into escrow by the consumer.
-    pub price: String,
 }
 
 /// Registers a dataset whose DID is first registered on-chain by the
@@ -96,11 +102,15 @@ pub fn add_dataset_on_chain(
         "dataset {} is not a directory",
         path.display()
     );
+    let price = offer.price.as_deref().unwrap_or_default();
     anyhow::ensure!(
-        !chain.price.is_empty() && chain.price.bytes().all(|b| b.is_ascii_digit()),
-        "--price must be an amount in wei (digits only), not `{}`",
-        chain.price
+        !price.is_empty() && price.bytes().all(|b| b.is_ascii_digit()),
+        "--price must be an amount in wei (digits only), not `{price}`"
     );
+    if let Some(token) = &offer.price_token {
+        insitu_runtime::store::parse_address(token)
+            .map_err(|e| anyhow::anyhow!("--price-token: {e}"))?;
+    }
     let store = open(data_dir)?;
     let addresses = insitu_chain::Addresses::from_file(&chain.contracts)?;
     let client = insitu_chain::Chain::connect(&chain.rpc, addresses, &chain.key)?;
@@ -115,7 +125,9 @@ pub fn add_dataset_on_chain(
         allowed_images: &allowed,
         timeout_secs: offer.timeout_secs,
         server: offer.server,
-        price: Some(chain.price.clone()),
+        price: offer.price.clone(),
+        price_token: offer.price_token.clone(),
+        access: offer.access,
         did: Some(did.clone()),
         deterministic: offer.deterministic,
         about: offer.about.clone(),
@@ -170,4 +182,60 @@ pub fn grant(
     Ok(format!(
         "agreement for {consumer} valid {timeout_secs} s: {id}"
     ))
+}
+
+/// Grants a local access agreement (download the dataset's files); returns
+/// the line to print.
+///
+/// # Errors
+/// Malformed address or DID, unknown dataset, a dataset not offered for
+/// download.
+pub fn grant_access(
+    data_dir: &Path,
+    consumer: &str,
+    dataset: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<String> {
+    let dataset = Did::parse(dataset).map_err(|r| anyhow::anyhow!("--dataset: {r}"))?;
+    let id = open(data_dir)?.grant_access(consumer, &dataset, timeout_secs)?;
+    Ok(format!(
+        "access agreement for {consumer} valid {timeout_secs} s: {id}"
+    ))
+}
+
+/// The recorded downloads as a table (or JSON lines), newest first.
+///
+/// # Errors
+/// A malformed DID, database errors.
+pub fn downloads(
+    data_dir: &Path,
+    dataset: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<String> {
+    let dataset = dataset
+        .map(|d| Did::parse(d).map_err(|r| anyhow::anyhow!("--dataset: {r}")))
+        .transpose()?;
+    let rows = open(data_dir)?.downloads(dataset.as_ref(), limit)?;
+    let mut out = String::new();
+    if json {
+        for r in &rows {
+            out.push_str(&serde_json::to_string(r)?);
+            out.push('\n');
+        }
+    } else {
+        out.push_str("STARTED (UTC)         CONSUMER                                    BYTES        COMPLETE  DATASET / FILE\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{:<21} {:<43} {:>12} {:<9} {}/{}\n",
+                insitu_runtime::store::rfc3339(r.started_ms / 1000),
+                r.consumer,
+                r.bytes,
+                if r.complete { "yes" } else { "no" },
+                r.dataset,
+                r.file
+            ));
+        }
+    }
+    Ok(out.trim_end().to_string())
 }

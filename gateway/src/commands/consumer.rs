@@ -55,32 +55,37 @@ fn load(path: &Path) -> anyhow::Result<ProviderKey> {
     )?)
 }
 
-/// A signed grant for `agreement`: to execute `workflow`, or for execution
-/// `execution`'s status, logs, stop and results. Valid `ttl` seconds.
+/// What a grant is for.
+#[derive(Debug, Clone, Copy)]
+pub enum GrantFor<'a> {
+    /// Execute this workflow DID.
+    Execute(&'a str),
+    /// Watch, stop and download this execution.
+    Execution(&'a str),
+    /// Download this dataset's files (access agreements).
+    Access(&'a str),
+}
+
+/// A signed grant for `agreement` and `target`, valid `ttl` seconds.
 ///
 /// # Errors
-/// When the key cannot be read, or neither or both targets are given.
-pub fn grant(
-    key: &Path,
-    agreement: &str,
-    workflow: Option<&str>,
-    execution: Option<&str>,
-    ttl: u64,
-) -> anyhow::Result<String> {
+/// When the key cannot be read.
+pub fn grant(key: &Path, agreement: &str, target: GrantFor<'_>, ttl: u64) -> anyhow::Result<String> {
     let key = load(key)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut claims = json!({"iss": key.address(), "sub": agreement, "eths": "personal", "iat": now, "exp": now + ttl});
-    match (workflow, execution) {
-        (Some(w), None) => {
+    match target {
+        GrantFor::Execute(w) => {
             claims["aud"] = json!(AUD_EXECUTE);
             claims["did"] = json!(w);
         }
-        (None, Some(e)) => {
+        GrantFor::Execution(e) => {
             claims["aud"] = json!(AUD_COMPUTE);
             claims["execution_id"] = json!(e);
         }
-        _ => {
-            bail!("give --workflow DID (to execute) or --execution ID (to watch, stop or download)")
+        GrantFor::Access(d) => {
+            claims["aud"] = json!(crate::auth::AUD_ACCESS);
+            claims["did"] = json!(d);
         }
     }
     Ok(make_grant(&key, &claims)?)
@@ -116,9 +121,21 @@ pub fn exec_form(key: &Path, agreement: &str, workflow: &str, now: u64) -> anyho
     ))
 }
 
-/// `insitu agreement create`: as the consumer, creates a compute agreement
-/// on-chain for `dataset` (a `did:nv:` DID registered on-chain) paying
-/// `price` wei to `provider`, and locks the payment. Returns the agreement id.
+/// What a consumer pays for an agreement.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    /// In the currency's smallest unit (wei), as the DDO's service lists it.
+    pub price: String,
+    /// The ERC-20 token's address; `None`: the native currency.
+    pub token: Option<String>,
+    /// An access agreement (download the files) instead of compute.
+    pub access: bool,
+}
+
+/// `insitu agreement create`: as the consumer, creates a compute (or
+/// access) agreement on-chain for `dataset` (a `did:nv:` DID registered
+/// on-chain) paying `payment` to `provider`, and locks the payment (after
+/// approving the token, for an ERC-20 price). Returns the line to print.
 ///
 /// # Errors
 /// Bad arguments, the key, the chain (unreachable, reverted).
@@ -128,7 +145,7 @@ pub fn create_agreement(
     key: &Path,
     dataset: &str,
     provider: &str,
-    price: &str,
+    payment: &Payment,
 ) -> anyhow::Result<String> {
     use alloy_primitives::{Address, U256};
     let key = load(key)?;
@@ -138,19 +155,31 @@ pub fn create_agreement(
     let provider: Address = provider
         .parse()
         .with_context(|| format!("--provider `{provider}` is not an address"))?;
-    let amount: U256 = price
+    let amount: U256 = payment
+        .price
         .parse()
-        .with_context(|| format!("--price `{price}` is not an amount in wei"))?;
+        .with_context(|| format!("--price `{}` is not an amount in wei", payment.price))?;
+    let token: Address = match &payment.token {
+        Some(t) => t
+            .parse()
+            .with_context(|| format!("--price-token `{t}` is not an address"))?,
+        None => Address::ZERO,
+    };
     let chain =
         insitu_chain::Chain::connect(rpc, insitu_chain::Addresses::from_file(contracts)?, &key)?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     let price = insitu_chain::Price {
-        token: Address::ZERO,
+        token,
         amounts: vec![amount],
         receivers: vec![provider],
     };
+    let service = if payment.access {
+        insitu_chain::Service::Access
+    } else {
+        insitu_chain::Service::Compute
+    };
     let id =
-        super::runtime()?.block_on(chain.create_agreement_and_pay(seed.into(), did, &price))?;
+        super::runtime()?.block_on(chain.create_and_pay(seed.into(), did, &price, service))?;
     Ok(format!("agreement created and paid: {id:#x}"))
 }

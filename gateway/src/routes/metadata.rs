@@ -53,7 +53,23 @@ pub(crate) async fn ddo(
             public_result(main);
         }
     }
+    services(&g, &headers).decorate(&mut ddo);
     Ok(Json(ddo))
+}
+
+/// [`Gateway::services`] with the base URL this request reached (`Host`)
+/// unless `public_url` is configured.
+pub(crate) fn services(g: &Gateway, headers: &HeaderMap) -> crate::ddo::Services {
+    let mut s = g.services.clone();
+    if s.base.is_empty() {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("localhost");
+        s.base = format!("http://{host}");
+    }
+    s
 }
 
 /// Whether the request carries a valid access token of `owner`.
@@ -123,6 +139,8 @@ pub(crate) struct Filters {
     tags: Vec<String>,
     owner: Option<String>,
     price: Option<PriceRange>,
+    /// Only assets offering this service (`compute` or `access`).
+    service: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -231,11 +249,19 @@ fn search(g: &Gateway, headers: &HeaderMap, q: QueryBody) -> ApiResult<Json<Valu
             }
         }
     };
-    let (results, total) = g.store.search(&Search {
+    if let Some(k) = &q.query.service
+        && !["compute", "access"].contains(&k.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "query.service `{k}` is not one of compute, access"
+        )));
+    }
+    let (mut results, total) = g.store.search(&Search {
         text: q.text,
         kind: q.query.kind,
         tags: q.query.tags,
         owner: q.query.owner,
+        service: q.query.service,
         price_min: q.query.price.as_ref().and_then(|p| p.min),
         price_max: q.query.price.as_ref().and_then(|p| p.max),
         sort,
@@ -243,6 +269,10 @@ fn search(g: &Gateway, headers: &HeaderMap, q: QueryBody) -> ApiResult<Json<Valu
         page_size: size,
         page,
     })?;
+    let services = services(g, headers);
+    for r in &mut results {
+        services.decorate(r);
+    }
     Ok(Json(serde_json::json!({
         "results": results,
         "page": page,

@@ -1,10 +1,12 @@
 //! The HTTP routes, one module per API area: [`compute`] (execute, status,
 //! logs, stop, list, results), [`oauth`] (grants for access tokens),
-//! [`metadata`] (DDOs and catalog search), [`federated`] (a participant's steps in federated
+//! [`metadata`] (DDOs and catalog search), [`access`] (dataset downloads
+//! under access agreements), [`federated`] (a participant's steps in federated
 //! rounds, the final model's publication) and [`ops`] (health, metrics, the
 //! OpenAPI document).
 //! Shared here: the router and how a request proves who it is.
 
+pub(crate) mod access;
 pub(crate) mod compute;
 pub(crate) mod federated;
 pub(crate) mod metadata;
@@ -59,6 +61,10 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
         .route(
             "/api/v1/node/services/compute/results/{execution}/{*file}",
             get(compute::download),
+        )
+        .route(
+            "/api/v1/node/services/access/{agreement}/{index}",
+            get(access::download),
         )
         .route(
             "/api/v1/metadata/assets/ddo/query",

@@ -982,6 +982,8 @@ async fn the_catalog_is_searched_over_http_and_results_are_listed_to_their_owner
                 timeout_secs: 60,
                 server: Default::default(),
                 price: None,
+                price_token: None,
+                access: false,
                 did: None,
                 deterministic: false,
                 about: About {
