@@ -1,5 +1,6 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
+mod access;
 mod verify;
 
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
