@@ -2,10 +2,11 @@
 //
 // 1. fetches @nevermined-io/contracts@3.5.9 with `npm pack` and checks its
 //    sha512 (it is not `npm install`ed: that would drag in hardhat);
-// 2. compiles the ten compute-flow contracts with solc-js 0.8.17 (optimizer
-//    on, runs = 10, evmVersion london, as upstream builds them);
+// 2. compiles the ten compute-flow contracts and the two of data sharing
+//    with solc-js 0.8.17 (optimizer on, runs = 10, evmVersion london, as
+//    upstream builds them);
 // 3. starts anvil (the pinned npm binary), deploys them from dev account 0
-//    without proxies, initializes and wires them (26 transactions);
+//    without proxies, initializes and wires them (33 transactions);
 // 4. writes out/addresses.json (contract name → address), out/abi/NAME.json
 //    and out/state.json (anvil_dumpState, restored with `anvil --load-state`).
 //
@@ -44,6 +45,10 @@ const CONTRACTS = {
   LockPaymentCondition: "conditions/LockPaymentCondition.sol",
   ComputeExecutionCondition: "conditions/ComputeExecutionCondition.sol",
   EscrowComputeExecutionTemplate: "templates/EscrowComputeExecutionTemplate.sol",
+  // Data sharing (insitu asset add --access): appended, so the contracts
+  // above keep their addresses.
+  AccessCondition: "conditions/AccessCondition.sol",
+  AccessTemplate: "templates/AccessTemplate.sol",
 };
 
 function fail(message) {
@@ -202,12 +207,21 @@ async function main() {
       "initialize(address,address,address,address,address,address)",
       DEPLOYER, a.AgreementStoreManager, a.DIDRegistry, a.ComputeExecutionCondition, a.LockPaymentCondition, a.EscrowPaymentCondition,
     );
+    await call("AccessCondition", "initialize(address,address,address)", DEPLOYER, a.ConditionStoreManager, a.AgreementStoreManager);
+    await call(
+      "AccessTemplate",
+      "initialize(address,address,address,address,address,address)",
+      DEPLOYER, a.AgreementStoreManager, a.DIDRegistry, a.AccessCondition, a.LockPaymentCondition, a.EscrowPaymentCondition,
+    );
     await call("TemplateStoreManager", "proposeTemplate(address)", a.EscrowComputeExecutionTemplate);
     await call("TemplateStoreManager", "approveTemplate(address)", a.EscrowComputeExecutionTemplate);
+    await call("TemplateStoreManager", "proposeTemplate(address)", a.AccessTemplate);
+    await call("TemplateStoreManager", "approveTemplate(address)", a.AccessTemplate);
     await call("ConditionStoreManager", "delegateCreateRole(address)", a.AgreementStoreManager);
     await call("ConditionStoreManager", "grantProxyRole(address)", a.EscrowPaymentCondition);
     await call("LockPaymentCondition", "grantProxyRole(address)", a.AgreementStoreManager);
     await call("AgreementStoreManager", "grantProxyRole(address)", a.EscrowComputeExecutionTemplate);
+    await call("AgreementStoreManager", "grantProxyRole(address)", a.AccessTemplate);
 
     const dump = Buffer.from((await rpc("anvil_dumpState")).replace(/^0x/, ""), "hex");
     const state = dump[0] === 0x1f && dump[1] === 0x8b ? zlib.gunzipSync(dump) : dump;

@@ -225,7 +225,10 @@ impl Addresses {
             lock_payment: get("LockPaymentCondition")?,
             escrow_payment: get("EscrowPaymentCondition")?,
             did_registry: get("DIDRegistry")?,
-            access: match (map.contains_key("AccessTemplate"), map.contains_key("AccessCondition")) {
+            access: match (
+                map.contains_key("AccessTemplate"),
+                map.contains_key("AccessCondition"),
+            ) {
                 (false, false) => None,
                 _ => Some(AccessContracts {
                     template: get("AccessTemplate")?,
@@ -692,8 +695,11 @@ impl Chain {
     ) -> Result<B256, ChainError> {
         let (_, condition) = self.addresses.of(Service::Access)?;
         let c = IAccessCondition::new(condition, &self.provider);
-        self.transact("AccessCondition.fulfill", c.fulfill(agreement, did, consumer))
-            .await
+        self.transact(
+            "AccessCondition.fulfill",
+            c.fulfill(agreement, did, consumer),
+        )
+        .await
     }
 
     /// Releases the escrowed payment of `agreement` to the price's receivers
@@ -1140,7 +1146,12 @@ pub fn price_of(store: &Store, did: &Did, provider: Address) -> Option<Price> {
 }
 
 /// The price of `service` of dataset `did` (as [`price_of`]).
-pub fn service_price(store: &Store, did: &Did, provider: Address, service: Service) -> Option<Price> {
+pub fn service_price(
+    store: &Store,
+    did: &Did,
+    provider: Address,
+    service: Service,
+) -> Option<Price> {
     let (_, ddo) = store.ddo(did).ok()?;
     let kind = match service {
         Service::Compute => "compute",

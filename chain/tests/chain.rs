@@ -937,3 +937,228 @@ async fn execute_answers_503_while_the_chain_is_down() {
             .is_empty()
     );
 }
+
+/// anvil's dev key 0: deployed the fixture, mints NeverminedToken.
+const DEPLOYER: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// Data sharing on-chain, priced in an ERC-20 token: the provider offers a
+/// dataset for download at 2,500 NeverminedToken; the consumer (as `insitu
+/// agreement create --service access --price-token` does) approves, creates
+/// an AccessTemplate agreement and locks the tokens; the gateway grants
+/// access on-chain, releases the tokens to the provider, and serves the file
+/// byte-exact. An underpaid agreement is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_paid_in_an_erc20_token_is_granted_released_and_downloaded() {
+    use insitu_chain::IERC20;
+    use insitu_gateway::commands::consumer::{Payment, create_agreement};
+    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
+    let w = world().await;
+    let names: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("out/addresses.json")).unwrap())
+            .unwrap();
+    let token: Address = names["NeverminedToken"].as_str().unwrap().parse().unwrap();
+    let access = w
+        .addresses
+        .access
+        .expect("the fixture deploys AccessTemplate");
+    // The provider registers a second DID and offers its files for download.
+    let provider = w.anvil.wallet(PROVIDER);
+    let seed = B256::repeat_byte(0x43);
+    IDIDRegistry::new(w.addresses.did_registry, &provider)
+        .registerDID(
+            seed,
+            B256::ZERO,
+            vec![address(PROVIDER)],
+            String::new(),
+            B256::ZERO,
+            String::new(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let did = ids::did(seed, address(PROVIDER));
+    let shared = insitu_chain::did_of(did);
+    let input = w._tmp.path().join("dataset");
+    w.store
+        .register_dataset(&DatasetSpec {
+            name: "shared notes",
+            path: &input,
+            allowed_images: &[],
+            timeout_secs: 3600,
+            server: Server::default(),
+            price: Some("2500".into()),
+            price_token: Some(format!("{token:#x}")),
+            access: true,
+            did: Some(shared.clone()),
+            deterministic: false,
+            about: Default::default(),
+        })
+        .unwrap();
+    let erc20 = |key: &str| IERC20::new(token, w.anvil.wallet(key));
+    erc20(DEPLOYER)
+        .mint(address(CONSUMER), U256::from(10_000))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+
+    let mut config = ServeConfig::new(w.data.clone());
+    config.workers = 1;
+    config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
+    let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
+    let base = local.base.clone();
+    let http = reqwest::Client::new();
+
+    // The DDO names the template and the token a client pays with.
+    let ddo: serde_json::Value = http
+        .get(format!("{base}/api/v1/metadata/assets/ddo/{shared}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let service = &ddo["service"][2];
+    assert_eq!(service["type"], "access");
+    assert_eq!(service["templateId"], format!("{:#x}", access.template));
+    let lock = &service["attributes"]["serviceAgreementTemplate"]["conditions"][0];
+    assert_eq!(
+        lock["parameters"][2]["value"],
+        format!("{token:#x}"),
+        "{lock}"
+    );
+    assert_eq!(
+        lock["parameters"][1]["value"],
+        format!("{:#x}", w.addresses.escrow_payment)
+    );
+
+    // The consumer pays, through the CLI's code path.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("consumer.key");
+    std::fs::write(&key_file, CONSUMER).unwrap();
+    let pay = |price: &str| {
+        let (url, key_file, shared) = (w.anvil.url.clone(), key_file.clone(), shared.to_string());
+        let payment = Payment {
+            price: price.into(),
+            token: Some(format!("{token:#x}")),
+            access: true,
+        };
+        tokio::task::spawn_blocking(move || {
+            let line = create_agreement(
+                &url,
+                &fixture("out/addresses.json"),
+                &key_file,
+                &shared,
+                &format!("{:#x}", address(PROVIDER)),
+                &payment,
+            )
+            .unwrap();
+            line.rsplit(' ').next().unwrap().to_string()
+        })
+    };
+    let agreement = pay("2500").await.unwrap();
+    let balance = |who: Address| {
+        let e = erc20(CONSUMER);
+        async move { e.balanceOf(who).call().await.unwrap() }
+    };
+    assert_eq!(balance(address(CONSUMER)).await, U256::from(7_500));
+    assert_eq!(balance(w.addresses.escrow_payment).await, U256::from(2_500));
+
+    let consumer = ProviderKey::from_hex(CONSUMER).unwrap();
+    let access_token = |agreement: String| {
+        let (http, base, consumer, shared) =
+            (http.clone(), base.clone(), consumer.clone(), shared.clone());
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let grant = insitu_gateway::auth::make_grant(
+                &consumer,
+                &json!({"iss": consumer.address(), "aud": insitu_gateway::auth::AUD_ACCESS,
+                        "sub": agreement, "did": shared, "eths": "personal", "iat": now, "exp": now + 300}),
+            )
+            .unwrap();
+            let r: serde_json::Value = http
+                .post(format!("{base}/api/v1/node/services/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={grant}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let t = access_token(agreement.clone()).await;
+    let r = http
+        .get(format!("{base}/api/v1/node/services/access/{agreement}/0"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "paid for and counted in situ\n");
+    // Access granted on-chain, the tokens released to the provider.
+    let id: B256 = agreement.parse().unwrap();
+    let access_id = ids::condition_id(
+        id,
+        access.condition,
+        ids::compute_hash(did, address(CONSUMER)),
+    );
+    let reader = Chain::connect(&w.anvil.url, w.addresses.clone(), &ProviderKey::random()).unwrap();
+    assert_eq!(
+        reader.condition(access_id).await.unwrap().state,
+        ConditionState::Fulfilled
+    );
+    assert_eq!(balance(address(PROVIDER)).await, U256::from(2_500));
+    assert_eq!(balance(w.addresses.escrow_payment).await, U256::ZERO);
+    let recorded = w.store.downloads(Some(&shared), 10).unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert!(
+        recorded[0].complete && recorded[0].bytes == 29,
+        "{recorded:?}"
+    );
+
+    // Underpaid: locked, but not what the access service asks.
+    let cheap = pay("1").await.unwrap();
+    let t = access_token(cheap.clone()).await;
+    let r = http
+        .get(format!("{base}/api/v1/node/services/access/{cheap}/0"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the payment is not locked as the access service prices it"),
+        "{body}"
+    );
+    // A compute agreement is no access agreement.
+    let (compute, _) = w.agreement(9, true).await;
+    let compute = format!("{compute:#x}");
+    let t = access_token(compute.clone()).await;
+    let r = http
+        .get(format!("{base}/api/v1/node/services/access/{compute}/0"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
+    local.stop().await.unwrap();
+}

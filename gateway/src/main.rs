@@ -820,7 +820,12 @@ fn main() -> ExitCode {
                 (_, _, Some(d)) => GrantFor::Access(d),
                 _ => unreachable!("clap requires one of --workflow, --execution, --dataset"),
             };
-            print_line(commands::consumer::grant(&g.key, &g.agreement, target, g.ttl))
+            print_line(commands::consumer::grant(
+                &g.key,
+                &g.agreement,
+                target,
+                g.ttl,
+            ))
         }
         Command::Verify(v) => commands::verify::run(&commands::verify::VerifyArgs {
             receipt: v.receipt,

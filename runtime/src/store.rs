@@ -10,9 +10,9 @@
 use crate::Error;
 
 mod access;
-pub use access::{AccessAgreement, Download};
 use crate::outcome::Status;
 use crate::workflow::{Did, Workflow};
+pub use access::{AccessAgreement, Download};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -666,7 +666,10 @@ impl Store {
             "provider": {"environment": environment},
         });
         if let Some(price) = &spec.price {
-            if !(!price.is_empty() && price.len() <= 78 && price.bytes().all(|b| b.is_ascii_digit())) {
+            if !(!price.is_empty()
+                && price.len() <= 78
+                && price.bytes().all(|b| b.is_ascii_digit()))
+            {
                 return Err(Error::Invalid {
                     what: "price",
                     value: price.clone(),

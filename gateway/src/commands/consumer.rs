@@ -70,7 +70,12 @@ pub enum GrantFor<'a> {
 ///
 /// # Errors
 /// When the key cannot be read.
-pub fn grant(key: &Path, agreement: &str, target: GrantFor<'_>, ttl: u64) -> anyhow::Result<String> {
+pub fn grant(
+    key: &Path,
+    agreement: &str,
+    target: GrantFor<'_>,
+    ttl: u64,
+) -> anyhow::Result<String> {
     let key = load(key)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut claims = json!({"iss": key.address(), "sub": agreement, "eths": "personal", "iat": now, "exp": now + ttl});
@@ -179,7 +184,6 @@ pub fn create_agreement(
     } else {
         insitu_chain::Service::Compute
     };
-    let id =
-        super::runtime()?.block_on(chain.create_and_pay(seed.into(), did, &price, service))?;
+    let id = super::runtime()?.block_on(chain.create_and_pay(seed.into(), did, &price, service))?;
     Ok(format!("agreement created and paid: {id:#x}"))
 }

@@ -36,54 +36,52 @@ fn agreement_id(raw: &str) -> String {
 }
 
 /// A single byte range `bytes=A-B` / `bytes=A-` / `bytes=-N` of a `len`-byte
-/// file as (first, last) inclusive; `Ok(None)` for no or an unsupported
-/// (multi-range) header, which is answered with the whole file.
+/// file as (first, last) inclusive. `Ok(None)` for no header, and — as RFC
+/// 9110 §14.2 lets a server do — for one it ignores: malformed, another
+/// unit, or several ranges; those are answered with the whole file.
+///
+/// # Errors
+/// 416 for a well-formed range that does not fit the file.
 fn byte_range(headers: &HeaderMap, len: u64) -> ApiResult<Option<(u64, u64)>> {
-    let Some(v) = headers.get(header::RANGE) else {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
         return Ok(None);
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
     };
     let unsatisfiable = || {
-        ApiError::Body(
+        Err(ApiError::Body(
             StatusCode::RANGE_NOT_SATISFIABLE,
             format!(
-                "the Range header `{}` does not fit the file's {len} bytes; ask for bytes=A-B with A <= B < {len}",
-                v.to_str().unwrap_or("?")
+                "the range bytes={spec} does not fit the file's {len} bytes; ask for bytes=A-B with A <= B < {len}"
             ),
-        )
+        ))
     };
-    let Some(spec) = v.to_str().ok().and_then(|s| s.strip_prefix("bytes=")) else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = match (a.is_empty(), b.is_empty()) {
-        (true, false) => {
-            let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+    match (number(a), number(b)) {
+        (None, Some(n)) if a.is_empty() => {
             if n == 0 || len == 0 {
-                return Err(unsatisfiable());
+                return unsatisfiable();
             }
-            (len.saturating_sub(n), len - 1)
+            Ok(Some((len.saturating_sub(n), len - 1)))
         }
-        (false, _) => {
-            let first: u64 = a.parse().map_err(|_| unsatisfiable())?;
-            let last = if b.is_empty() {
-                len.saturating_sub(1)
-            } else {
-                b.parse::<u64>()
-                    .map_err(|_| unsatisfiable())?
-                    .min(len.saturating_sub(1))
-            };
+        (Some(first), last) if b.is_empty() || last.is_some() => {
+            let last = last.unwrap_or(u64::MAX).min(len.saturating_sub(1));
             if first >= len || first > last {
-                return Err(unsatisfiable());
+                return unsatisfiable();
             }
-            (first, last)
+            Ok(Some((first, last)))
         }
-        (true, true) => return Err(unsatisfiable()),
-    };
-    Ok(Some(range))
+        _ => Ok(None),
+    }
 }
 
 pub(crate) async fn download(
@@ -158,7 +156,9 @@ pub(crate) async fn download(
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{base}\"")) {
-        response.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
     }
     if range.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;

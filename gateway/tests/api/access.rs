@@ -168,7 +168,9 @@ async fn a_dataset_offered_for_download_is_downloaded_under_an_access_agreement_
     let r = api.fetch(&spelled, "0", &token, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "alpha\n");
-    let r = api.fetch(&agreement, "1", &token, Some("bytes=1000-")).await;
+    let r = api
+        .fetch(&agreement, "1", &token, Some("bytes=1000-"))
+        .await;
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 1000-1048575/1048576");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &big[1000..]);
@@ -223,10 +225,10 @@ async fn a_dataset_offered_for_download_is_downloaded_under_an_access_agreement_
         summary[4]
     );
     assert!(
-        record.iter().all(|d| d
-            .consumer
-            .eq_ignore_ascii_case(&api.consumer.address())
-            && d.agreement == agreement),
+        record
+            .iter()
+            .all(|d| d.consumer.eq_ignore_ascii_case(&api.consumer.address())
+                && d.agreement == agreement),
         "{record:?}"
     );
     // The provider's listing.
@@ -238,13 +240,19 @@ async fn a_dataset_offered_for_download_is_downloaded_under_an_access_agreement_
     )
     .unwrap();
     assert_eq!(listing.lines().count(), 6, "{listing}");
-    assert!(listing.contains(&format!("{shared}/sub/b.bin")), "{listing}");
+    assert!(
+        listing.contains(&format!("{shared}/sub/b.bin")),
+        "{listing}"
+    );
 
     // Refusals, each precise, none recorded as a download.
     let msg = |r: reqwest::Response| async move {
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
-        (status, body["message"].as_str().unwrap_or_default().to_string())
+        (
+            status,
+            body["message"].as_str().unwrap_or_default().to_string(),
+        )
     };
     let (code, m) = msg(api.fetch(&agreement, "1", "", None).await).await;
     assert_eq!(code, 401, "{m}");
@@ -258,9 +266,7 @@ async fn a_dataset_offered_for_download_is_downloaded_under_an_access_agreement_
     let (code, m) = msg(api.fetch(&agreement, "x", &token, None).await).await;
     assert_eq!(code, 400, "{m}");
     let other = ProviderKey::load_or_create(&api.tmp.path().join("other.key")).unwrap();
-    let stranger = api
-        .access_token(&other, &agreement, shared.as_str())
-        .await;
+    let stranger = api.access_token(&other, &agreement, shared.as_str()).await;
     let (code, m) = msg(api.fetch(&agreement, "0", &stranger, None).await).await;
     assert_eq!(code, 403, "{m}");
     assert!(m.contains("belongs to another consumer"), "{m}");

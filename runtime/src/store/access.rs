@@ -308,7 +308,10 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(
-                params![dataset.map(Did::as_str), limit.min(i64::MAX as usize) as i64],
+                params![
+                    dataset.map(Did::as_str),
+                    limit.min(i64::MAX as usize) as i64
+                ],
                 |r| {
                     Ok(Download {
                         id: r.get(0)?,
