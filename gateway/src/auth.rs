@@ -32,6 +32,9 @@ pub const AUD_EXECUTE: &str = "/api/v1/node/services/execute";
 pub const AUD_COMPUTE: &str = "/api/v1/node/services/compute";
 /// Audience of grants that download a dataset's files (access agreements).
 pub const AUD_ACCESS: &str = "/api/v1/node/services/access";
+/// Audience of grants that publish assets (a consumer's workflows and
+/// algorithms) to the catalog; `sub` is not needed.
+pub const AUD_PUBLISH: &str = "/api/v1/metadata/assets";
 /// Clock skew tolerated on `iat`/`exp`, in seconds.
 pub const SKEW: u64 = 60;
 /// Lifetime of access tokens, in seconds.
@@ -52,7 +55,7 @@ pub enum AuthError {
     #[error("the grant is issued in the future (iat {0}); check the client's clock")]
     NotYetValid(u64),
     #[error(
-        "the grant's audience is `{0}`; use {AUD_EXECUTE} to execute, {AUD_COMPUTE} for an execution or {AUD_ACCESS} to download a dataset"
+        "the grant's audience is `{0}`; use {AUD_EXECUTE} to execute, {AUD_COMPUTE} for an execution, {AUD_ACCESS} to download a dataset or {AUD_PUBLISH} to publish a workflow"
     )]
     Audience(String),
     #[error("the grant's claim `{0}` is missing or malformed")]
@@ -71,7 +74,7 @@ pub struct Grant {
     /// Lowercase `0x` address of the consumer.
     pub consumer: String,
     pub audience: String,
-    /// The agreement id (`0x` + 64 hex, lowercase).
+    /// The agreement id (`0x` + 64 hex, lowercase); empty for publishing.
     pub agreement: String,
     /// The workflow DID, for execute grants; the dataset DID, for access grants.
     pub did: Option<String>,
@@ -186,17 +189,28 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
         return Err(AuthError::Expired(now - exp));
     }
     let audience = s("aud")?.to_string();
-    let agreement = s("sub")?.to_ascii_lowercase();
-    let agreement_ok = agreement.len() == 66
-        && agreement.starts_with("0x")
-        && agreement[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !agreement_ok {
-        return Err(AuthError::Claim("sub"));
-    }
     let (did, execution) = match audience.as_str() {
         AUD_EXECUTE | AUD_ACCESS => (Some(s("did")?.to_string()), None),
         AUD_COMPUTE => (None, Some(s("execution_id")?.to_string())),
+        AUD_PUBLISH => (None, None),
         other => return Err(AuthError::Audience(other.to_string())),
+    };
+    // Publishing is no act under an agreement.
+    let agreement = if audience == AUD_PUBLISH {
+        String::new()
+    } else {
+        let raw = s("sub")?.to_ascii_lowercase();
+        let agreement = if raw.starts_with("0x") {
+            raw
+        } else {
+            format!("0x{raw}")
+        };
+        let agreement_ok =
+            agreement.len() == 66 && agreement[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !agreement_ok {
+            return Err(AuthError::Claim("sub"));
+        }
+        agreement
     };
     Ok(Grant {
         consumer: issuer,

@@ -148,15 +148,19 @@ struct GrantCli {
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
     /// The agreement id (0x + 64 hex).
-    #[arg(long)]
-    agreement: String,
+    #[arg(long, required_unless_present = "publish")]
+    agreement: Option<String>,
     /// Grant to execute this workflow DID.
     #[arg(
         long,
-        conflicts_with_all = ["execution", "dataset"],
-        required_unless_present_any = ["execution", "dataset"]
+        conflicts_with_all = ["execution", "dataset", "publish"],
+        required_unless_present_any = ["execution", "dataset", "publish"]
     )]
     workflow: Option<String>,
+    /// Grant to publish own workflows and algorithms
+    /// (POST /api/v1/metadata/assets/ddo); needs no agreement.
+    #[arg(long, conflicts_with_all = ["execution", "dataset", "agreement"])]
+    publish: bool,
     /// Grant to download this dataset's files (an access agreement).
     #[arg(long, conflicts_with = "execution")]
     dataset: Option<String>,
@@ -815,14 +819,17 @@ fn main() -> ExitCode {
         Command::Grant(g) => {
             use commands::consumer::GrantFor;
             let target = match (&g.workflow, &g.execution, &g.dataset) {
+                _ if g.publish => GrantFor::Publish,
                 (Some(w), _, _) => GrantFor::Execute(w),
                 (_, Some(e), _) => GrantFor::Execution(e),
                 (_, _, Some(d)) => GrantFor::Access(d),
-                _ => unreachable!("clap requires one of --workflow, --execution, --dataset"),
+                _ => unreachable!(
+                    "clap requires one of --workflow, --execution, --dataset, --publish"
+                ),
             };
             print_line(commands::consumer::grant(
                 &g.key,
-                &g.agreement,
+                g.agreement.as_deref().unwrap_or_default(),
                 target,
                 g.ttl,
             ))

@@ -83,17 +83,45 @@ impl LocalAgreements {
         workflow: &str,
         now: u64,
     ) -> Result<Agreement, Error> {
-        let agreement = self.store.agreement(agreement_id)?;
+        let mut agreement = self.store.agreement(agreement_id)?;
         if agreement.consumer != consumer {
             return Err(Error::Denied(format!(
                 "agreement {agreement_id} belongs to another consumer"
             )));
         }
-        if agreement.workflow.as_str() != workflow {
-            return Err(Error::Denied(format!(
-                "agreement {agreement_id} is for workflow {}, not {workflow}",
-                agreement.workflow
-            )));
+        if !agreement.workflow.as_str().eq_ignore_ascii_case(workflow) {
+            // A workflow the consumer published runs under their agreement
+            // for a dataset it reads (resolving checks the rest: every other
+            // dataset covered, every image allowed).
+            let did = crate::workflow::Did::parse(workflow).map_err(|_| Error::Invalid {
+                what: "workflow DID",
+                value: workflow.to_string(),
+                reason: "expected did:nv: followed by 64 hex digits",
+            })?;
+            let owned = self
+                .store
+                .workflow_owner(&did)
+                .ok()
+                .flatten()
+                .is_some_and(|o| o.eq_ignore_ascii_case(consumer));
+            if !owned {
+                return Err(Error::Denied(format!(
+                    "agreement {agreement_id} is for workflow {}, not {workflow} (a workflow runs under an agreement for it, or under any agreement of the consumer who published it)",
+                    agreement.workflow
+                )));
+            }
+            if !self
+                .store
+                .workflow(&did)?
+                .datasets()
+                .contains(&&agreement.dataset)
+            {
+                return Err(Error::Denied(format!(
+                    "workflow {workflow} does not read dataset {}, which agreement {agreement_id} is for",
+                    agreement.dataset
+                )));
+            }
+            agreement.workflow = did;
         }
         if now > agreement.expires_at {
             return Err(Error::Denied(format!(

@@ -111,6 +111,12 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
         )));
     }
     let workflow = store.workflow(&agreement.workflow)?;
+    // A workflow the consumer published runs under any of their agreements
+    // for the datasets it reads; a provider's, under agreements for it.
+    let own = store
+        .workflow_owner(&agreement.workflow)?
+        .is_some_and(|o| o.eq_ignore_ascii_case(&agreement.consumer));
+    let covers = (!own).then_some(&agreement.workflow);
     let mut datasets = Vec::new();
     let mut covering = std::collections::BTreeMap::new();
     for did in workflow.datasets() {
@@ -133,7 +139,7 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
             },
         };
         if *did != agreement.dataset {
-            match store.covering_agreement(&agreement.consumer, did, &agreement.workflow, now)? {
+            match store.covering_agreement(&agreement.consumer, did, covers, now)? {
                 Some(other) => {
                     covering.insert(did.clone(), other);
                 }

@@ -734,6 +734,21 @@ impl Store {
     /// [`Error::Reference`] without a digest or with a malformed one;
     /// [`Error::Store`].
     pub fn add_algorithm(&self, name: &str, reference: &str) -> Result<Did, Error> {
+        self.add_algorithm_as(name, reference, None)
+    }
+
+    /// [`Store::add_algorithm`] published by consumer `owner` (recorded as
+    /// `main.owner`).
+    ///
+    /// # Errors
+    /// As [`Store::add_algorithm`]; [`Error::Invalid`] for the address.
+    pub fn add_algorithm_as(
+        &self,
+        name: &str,
+        reference: &str,
+        owner: Option<&str>,
+    ) -> Result<Did, Error> {
+        let owner = owner.map(parse_address).transpose()?;
         let (image, checksum) = reference.rsplit_once('@').ok_or_else(|| Error::Reference {
             reference: reference.to_string(),
             reason: "an algorithm is pinned by digest: append @sha256:<digest> (insitu inspect prints it)".into(),
@@ -744,7 +759,7 @@ impl Store {
             _ => (image, ""),
         };
         let did = Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed");
-        let ddo = json!({
+        let mut ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
             "service": [{"type": "metadata", "index": 0, "attributes": {"main": {
@@ -752,6 +767,9 @@ impl Store {
                 "algorithm": {"container": {"image": image, "tag": tag, "checksum": checksum}},
             }}}],
         });
+        if let Some(o) = owner {
+            ddo["service"][0]["attributes"]["main"]["owner"] = json!(o);
+        }
         self.insert_asset(&did, AssetKind::Algorithm, &ddo, None)?;
         Ok(did)
     }
@@ -775,6 +793,17 @@ impl Store {
     /// [`Error::Workflow`] for invalid documents; [`Error::NotFound`] when a
     /// stage reads a dataset the catalog does not have; [`Error::Store`].
     pub fn add_workflow(&self, doc: &Value) -> Result<Did, Error> {
+        self.add_workflow_as(doc, None)
+    }
+
+    /// [`Store::add_workflow`] published by consumer `owner` (lowercase
+    /// address, recorded as `main.owner`): the consumer may execute it under
+    /// any agreement of theirs covering the datasets it reads.
+    ///
+    /// # Errors
+    /// As [`Store::add_workflow`]; [`Error::Invalid`] for the address.
+    pub fn add_workflow_as(&self, doc: &Value, owner: Option<&str>) -> Result<Did, Error> {
+        let owner = owner.map(parse_address).transpose()?;
         let workflow = Workflow::from_value(doc)?;
         for (i, stage) in workflow.stages.iter().enumerate() {
             if let Some(algorithm) = &stage.transformation {
@@ -815,6 +844,17 @@ impl Store {
                 .cloned()
                 .unwrap_or(Value::Null)
         });
+        let mut main = main;
+        match (&owner, main.as_object_mut()) {
+            (Some(o), Some(m)) => {
+                m.insert("owner".into(), json!(o));
+            }
+            // Only a consumer's publication names an owner.
+            (None, Some(m)) => {
+                m.remove("owner");
+            }
+            _ => {}
+        }
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
@@ -822,6 +862,18 @@ impl Store {
         });
         self.insert_asset(&did, AssetKind::Workflow, &ddo, None)?;
         Ok(did)
+    }
+
+    /// The consumer who published workflow `did` (`None`: the provider's).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when `did` is not a workflow.
+    pub fn workflow_owner(&self, did: &Did) -> Result<Option<String>, Error> {
+        Ok(self
+            .expect_kind(did, AssetKind::Workflow)?
+            .pointer("/service/0/attributes/main/owner")
+            .and_then(Value::as_str)
+            .map(str::to_string))
     }
 
     /// The DDO and kind of any asset.
@@ -1237,8 +1289,9 @@ impl Store {
     }
 
     /// The id of an agreement `consumer` holds for `dataset` and `workflow`
-    /// that has not expired at `now` (unix seconds): local, or recorded from
-    /// the chain when it was checked there. The one expiring last.
+    /// (any workflow when `None`: for a workflow the consumer published) that
+    /// has not expired at `now` (unix seconds): local, or recorded from the
+    /// chain when it was checked there. The one expiring last.
     ///
     /// # Errors
     /// [`Error::Store`].
@@ -1246,17 +1299,17 @@ impl Store {
         &self,
         consumer: &str,
         dataset: &Did,
-        workflow: &Did,
+        workflow: Option<&Did>,
         now: u64,
     ) -> Result<Option<String>, Error> {
         self.conn()
             .query_row(
-                "SELECT id FROM agreements WHERE consumer = ?1 AND dataset = ?2 AND workflow = ?3 AND expires_at >= ?4
+                "SELECT id FROM agreements WHERE consumer = ?1 AND dataset = ?2 AND (?3 IS NULL OR workflow = ?3) AND expires_at >= ?4
                  ORDER BY expires_at DESC LIMIT 1",
                 params![
                     consumer.to_ascii_lowercase(),
                     dataset.as_str(),
-                    workflow.as_str(),
+                    workflow.map(Did::as_str),
                     now.min(i64::MAX as u64) as i64
                 ],
                 |r| r.get::<_, String>(0),

@@ -64,6 +64,8 @@ pub enum GrantFor<'a> {
     Execution(&'a str),
     /// Download this dataset's files (access agreements).
     Access(&'a str),
+    /// Publish own workflows and algorithms (no agreement).
+    Publish,
 }
 
 /// A signed grant for `agreement` and `target`, valid `ttl` seconds.
@@ -91,6 +93,12 @@ pub fn grant(
         GrantFor::Access(d) => {
             claims["aud"] = json!(crate::auth::AUD_ACCESS);
             claims["did"] = json!(d);
+        }
+        GrantFor::Publish => {
+            claims["aud"] = json!(crate::auth::AUD_PUBLISH);
+            if let Some(c) = claims.as_object_mut() {
+                c.remove("sub");
+            }
         }
     }
     Ok(make_grant(&key, &claims)?)

@@ -1,7 +1,10 @@
 //! The metadata API: `GET /api/v1/metadata/assets/ddo/{did}` resolves a DDO;
 //! `GET|POST /api/v1/metadata/assets/ddo/query` searches the catalog
 //! (Nevermined's query shape: `text`, `query` filters, `sort`, `offset` =
-//! page size, `page`) → `{results, page, total_pages, total_results}`.
+//! page size, `page`) → `{results, page, total_pages, total_results}`;
+//! `POST /api/v1/metadata/assets/ddo` publishes a consumer's own workflow or
+//! algorithm (the spec: the CONSUMER defines the workflow as a new asset),
+//! owned by them, with an access token from a grant for [`AUD_PUBLISH`].
 //!
 //! Datasets and workflows are public. A result's DDO is whole only for its
 //! owner (a bearer access token of the consumer who owns it); anyone else
@@ -11,13 +14,13 @@
 //! could otherwise confirm a guess of a small output by its sha256.
 
 use super::bearer;
-use crate::auth::{AUD_COMPUTE, AUD_EXECUTE};
+use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, AUD_PUBLISH};
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult, integral_json};
 use crate::server::{Gateway, now};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use insitu_runtime::store::AssetKind;
 use insitu_runtime::store::{Search, Sort};
 use insitu_runtime::workflow::Did;
@@ -70,6 +73,66 @@ pub(crate) fn services(g: &Gateway, headers: &HeaderMap) -> crate::ddo::Services
         s.base = format!("http://{host}");
     }
     s
+}
+
+/// Publishes the body — a workflow (its metadata `{"main": …}` or a DDO
+/// holding it, validated as `insitu workflow add` does) or an algorithm
+/// (`main.algorithm.container {image, tag, checksum}`) — as an asset owned by
+/// the token's consumer; answers 201 with its DDO. The consumer may execute
+/// an own workflow under any of their agreements covering the datasets it
+/// reads.
+pub(crate) async fn publish(
+    State(g): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let grant = g.tokens.check(bearer(&headers)?, AUD_PUBLISH, now())?;
+    let Json(doc) = body?;
+    if !doc.is_object() {
+        return Err(ApiError::Unprocessable(
+            "the body must be an object: a workflow's {\"main\": …} or a DDO holding it".into(),
+        ));
+    }
+    let main = doc.get("main").cloned().or_else(|| {
+        doc.get("service")?.as_array()?.iter().find_map(|s| {
+            s.pointer("/attributes/main")
+                .filter(|m| m.get("type").is_some())
+                .cloned()
+        })
+    });
+    let main = main.unwrap_or(Value::Null);
+    let did = match main.get("type").and_then(Value::as_str) {
+        Some("workflow") => g.store.add_workflow_as(&doc, Some(&grant.consumer))?,
+        Some("algorithm") => {
+            let c = &main["algorithm"]["container"];
+            let field = |k: &str| {
+                c.get(k).and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::Unprocessable(format!(
+                        "main.algorithm.container.{k} is missing: an algorithm names its image, tag and checksum (sha256:…)"
+                    ))
+                })
+            };
+            let (image, tag, checksum) = (field("image")?, field("tag")?, field("checksum")?);
+            let name = main["name"].as_str().unwrap_or(image);
+            let reference = if tag.is_empty() {
+                format!("{image}@{checksum}")
+            } else {
+                format!("{image}:{tag}@{checksum}")
+            };
+            g.store
+                .add_algorithm_as(name, &reference, Some(&grant.consumer))?
+        }
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "main.type is {}; a consumer publishes a `workflow` or an `algorithm` (datasets are registered by their provider)",
+                other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
+            )));
+        }
+    };
+    tracing::info!(did = %did, owner = %grant.consumer, "asset published by a consumer");
+    let (_, mut ddo) = g.store.ddo(&did)?;
+    services(&g, &headers).decorate(&mut ddo);
+    Ok((StatusCode::CREATED, Json(ddo)))
 }
 
 /// Whether the request carries a valid access token of `owner`.

@@ -70,6 +70,7 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
             "/api/v1/metadata/assets/ddo/query",
             get(metadata::query_get).post(metadata::query_post),
         )
+        .route("/api/v1/metadata/assets/ddo", post(metadata::publish))
         .route("/api/v1/metadata/assets/ddo/{did}", get(metadata::ddo))
         .route(
             "/api/v1/node/services/fl/{job}/{round}/start",

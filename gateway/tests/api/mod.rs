@@ -1,6 +1,7 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
 mod access;
+mod publish;
 mod verify;
 
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
