@@ -845,6 +845,38 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(stderr(&out).contains("gateway stopped"), "{}", stderr(&out));
 }
 
+/// The README's data-sharing walkthrough, run as written: a download under
+/// an access agreement, a consumer's own workflow executed, the provider's
+/// record of the download.
+#[test]
+fn the_readme_sharing_walkthrough_runs_as_written() {
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let out = run_block(
+        readme_block("sharing walkthrough"),
+        e.tmp.path(),
+        &[("INSITU_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        r#""files":[{"contentLength":"26","contentType":"application/octet-stream","index":0,"name":"a.txt"}]"#,
+        "{text}"
+    );
+    assert_eq!(lines[1], "the cat saw the other cat", "{text}");
+    assert!(lines[2].starts_with(r#"{"workflowId":"nv-"#), "{text}");
+    assert!(lines[3].starts_with("STARTED (UTC)"), "{text}");
+    assert!(
+        lines[4].contains("/a.txt") && lines[4].contains(" 26 yes "),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "{text}");
+}
+
 /// The README's federated walkthrough, run as written: three `insitu serve`
 /// providers on free ports, `insitu fl run`, the published model downloaded
 /// (the user's `cargo build … -p linreg-train` step is replaced by the module

@@ -810,7 +810,7 @@ async fn agreements_images_and_dids_are_checked_at_execute() {
     assert_eq!(
         body["message"],
         format!(
-            "not permitted: agreement {} is for workflow {}, not {other_wf}",
+            "not permitted: agreement {} is for workflow {}, not {other_wf} (a workflow runs under an agreement for it, or under any agreement of the consumer who published it)",
             api.agreement, api.workflow
         )
     );
