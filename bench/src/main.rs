@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
-//! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|all]
+//! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|verify|secagg|fl|access|search|all]
 //! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
 //! insitu-bench scale      # not in `all`: csv-stats 1 MB … 1 GB, 100 executions at once
 //! ```
@@ -11,6 +11,7 @@
 //! built natively in the same target dir (`cargo build --release -p word-count
 //! -p csv-stats -p linreg-train`).
 
+mod access;
 mod chain;
 mod fl;
 mod http;
@@ -75,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "fl" {
         fl::fl()?;
+    }
+    if all || what == "access" {
+        access::access()?;
     }
     if all || what == "search" {
         search::search()?;

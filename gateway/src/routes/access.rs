@@ -19,11 +19,12 @@ use insitu_runtime::store::Store;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::AsyncSeekExt;
 
 /// Read size of a download: large enough that a 1 GiB file is a few
 /// thousand reads.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 512 << 10;
+/// Chunks read ahead of the connection.
+const AHEAD: usize = 4;
 
 /// An agreement id as `0x` + lowercase hex, however the client spelled it.
 fn agreement_id(raw: &str) -> String {
@@ -114,28 +115,28 @@ pub(crate) async fn download(
         path: path.clone(),
         source: err,
     };
-    let mut file = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    let opened = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            let len = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, len))
+        })
         .await
-        .map_err(read_err)?;
-    let len = file.metadata().await.map_err(read_err)?.len();
+        .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))?
+    };
+    let (file, len) = opened.map_err(read_err)?;
     let range = byte_range(&headers, len)?;
     let (first, last) = range.unwrap_or((0, len.saturating_sub(1)));
     let count = if len == 0 { 0 } else { last - first + 1 };
-    if first > 0 {
-        file.seek(std::io::SeekFrom::Start(first))
-            .await
-            .map_err(read_err)?;
-    }
     let id = g.store.start_download(&access, index, &name)?;
     tracing::info!(agreement = %agreement, consumer = %grant.consumer, dataset = %access.dataset, file = %name, first, count, "download");
     let stream = Recorded {
-        inner: tokio_util::io::ReaderStream::with_capacity(
-            tokio::io::AsyncReadExt::take(file, count),
-            CHUNK,
-        ),
+        inner: read_ahead(file, first, count),
         store: g.store.clone(),
         id,
         sent: 0,
@@ -168,6 +169,64 @@ pub(crate) async fn download(
         );
     }
     Ok(response)
+}
+
+/// The bytes `first..first + count` of `file`, read by one blocking task
+/// [`AHEAD`] chunks ahead of the connection (one thread for the whole
+/// download instead of a hop to the blocking pool per read).
+pub(crate) fn read_ahead(
+    file: std::fs::File,
+    first: u64,
+    count: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Unpin + use<> {
+    let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut file = file;
+        let mut left = count;
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(first)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        while left > 0 {
+            let want = left.min(CHUNK as u64);
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            let chunk = match (&mut file).take(want).read_to_end(&mut buf) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was downloaded",
+                )),
+                Ok(n) => {
+                    left -= n as u64;
+                    Ok(axum::body::Bytes::from(buf))
+                }
+                Err(e) => Err(e),
+            };
+            let failed = chunk.is_err();
+            // The client went away: stop reading.
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    tokio_stream_lite::Receiver(rx)
+}
+
+/// A channel's receiving end as a [`Stream`].
+mod tokio_stream_lite {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub(super) struct Receiver<T>(pub(super) tokio::sync::mpsc::Receiver<T>);
+
+    impl<T> futures_util::Stream for Receiver<T> {
+        type Item = T;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
 }
 
 /// A download's body: counts what it sends and records it in the store

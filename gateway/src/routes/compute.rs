@@ -533,7 +533,7 @@ pub(crate) async fn download(
     let file = opened.map_err(read_err)?;
     let len = file.metadata().await.map_err(read_err)?.len();
     let body =
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10));
+        axum::body::Body::from_stream(super::access::read_ahead(file.into_std().await, 0, len));
     Ok((
         [
             (
