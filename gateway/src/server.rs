@@ -546,6 +546,24 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         services,
         _lock: lock,
     });
+    {
+        // The catalog's search index, built off the request path.
+        let store = gateway.store.clone();
+        std::thread::Builder::new()
+            .name("insitu-index".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                match store.index_catalog() {
+                    Ok(()) => tracing::debug!(
+                        seconds = t.elapsed().as_secs_f64(),
+                        "catalog indexed for search"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot index the catalog; searches will retry")
+                    }
+                }
+            })?;
+    }
     if let Some(chain) = watcher {
         let (store, g) = (gateway.store.clone(), Arc::downgrade(&gateway));
         on_thread("insitu-payments".into(), async move {

@@ -10,6 +10,7 @@
 use crate::Error;
 
 mod access;
+mod index;
 use crate::outcome::Status;
 use crate::workflow::{Did, Workflow};
 pub use access::{AccessAgreement, Download};
@@ -90,8 +91,8 @@ pub struct DatasetSpec<'a> {
 /// A catalog search ([`Store::search`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Search {
-    /// Words to find (any punctuation separates words; each matches as a
-    /// prefix; all must match). Empty lists everything.
+    /// Words to find (runs of letters and digits, any case; each matches as
+    /// a prefix; all must match). Empty lists everything.
     pub text: String,
     /// `dataset`, `workflow`, `algorithm` or `result`.
     pub kind: Option<String>,
@@ -277,6 +278,8 @@ pub struct Execution {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The catalog's search index, caught up on every search.
+    index: Mutex<index::Index>,
 }
 
 impl std::fmt::Debug for Store {
@@ -337,20 +340,6 @@ pub fn parse_address(a: &str) -> Result<String, Error> {
     Ok(a.to_ascii_lowercase())
 }
 
-/// The searched columns of `assets_fts` from a DDO column: owner (results),
-/// name, description, tags, author.
-fn fts_columns(ddo: &str) -> String {
-    let main = "$.service[0].attributes.main";
-    let info = "$.service[0].attributes.additionalInformation";
-    format!(
-        "lower(coalesce(json_extract({ddo}, '{main}.owner'), '')), \
-         coalesce(json_extract({ddo}, '{main}.name'), ''), \
-         coalesce(json_extract({ddo}, '{info}.description'), ''), \
-         coalesce((SELECT group_concat(value, ' ') FROM json_each({ddo}, '{info}.tags')), ''), \
-         coalesce(json_extract({ddo}, '{main}.author'), '')"
-    )
-}
-
 /// `unix` seconds as RFC 3339 UTC (`2026-12-04T18:00:00Z`).
 pub fn rfc3339(unix: u64) -> String {
     let (days, secs) = (unix / 86400, unix % 86400);
@@ -403,22 +392,6 @@ CREATE TABLE IF NOT EXISTS executions (
     updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_consumer ON executions(consumer, created_at);
-CREATE VIRTUAL TABLE IF NOT EXISTS assets_fts USING fts5(
-    did UNINDEXED, kind UNINDEXED, owner UNINDEXED, name, description, tags, author,
-    tokenize = 'unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER IF NOT EXISTS assets_fts_insert AFTER INSERT ON assets BEGIN
-    INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
-    SELECT new.did, new.kind, FTS_COLUMNS(new.ddo);
-END;
-CREATE TRIGGER IF NOT EXISTS assets_fts_update AFTER UPDATE OF ddo ON assets BEGIN
-    DELETE FROM assets_fts WHERE did = old.did;
-    INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
-    SELECT new.did, new.kind, FTS_COLUMNS(new.ddo);
-END;
-CREATE TRIGGER IF NOT EXISTS assets_fts_delete AFTER DELETE ON assets BEGIN
-    DELETE FROM assets_fts WHERE did = old.did;
-END;
 CREATE TABLE IF NOT EXISTS access_agreements (
     id TEXT PRIMARY KEY,
     consumer TEXT NOT NULL,
@@ -464,22 +437,13 @@ impl Store {
         let conn = Connection::open(&path).map_err(e)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(e)?;
-        conn.execute_batch(&SCHEMA.replace("FTS_COLUMNS(new.ddo)", &fts_columns("new.ddo")))
-            .map_err(e)?;
-        // Search ranks by BM25 with the name weighing most, then tags, author,
-        // description (did, kind and owner are not searched).
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        // Databases whose catalog was searched with SQLite FTS5 (the index is
+        // in memory now, see `index`): the table and its triggers go.
         conn.execute_batch(
-            "INSERT INTO assets_fts (assets_fts, rank) VALUES ('rank', 'bm25(0.0, 0.0, 0.0, 10.0, 1.0, 5.0, 3.0)')",
+            "DROP TRIGGER IF EXISTS assets_fts_insert; DROP TRIGGER IF EXISTS assets_fts_update;
+             DROP TRIGGER IF EXISTS assets_fts_delete; DROP TABLE IF EXISTS assets_fts;",
         )
-        .map_err(e)?;
-        // Databases from before the catalog was searchable.
-        conn.execute_batch(&format!(
-            "INSERT INTO assets_fts (did, kind, owner, name, description, tags, author)
-             SELECT did, kind, {} FROM assets
-             WHERE (SELECT count(*) FROM assets) != (SELECT count(*) FROM assets_fts)
-               AND did NOT IN (SELECT did FROM assets_fts)",
-            fts_columns("ddo")
-        ))
         .map_err(e)?;
         // Databases from before settlements existed.
         let has_settlement = conn
@@ -493,6 +457,7 @@ impl Store {
         let store = Store {
             path,
             conn: Mutex::new(conn),
+            index: Mutex::default(),
         };
         Ok(store)
     }
@@ -1049,157 +1014,54 @@ impl Store {
         })
     }
 
+    /// Brings the search index up to date with the catalog (a server calls
+    /// it at start, so the first search does not pay for indexing every
+    /// asset; searches call it for the assets added since).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn index_catalog(&self) -> Result<(), Error> {
+        let conn = self.conn();
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&conn, &mut index)
+    }
+
+    fn catch_up(&self, conn: &Connection, index: &mut index::Index) -> Result<(), Error> {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT rowid, did, kind, ddo FROM assets WHERE rowid > ?1 ORDER BY rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st
+            .query(params![index.last_rowid])
+            .map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let (rowid, did, kind, ddo): (i64, String, String, String) = (
+                r.get(0).map_err(|e| self.err(e))?,
+                r.get(1).map_err(|e| self.err(e))?,
+                r.get(2).map_err(|e| self.err(e))?,
+                r.get(3).map_err(|e| self.err(e))?,
+            );
+            index.add(rowid, &did, &kind, &ddo);
+        }
+        Ok(())
+    }
+
     /// Searches the catalog: full text over name, description, tags and
-    /// author (SQLite FTS5, ranked by BM25 with the name weighing most; an
-    /// exact name first), filtered by `query`. Datasets, workflows and
+    /// author (an in-memory index, ranked by BM25F with the name weighing
+    /// most; an exact name first; see `index`), filtered by `query`. Datasets, workflows and
     /// algorithms are public; a result is found only by its owner
     /// (`query.viewer`). Returns one page of DDOs and the total.
     ///
     /// # Errors
     /// [`Error::Store`].
     pub fn search(&self, query: &Search) -> Result<(Vec<Value>, u64), Error> {
-        let words: Vec<String> = query
-            .text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .take(16)
-            .map(str::to_string)
-            .collect();
-        if words.is_empty() && !query.text.trim().is_empty() {
-            // Only punctuation: nothing can match it.
-            return Ok((Vec::new(), 0));
-        }
-        // The conditions on the index's own columns, and their arguments
-        // (?1 is the viewer, who sees their own results).
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            query
-                .viewer
-                .clone()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-                .into(),
-        ];
-        let mut arg = |v: rusqlite::types::Value| {
-            args.push(v);
-            format!("?{}", args.len())
-        };
-        let mut filter = String::from("(kind != 'result' OR owner = ?1)");
-        let mut fts: Vec<String> = words.iter().map(|w| format!("\"{w}\"*")).collect();
-        for tag in &query.tags {
-            // Narrowed by the index; checked exactly on the DDO below.
-            let t: Vec<String> = tag
-                .split(|c: char| !c.is_alphanumeric())
-                .filter(|w| !w.is_empty())
-                .map(|w| format!("\"{w}\""))
-                .collect();
-            if !t.is_empty() {
-                fts.push(format!("tags : ({})", t.join(" ")));
-            }
-        }
-        if let Some(kind) = &query.kind {
-            let a = arg(kind.clone().into());
-            filter.push_str(&format!(" AND kind = {a}"));
-        }
-        if let Some(owner) = &query.owner {
-            let a = arg(owner.to_ascii_lowercase().into());
-            filter.push_str(&format!(" AND owner = {a}"));
-        }
-        let matched = (!fts.is_empty()).then(|| arg(fts.join(" AND ").into()));
-        let mut exact_on_ddo = Vec::new();
-        for tag in &query.tags {
-            let a = arg(tag.clone().into());
-            exact_on_ddo.push(format!(
-                "EXISTS (SELECT 1 FROM json_each((SELECT ddo FROM assets WHERE did = f.did), '$.service[0].attributes.additionalInformation.tags') WHERE value = {a})"
-            ));
-        }
-        if let Some(service) = &query.service {
-            let a = arg(service.clone().into());
-            exact_on_ddo.push(format!(
-                "EXISTS (SELECT 1 FROM json_each((SELECT ddo FROM assets WHERE did = f.did), '$.service') WHERE json_extract(value, '$.type') = {a})"
-            ));
-        }
-        let price = "CAST(json_extract((SELECT ddo FROM assets WHERE did = f.did), '$.service[1].attributes.main.price') AS REAL)";
-        if let Some(min) = query.price_min {
-            let a = arg(min.into());
-            exact_on_ddo.push(format!("{price} >= {a}"));
-        }
-        if let Some(max) = query.price_max {
-            let a = arg(max.into());
-            exact_on_ddo.push(format!("{price} <= {a}"));
-        }
-        for c in &exact_on_ddo {
-            filter.push_str(&format!(" AND {c}"));
-        }
-        let source = match &matched {
-            Some(m) => format!("assets_fts f WHERE assets_fts MATCH {m} AND {filter}"),
-            None => format!("assets_fts f WHERE {filter}"),
-        };
-        let size = query.page_size.clamp(1, Search::MAX_PAGE_SIZE);
-        let skip = query.page.saturating_sub(1).saturating_mul(size);
         let conn = self.conn();
-        let run = |sql: &str, extra: &[rusqlite::types::Value]| -> Result<Vec<String>, Error> {
-            let mut st = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-            let all = args.iter().chain(extra).cloned();
-            let rows = st
-                .query_map(rusqlite::params_from_iter(all), |r| r.get::<_, String>(0))
-                .map_err(|e| self.err(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let (dids, total) = {
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            self.catch_up(&conn, &mut index)?;
+            index.search(query)
         };
-        let total: u64 = run(&format!("SELECT CAST(count(*) AS TEXT) FROM {source}"), &[])?
-            .first()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        // An exact name comes first: found by a phrase on the name column.
-        let exact: Vec<String> = match (&matched, words.is_empty()) {
-            (Some(_), false) => {
-                let phrase = format!("name : \"{}\"", words.join(" "));
-                let n = args.len() + 1;
-                run(
-                    &format!(
-                        "SELECT did FROM assets_fts f WHERE assets_fts MATCH ?{n} AND {filter} AND lower(name) = ?{} LIMIT 50",
-                        n + 1
-                    ),
-                    &[phrase.into(), query.text.trim().to_lowercase().into()],
-                )?
-            }
-            _ => Vec::new(),
-        };
-        let order = match (query.sort, matched.is_some()) {
-            (Sort::Relevance, true) => "rank",
-            (Sort::Relevance | Sort::Newest, _) => "f.rowid DESC",
-            (Sort::Oldest, _) => "f.rowid ASC",
-            (Sort::Name, _) => "lower(f.name) ASC",
-        };
-        // The rest, ranked, without the exact ones; the exact ones fill the
-        // head of page 1.
-        let head = exact.len().saturating_sub(skip).min(size);
-        let n = args.len();
-        let exclude = if exact.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " AND did NOT IN ({})",
-                (1..=exact.len())
-                    .map(|i| format!("?{}", n + i))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        let limit = size - head;
-        let offset = skip.saturating_sub(exact.len());
-        let mut extra: Vec<rusqlite::types::Value> =
-            exact.iter().map(|d| d.clone().into()).collect();
-        extra.push((limit as i64).into());
-        extra.push((offset.min(i64::MAX as usize) as i64).into());
-        let page_sql = format!(
-            "SELECT did FROM {source}{exclude} ORDER BY {order} LIMIT ?{} OFFSET ?{}",
-            n + exact.len() + 1,
-            n + exact.len() + 2
-        );
-        let mut dids: Vec<String> = exact.iter().skip(skip).take(head).cloned().collect();
-        if limit > 0 {
-            dids.extend(run(&page_sql, &extra)?);
-        }
         let mut results = Vec::with_capacity(dids.len());
         let mut ddo = conn
             .prepare_cached("SELECT ddo FROM assets WHERE did = ?1")
@@ -1966,6 +1828,19 @@ mod tests {
         assert_eq!(names(&r), ["weather result"]);
         let all = serde_json::to_string(&store.search(&search("")).unwrap().0).unwrap();
         assert!(!all.contains(data.to_str().unwrap()), "a local path leaked");
+        // An asset another process registers (the CLI while a server runs)
+        // is found by the next search.
+        let other = Store::open(store.path()).unwrap();
+        other
+            .add_algorithm(
+                "barometer reader",
+                &format!("r/b@sha256:{}", "cd".repeat(32)),
+            )
+            .unwrap();
+        assert_eq!(
+            names(&store.search(&search("barometer")).unwrap()),
+            ["barometer reader"]
+        );
     }
 
     #[test]

@@ -1,0 +1,321 @@
+//! The catalog's search index: an in-memory inverted index over every
+//! asset's name, description, tags and author, ranked by BM25F with the
+//! weights name 10, tags 5, author 3, description 1 (Robertson & Zaragoza,
+//! "The Probabilistic Relevance Framework: BM25 and Beyond", 2009; k1 = 1.2,
+//! b = 0.75 per field, as SQLite FTS5's `bm25()` computes it).
+//!
+//! The `assets` table is append-only, so the index is derived from it and
+//! never persisted: each search first indexes the rows added since the last
+//! one (by any process: the CLI's catalog verbs write while a server runs).
+//! A query scores only the postings of its words (each word a prefix, all
+//! must match), filters, counts and cuts its page in memory; SQLite is
+//! read for the page's DDOs alone. Tokens are maximal runs of alphanumeric
+//! characters, lowercased, in documents and queries alike.
+
+use super::{Search, Sort};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Fields in scoring order: name, description, tags, author.
+const FIELDS: usize = 4;
+const WEIGHTS: [f64; FIELDS] = [10.0, 1.0, 5.0, 3.0];
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+
+/// An asset as the index keeps it.
+#[derive(Debug)]
+struct Doc {
+    did: String,
+    kind: u8,
+    /// `main.owner`, lowercase; empty for none.
+    owner: String,
+    tags: Vec<String>,
+    /// The compute service's price.
+    price: Option<f64>,
+    /// Offers a `compute` (1) / `access` (2) service.
+    services: u8,
+    name_lower: String,
+    lens: [u16; FIELDS],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Posting {
+    doc: u32,
+    tf: [u8; FIELDS],
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    /// The last `assets` rowid indexed.
+    pub(super) last_rowid: i64,
+    docs: Vec<Doc>,
+    /// Token → postings in document order.
+    terms: BTreeMap<String, Vec<Posting>>,
+    /// Sum of each field's length over all documents.
+    totals: [u64; FIELDS],
+}
+
+fn kind_code(kind: &str) -> u8 {
+    match kind {
+        "dataset" => 0,
+        "workflow" => 1,
+        "algorithm" => 2,
+        _ => 3,
+    }
+}
+
+/// The tokens of `text` (see the module documentation).
+pub(super) fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
+
+impl Index {
+    /// Adds asset `did` of `kind` with DDO text `ddo` (the next rowid).
+    pub(super) fn add(&mut self, rowid: i64, did: &str, kind: &str, ddo: &str) {
+        self.last_rowid = rowid;
+        let ddo: Value = serde_json::from_str(ddo).unwrap_or(Value::Null);
+        let main = &ddo["service"][0]["attributes"]["main"];
+        let info = &ddo["service"][0]["attributes"]["additionalInformation"];
+        let name = main["name"].as_str().unwrap_or_default();
+        let tags: Vec<String> = info["tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = [
+            name.to_string(),
+            info["description"].as_str().unwrap_or_default().to_string(),
+            tags.join(" "),
+            main["author"].as_str().unwrap_or_default().to_string(),
+        ];
+        let services = ddo["service"].as_array().map_or(0, |s| {
+            s.iter().fold(0, |m, s| match s["type"].as_str() {
+                Some("compute") => m | 1,
+                Some("access") => m | 2,
+                _ => m,
+            })
+        });
+        let price = match &ddo["service"][1]["attributes"]["main"]["price"] {
+            Value::String(p) => p.parse().ok(),
+            Value::Number(n) => n.as_f64(),
+            _ => None,
+        };
+        let doc = self.docs.len() as u32;
+        let mut counts: HashMap<String, [u8; FIELDS]> = HashMap::new();
+        let mut lens = [0u16; FIELDS];
+        for (f, text) in fields.iter().enumerate() {
+            for t in tokens(text) {
+                lens[f] = lens[f].saturating_add(1);
+                let tf = &mut counts.entry(t).or_default()[f];
+                *tf = tf.saturating_add(1);
+            }
+            self.totals[f] += u64::from(lens[f]);
+        }
+        for (t, tf) in counts {
+            self.terms.entry(t).or_default().push(Posting { doc, tf });
+        }
+        self.docs.push(Doc {
+            did: did.to_string(),
+            kind: kind_code(kind),
+            owner: main["owner"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            tags,
+            price,
+            services,
+            name_lower: name.to_lowercase(),
+            lens,
+        });
+    }
+
+    /// The documents matching word `w` as a prefix, each with its BM25F
+    /// score for it, in document order.
+    fn word(&self, w: &str) -> Vec<(u32, f64)> {
+        let lists: Vec<&Vec<Posting>> = self
+            .terms
+            .range(w.to_string()..)
+            .take_while(|(t, _)| t.starts_with(w))
+            .map(|(_, p)| p)
+            .collect();
+        // Every token with the prefix counts, as FTS5's prefix queries do:
+        // their frequencies summed per document. One token (the usual case)
+        // is already in document order.
+        let merged: Vec<(u32, [u32; FIELDS])> = match lists.as_slice() {
+            [one] => one.iter().map(|p| (p.doc, p.tf.map(u32::from))).collect(),
+            many if many.iter().map(|l| l.len()).sum::<usize>() > self.docs.len() / 16 => {
+                // Many postings: add them up in a dense (calloc'd) array and
+                // read it back in document order, instead of sorting them.
+                let mut acc = vec![[0u32; FIELDS]; self.docs.len()];
+                for l in many {
+                    for p in l.iter() {
+                        for (a, t) in acc[p.doc as usize].iter_mut().zip(p.tf) {
+                            *a += u32::from(t);
+                        }
+                    }
+                }
+                acc.into_iter()
+                    .enumerate()
+                    .filter(|(_, tf)| *tf != [0; FIELDS])
+                    .map(|(d, tf)| (d as u32, tf))
+                    .collect()
+            }
+            many => {
+                let mut all: Vec<(u32, [u32; FIELDS])> = many
+                    .iter()
+                    .flat_map(|l| l.iter().map(|p| (p.doc, p.tf.map(u32::from))))
+                    .collect();
+                all.sort_unstable_by_key(|(d, _)| *d);
+                let mut out: Vec<(u32, [u32; FIELDS])> = Vec::with_capacity(all.len());
+                for (d, tf) in all {
+                    match out.last_mut() {
+                        Some((last, acc)) if *last == d => {
+                            for (a, t) in acc.iter_mut().zip(tf) {
+                                *a += t;
+                            }
+                        }
+                        _ => out.push((d, tf)),
+                    }
+                }
+                out
+            }
+        };
+        let n = self.docs.len() as f64;
+        let df = merged.len() as f64;
+        let idf = ((n - df + 0.5) / (df + 0.5)).ln().max(1e-6);
+        let avg = self.totals.map(|t| (t as f64 / n.max(1.0)).max(1e-9));
+        merged
+            .into_iter()
+            .map(|(doc, tf)| {
+                let d = &self.docs[doc as usize];
+                let mut s = 0.0;
+                for f in 0..FIELDS {
+                    if tf[f] > 0 {
+                        let tf = f64::from(tf[f]);
+                        let norm = K1 * (1.0 - B + B * f64::from(d.lens[f]) / avg[f]);
+                        s += WEIGHTS[f] * idf * tf * (K1 + 1.0) / (tf + norm);
+                    }
+                }
+                (doc, s)
+            })
+            .collect()
+    }
+
+    fn visible(&self, d: &Doc, q: &Search, viewer: &str) -> bool {
+        if d.kind == 3 && d.owner != viewer {
+            return false;
+        }
+        if let Some(k) = &q.kind
+            && d.kind != kind_code(k)
+        {
+            return false;
+        }
+        if let Some(o) = &q.owner
+            && d.owner != o.to_ascii_lowercase()
+        {
+            return false;
+        }
+        if let Some(s) = &q.service {
+            let bit = match s.as_str() {
+                "compute" => 1,
+                "access" => 2,
+                _ => 0,
+            };
+            if d.services & bit == 0 {
+                return false;
+            }
+        }
+        if q.tags.iter().any(|t| !d.tags.contains(t)) {
+            return false;
+        }
+        if let Some(min) = q.price_min
+            && !d.price.is_some_and(|p| p >= min)
+        {
+            return false;
+        }
+        if let Some(max) = q.price_max
+            && !d.price.is_some_and(|p| p <= max)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// One page of `q`: the DIDs in order, and the number of matches.
+    pub(super) fn search(&self, q: &Search) -> (Vec<String>, u64) {
+        let words: Vec<String> = tokens(&q.text).take(16).collect();
+        if words.is_empty() && !q.text.trim().is_empty() {
+            return (Vec::new(), 0); // only punctuation: nothing matches it
+        }
+        let viewer = q.viewer.clone().unwrap_or_default().to_ascii_lowercase();
+        // (doc, score) of the matches, in document order.
+        let matches: Vec<(u32, f64)> = if words.is_empty() {
+            (0..self.docs.len() as u32).map(|d| (d, 0.0)).collect()
+        } else {
+            let mut lists: Vec<Vec<(u32, f64)>> = words.iter().map(|w| self.word(w)).collect();
+            lists.sort_by_key(Vec::len);
+            let mut acc = lists.remove(0);
+            for l in &lists {
+                // Both in document order: a merge.
+                let (mut i, mut out) = (0, Vec::with_capacity(acc.len().min(l.len())));
+                for (d, s) in &acc {
+                    while i < l.len() && l[i].0 < *d {
+                        i += 1;
+                    }
+                    if i < l.len() && l[i].0 == *d {
+                        out.push((*d, s + l[i].1));
+                    }
+                }
+                acc = out;
+            }
+            acc
+        };
+        let exact_name = q.text.trim().to_lowercase();
+        let mut hits: Vec<(u32, f64, bool)> = matches
+            .into_iter()
+            .filter(|(d, _)| self.visible(&self.docs[*d as usize], q, &viewer))
+            .map(|(d, s)| {
+                let exact = !words.is_empty() && self.docs[d as usize].name_lower == exact_name;
+                (d, s, exact)
+            })
+            .collect();
+        let total = hits.len() as u64;
+        let size = q.page_size.clamp(1, Search::MAX_PAGE_SIZE);
+        let skip = q.page.saturating_sub(1).saturating_mul(size);
+        let want = skip.saturating_add(size).min(hits.len());
+        let order = |a: &(u32, f64, bool), b: &(u32, f64, bool)| {
+            // An exact name first, then the order asked for.
+            b.2.cmp(&a.2)
+                .then_with(|| match (q.sort, words.is_empty()) {
+                    (Sort::Relevance, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
+                    (Sort::Relevance | Sort::Newest, _) => b.0.cmp(&a.0),
+                    (Sort::Oldest, _) => a.0.cmp(&b.0),
+                    (Sort::Name, _) => self.docs[a.0 as usize]
+                        .name_lower
+                        .cmp(&self.docs[b.0 as usize].name_lower)
+                        .then(a.0.cmp(&b.0)),
+                })
+        };
+        if want == 0 {
+            return (Vec::new(), total);
+        }
+        if want < hits.len() {
+            hits.select_nth_unstable_by(want - 1, order);
+            hits.truncate(want);
+        }
+        hits.sort_unstable_by(order);
+        let page = hits
+            .iter()
+            .skip(skip)
+            .map(|(d, _, _)| self.docs[*d as usize].did.clone())
+            .collect();
+        (page, total)
+    }
+}
