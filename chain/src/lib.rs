@@ -1051,6 +1051,29 @@ impl Chain {
             })
             .collect())
     }
+    /// The agreements whose payment was locked for `did` between blocks
+    /// `from` and `to`, oldest first.
+    ///
+    /// # Errors
+    /// [`ChainError::Rpc`].
+    pub async fn locked_for(&self, did: B256, from: u64, to: u64) -> Result<Vec<B256>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.addresses.lock_payment)
+            .event_signature(ILockPaymentCondition::Fulfilled::SIGNATURE_HASH)
+            .topic2(did)
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| self.rpc(e))?;
+        Ok(logs
+            .iter()
+            .filter_map(|l| l.topics().get(1).copied())
+            .collect())
+    }
 }
 
 /// Spec step 7: grants compute as soon as a consumer locks the payment of an
@@ -1262,19 +1285,57 @@ impl ChainAgreements {
             reason: "expected did:nv: followed by 64 hex digits",
         })?;
         let wf = self.store.workflow(&workflow_did)?;
-        if let Some(other) = wf.datasets().into_iter().find(|d| **d != dataset) {
-            return Err(denied(format!(
-                "workflow {workflow} reads {other}, which agreement {agreement_id} (for {dataset}) does not cover"
-            )));
+        self.paid_compute(id, agreement_id, did, on_chain_consumer)
+            .await?;
+        // Every other dataset the workflow reads needs a paid agreement of
+        // the same consumer too (a result is checked when resolving: its
+        // owner's only).
+        for other in wf.datasets().into_iter().filter(|d| **d != dataset) {
+            if self.store.dataset(other).is_err() {
+                continue;
+            }
+            self.covering(other, on_chain_consumer, &workflow_did)
+                .await
+                .map_err(|why| {
+                    denied(format!(
+                        "workflow {workflow} reads {other}, which agreement {agreement_id} (for {dataset}) does not cover, and {consumer} has no paid agreement for it on-chain{why}; create one (insitu agreement create --dataset {other})"
+                    ))
+                })?;
         }
+        let agreement = Agreement {
+            id: agreement_id.to_string(),
+            consumer: consumer.to_string(),
+            dataset,
+            workflow: workflow_did,
+            // On-chain time-outs are checked above, on every uncached check.
+            expires_at: i64::MAX as u64,
+        };
+        self.store.record_agreement(&agreement)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), agreement.clone()));
+        Ok(agreement)
+    }
+
+    /// Checks that compute agreement `id` on `did` is paid as the dataset
+    /// prices it and not timed out, and grants compute on-chain if it is not
+    /// yet granted.
+    async fn paid_compute(
+        &self,
+        id: B256,
+        agreement_id: &str,
+        did: B256,
+        consumer: Address,
+    ) -> Result<(), insitu_runtime::Error> {
+        let dataset = did_of(did);
         let price = price_of(&self.store, &dataset, self.chain.provider_address).ok_or_else(|| {
             denied(format!(
                 "dataset {dataset} has no price; the provider registers it with insitu asset add --price WEI"
             ))
         })?;
         let a = &self.chain.addresses;
-        let compute_id =
-            ids::condition_id(id, a.compute, ids::compute_hash(did, on_chain_consumer));
+        let compute_id = ids::condition_id(id, a.compute, ids::compute_hash(did, consumer));
         let lock_id = ids::condition_id(
             id,
             a.lock_payment,
@@ -1298,40 +1359,77 @@ impl ChainAgreements {
             )));
         }
         match compute.state {
-            ConditionState::Fulfilled => {}
+            ConditionState::Fulfilled => Ok(()),
             ConditionState::Unfulfilled => {
-                match self.chain.fulfill_compute(id, did, on_chain_consumer).await {
+                match self.chain.fulfill_compute(id, did, consumer).await {
                     Ok(tx) => {
                         tracing::info!(agreement = agreement_id, tx = %tx, "compute granted on-chain");
+                        Ok(())
                     }
                     // The payment watcher may have granted it meanwhile.
                     Err(ChainError::Reverted { .. })
                         if self.chain.condition(compute_id).await?.state
-                            == ConditionState::Fulfilled => {}
-                    Err(e) => return Err(e.into()),
+                            == ConditionState::Fulfilled =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
                 }
             }
-            other => {
-                return Err(denied(format!(
-                    "agreement {agreement_id}: its compute condition is {}",
-                    other.as_str()
-                )));
+            other => Err(denied(format!(
+                "agreement {agreement_id}: its compute condition is {}",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// A paid compute agreement of `consumer` on `dataset`, found from the
+    /// lock-payment events of its DID (newest first) and checked as
+    /// [`ChainAgreements::paid_compute`] does; recorded for `workflow` so
+    /// the execution names it. `Err` says why none was found (appended to
+    /// the refusal).
+    async fn covering(
+        &self,
+        dataset: &Did,
+        consumer: Address,
+        workflow: &Did,
+    ) -> Result<String, String> {
+        let did = did_bytes(dataset);
+        let head = self
+            .chain
+            .block_number()
+            .await
+            .map_err(|e| format!(" ({e})"))?;
+        let locked = self
+            .chain
+            .locked_for(did, 0, head)
+            .await
+            .map_err(|e| format!(" ({e})"))?;
+        let mut last = String::new();
+        for id in locked.into_iter().rev() {
+            match self.chain.agreement_data(id).await {
+                Ok(Some((c, d))) if c == consumer && d == did => {}
+                _ => continue,
+            }
+            let id_text = format!("{id:#x}");
+            match self.paid_compute(id, &id_text, did, consumer).await {
+                Ok(()) => {
+                    let a = Agreement {
+                        id: id_text.clone(),
+                        consumer: format!("{consumer:#x}"),
+                        dataset: dataset.clone(),
+                        workflow: workflow.clone(),
+                        expires_at: i64::MAX as u64,
+                    };
+                    self.store
+                        .record_agreement(&a)
+                        .map_err(|e| format!(" ({e})"))?;
+                    return Ok(id_text);
+                }
+                Err(e) => last = format!(" (the newest, {id_text}: {e})"),
             }
         }
-        let agreement = Agreement {
-            id: agreement_id.to_string(),
-            consumer: consumer.to_string(),
-            dataset,
-            workflow: workflow_did,
-            // On-chain time-outs are checked above, on every uncached check.
-            expires_at: i64::MAX as u64,
-        };
-        self.store.record_agreement(&agreement)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Instant::now(), agreement.clone()));
-        Ok(agreement)
+        Err(last)
     }
 }
 

@@ -1162,3 +1162,99 @@ async fn access_paid_in_an_erc20_token_is_granted_released_and_downloaded() {
     assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
     local.stop().await.unwrap();
 }
+
+/// A stage reading two datasets on-chain: each needs a paid agreement of the
+/// consumer. Without one for the second dataset the execute check names it;
+/// once the consumer pays for it, the check finds that agreement from the
+/// chain's lock-payment events (granting compute on it), and resolving
+/// records it as covering the second dataset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_reading_two_datasets_needs_a_paid_agreement_for_each() {
+    let w = world().await;
+    let (first, _) = w.agreement(11, true).await;
+    // A second priced dataset, registered on-chain by the provider.
+    let seed = B256::repeat_byte(0x44);
+    IDIDRegistry::new(w.addresses.did_registry, &w.anvil.wallet(PROVIDER))
+        .registerDID(
+            seed,
+            B256::ZERO,
+            vec![address(PROVIDER)],
+            String::new(),
+            B256::ZERO,
+            String::new(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let did2 = ids::did(seed, address(PROVIDER));
+    let second = insitu_chain::did_of(did2);
+    let image = w
+        .store
+        .dataset(&insitu_chain::did_of(w.did))
+        .unwrap()
+        .allowed_images;
+    w.store
+        .register_dataset(&DatasetSpec {
+            name: "more notes",
+            path: &w._tmp.path().join("dataset"),
+            allowed_images: &image,
+            timeout_secs: 3600,
+            server: Server::default(),
+            price: Some(PRICE_WEI.to_string()),
+            price_token: None,
+            access: false,
+            did: Some(second.clone()),
+            deterministic: false,
+            about: Default::default(),
+        })
+        .unwrap();
+    let both = w
+        .store
+        .add_workflow(&json!({"main": {"type": "workflow", "name": "both", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": image[0]}},
+             "input": [{"index": 0, "id": insitu_chain::did_of(w.did)}, {"index": 1, "id": second}]}]}}}))
+        .unwrap()
+        .to_string();
+    let consumer = format!("{:#x}", address(CONSUMER));
+    let first = format!("{first:#x}");
+    let check = || w.agreements.check_execute(&first, &consumer, &both, 0);
+    let err = check().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("workflow {both} reads {second}"))
+            && err.contains("has no paid agreement for it on-chain"),
+        "{err}"
+    );
+    // The consumer pays for the second dataset.
+    let payer = Chain::connect(
+        &w.anvil.url,
+        w.addresses.clone(),
+        &ProviderKey::from_hex(CONSUMER).unwrap(),
+    )
+    .unwrap();
+    let paid = payer
+        .create_agreement_and_pay(B256::repeat_byte(12), did2, &w.price)
+        .await
+        .unwrap();
+    let agreement = check().await.unwrap();
+    let resolved = insitu_runtime::resolve::resolve(&w.store, &agreement, 0).unwrap();
+    assert_eq!(
+        resolved.covering.get(&second),
+        Some(&format!("{paid:#x}")),
+        "{:?}",
+        resolved.covering
+    );
+    // Compute was granted on the second agreement too.
+    let compute_id = ids::condition_id(
+        paid,
+        w.addresses.compute,
+        ids::compute_hash(did2, address(CONSUMER)),
+    );
+    let reader = Chain::connect(&w.anvil.url, w.addresses.clone(), &ProviderKey::random()).unwrap();
+    assert_eq!(
+        reader.condition(compute_id).await.unwrap().state,
+        ConditionState::Fulfilled
+    );
+}
