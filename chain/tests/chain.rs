@@ -1258,3 +1258,96 @@ async fn a_workflow_reading_two_datasets_needs_a_paid_agreement_for_each() {
         ConditionState::Fulfilled
     );
 }
+
+/// A compute service priced in an ERC-20 token: the consumer approves and
+/// locks the tokens (`insitu agreement create --price-token`), the provider
+/// grants compute and, settling, releases the tokens to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compute_paid_in_an_erc20_token_is_granted_and_released() {
+    use insitu_chain::IERC20;
+    let w = world().await;
+    let names: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("out/addresses.json")).unwrap())
+            .unwrap();
+    let token: Address = names["NeverminedToken"].as_str().unwrap().parse().unwrap();
+    let seed = B256::repeat_byte(0x45);
+    IDIDRegistry::new(w.addresses.did_registry, &w.anvil.wallet(PROVIDER))
+        .registerDID(
+            seed,
+            B256::ZERO,
+            vec![address(PROVIDER)],
+            String::new(),
+            B256::ZERO,
+            String::new(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let did = ids::did(seed, address(PROVIDER));
+    let dataset = insitu_chain::did_of(did);
+    w.store
+        .register_dataset(&DatasetSpec {
+            name: "token-priced notes",
+            path: &w._tmp.path().join("dataset"),
+            allowed_images: &[],
+            timeout_secs: 3600,
+            server: Server::default(),
+            price: Some("300".into()),
+            price_token: Some(format!("{token:#x}")),
+            access: false,
+            did: Some(dataset.clone()),
+            deterministic: false,
+            about: Default::default(),
+        })
+        .unwrap();
+    let price = insitu_chain::price_of(&w.store, &dataset, address(PROVIDER)).unwrap();
+    assert_eq!(price.token, token);
+    IERC20::new(token, w.anvil.wallet(DEPLOYER))
+        .mint(address(CONSUMER), U256::from(1_000))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let payer = Chain::connect(
+        &w.anvil.url,
+        w.addresses.clone(),
+        &ProviderKey::from_hex(CONSUMER).unwrap(),
+    )
+    .unwrap();
+    let id = payer
+        .create_agreement_and_pay(B256::repeat_byte(13), did, &price)
+        .await
+        .unwrap();
+    let workflow = w
+        .store
+        .add_workflow(&json!({"main": {"type": "workflow", "name": "t", "workflow": {"stages": [
+            {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": format!("sha256:{}", "ab".repeat(32))}},
+             "input": [{"index": 0, "id": dataset}]}]}}}))
+        .unwrap()
+        .to_string();
+    let consumer = format!("{:#x}", address(CONSUMER));
+    let agreement = w
+        .agreements
+        .check_execute(&format!("{id:#x}"), &consumer, &workflow, 0)
+        .await
+        .unwrap();
+    let balance = |who: Address| {
+        let t = IERC20::new(token, w.anvil.wallet(CONSUMER));
+        async move { t.balanceOf(who).call().await.unwrap() }
+    };
+    assert_eq!(balance(address(CONSUMER)).await, U256::from(700));
+    assert_eq!(balance(address(PROVIDER)).await, U256::ZERO);
+    let settled = w
+        .agreements
+        .settle(&agreement, &format!("{:#x}", B256::repeat_byte(0x77)))
+        .await
+        .unwrap();
+    assert!(settled["release_tx"].is_string(), "{settled}");
+    assert_eq!(balance(address(PROVIDER)).await, U256::from(300));
+    assert_eq!(balance(w.addresses.escrow_payment).await, U256::ZERO);
+}
