@@ -831,6 +831,7 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     for want in [
         "event: log",
+        "event: progress\ndata: {\"fraction\":1.0,",
         "1 files, 6 words, 4 distinct",
         "event: end\ndata: {\"did\":\"did:nv:",
         "\"reason\":null,\"status\":\"succeeded\"}",

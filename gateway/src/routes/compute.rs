@@ -257,8 +257,59 @@ pub(crate) async fn status(
     let finished = e.status.is_terminal().then_some(e.updated_at);
     Ok(Json(json!({
         "workflowStatus": {"status": e.status, "startedAt": e.created_at, "finishedAt": finished, "did": e.result, "pods": pods},
+        "progress": latest_progress(&g, &id),
         "execution": e,
     })))
+}
+
+/// The guest SDK's progress file in each stage's logs dir: JSON lines
+/// `{"fraction": 0.0..1.0, "message": "…"}`.
+const PROGRESS_FILE: &str = "progress.jsonl";
+/// The longest progress message passed on (longer ones are cut).
+const PROGRESS_MESSAGE: usize = 512;
+
+/// A progress line as the API shows it (`{"stage", "fraction", "message"}`),
+/// or `None` for a line that is not the SDK's shape (a guest may write
+/// anything there).
+fn progress_event(stage: u32, line: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let fraction = v["fraction"]
+        .as_f64()
+        .filter(|f| f.is_finite())?
+        .clamp(0.0, 1.0);
+    let mut message = v["message"].as_str().unwrap_or_default().to_string();
+    if message.len() > PROGRESS_MESSAGE {
+        let mut cut = PROGRESS_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    Some(json!({"stage": stage, "fraction": fraction, "message": message}))
+}
+
+/// The last progress line of the latest stage that reported any, or null.
+fn latest_progress(g: &Gateway, id: &str) -> Value {
+    use std::io::{Read, Seek, SeekFrom};
+    for n in (0..stage_dirs(g, id)).rev() {
+        let Ok(mut f) = std::fs::File::open(g.pipeline.logs(id, n).join(PROGRESS_FILE)) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(4096);
+        let mut tail = Vec::new();
+        if f.seek(SeekFrom::Start(from)).is_err() || f.take(4096).read_to_end(&mut tail).is_err() {
+            continue;
+        }
+        if let Some(p) = tail
+            .split(|b| *b == b'\n')
+            .rev()
+            .find_map(|line| progress_event(n, line))
+        {
+            return p;
+        }
+    }
+    Value::Null
 }
 
 #[derive(Deserialize)]
@@ -304,6 +355,8 @@ struct Tail {
     id: String,
     /// (stage, file index) → bytes sent, plus bytes held back (an incomplete UTF-8 sequence).
     offsets: HashMap<(u32, usize), (u64, Vec<u8>)>,
+    /// Stage → bytes of its progress file read, plus an incomplete last line.
+    progress: HashMap<u32, (u64, Vec<u8>)>,
     pending: std::collections::VecDeque<Event>,
     done: bool,
 }
@@ -343,12 +396,38 @@ impl Tail {
                     ),
                 );
             }
+            // Progress is a level, not a log: of what was appended since the
+            // last poll, only the newest complete line is sent.
+            let (offset, held) = self.progress.entry(n).or_default();
+            let Ok(mut f) = std::fs::File::open(dir.join(PROGRESS_FILE)) else {
+                continue;
+            };
+            let mut buf = std::mem::take(held);
+            if f.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            *offset += f.take(1 << 20).read_to_end(&mut buf).unwrap_or(0) as u64;
+            let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            *held = buf.split_off(complete);
+            if held.len() > 64 << 10 {
+                held.clear(); // a "line" that never ends is no progress
+            }
+            if let Some(p) = buf
+                .split(|b| *b == b'\n')
+                .rev()
+                .find_map(|line| progress_event(n, line))
+            {
+                self.pending
+                    .push_back(Event::default().event("progress").data(p.to_string()));
+            }
         }
     }
 }
 
 /// Server-sent events: `log` events (`{"stage", "podName", "stream",
-/// "content"}`) as the guest writes, then one `end` event (`{"status",
+/// "content"}`) as the guest writes, `progress` events (`{"stage",
+/// "fraction", "message"}`, the newest line of the guest SDK's
+/// `progress.jsonl` at each poll), then one `end` event (`{"status",
 /// "reason", "did"}`, `did` the result asset or `null`) once the execution is over and everything was sent.
 fn follow_logs(
     g: Arc<Gateway>,
@@ -358,6 +437,7 @@ fn follow_logs(
         g,
         id,
         offsets: HashMap::new(),
+        progress: HashMap::new(),
         pending: Default::default(),
         done: false,
     };

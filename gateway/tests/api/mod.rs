@@ -255,6 +255,16 @@ async fn a_consumer_executes_watches_and_downloads_over_http() {
     };
     assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
     assert_eq!(status["workflowStatus"]["pods"][0]["status"], "succeeded");
+    // The guest SDK's progress, as the guest last reported it.
+    assert_eq!(status["progress"]["stage"], 0, "{status}");
+    assert_eq!(status["progress"]["fraction"], 1.0, "{status}");
+    assert!(
+        status["progress"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.txt"),
+        "{status}"
+    );
     let result_did = status["workflowStatus"]["did"]
         .as_str()
         .unwrap()
