@@ -53,6 +53,13 @@ enum Command {
     Key(KeyCmd),
     /// Print a signed Nevermined JWT grant, to trade for an access token.
     Grant(GrantCli),
+    /// As a consumer: execute a workflow at a gateway, show its progress,
+    /// download and verify the results. Exit 0 succeeded, 1 the execution
+    /// failed (or did not verify), 2 a usage, auth or connection error.
+    Exec(ExecCli),
+    /// As a consumer: list executions, show one's status or logs, stop one.
+    #[command(subcommand)]
+    Executions(ExecutionsCli),
     /// Kubernetes: what a stage creates on the cluster.
     #[command(subcommand)]
     K8s(K8sCmd),
@@ -170,6 +177,79 @@ struct GrantCli {
     /// Seconds the grant is valid.
     #[arg(long, default_value_t = 300)]
     ttl: u64,
+}
+
+#[derive(Args)]
+struct ExecCli {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL")]
+    gateway: String,
+    /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The agreement id (0x + 64 hex).
+    #[arg(long)]
+    agreement: String,
+    /// The workflow DID to execute.
+    #[arg(long)]
+    workflow: String,
+    /// Stream the guest's logs to stdout while it runs.
+    #[arg(long)]
+    follow: bool,
+    /// Download the result files into DIR (resumable, each file's sha256
+    /// checked against the receipt) and the receipt to DIR.receipt.json.
+    #[arg(long, value_name = "DIR")]
+    download: Option<PathBuf>,
+    /// Verify the receipt (and the downloaded files), as insitu verify does.
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: the provider's address the receipt must be signed by.
+    #[arg(long, value_name = "ADDRESS", requires = "verify")]
+    provider: Option<String>,
+}
+
+/// What every `insitu executions` verb needs.
+#[derive(Args)]
+struct ExecutionsAt {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL")]
+    gateway: String,
+    /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The agreement the executions run under.
+    #[arg(long)]
+    agreement: String,
+}
+
+#[derive(Subcommand)]
+enum ExecutionsCli {
+    /// The consumer's executions at the gateway.
+    List {
+        #[command(flatten)]
+        at: ExecutionsAt,
+        /// A workflow of the agreement (the grant to list is an execute grant).
+        #[arg(long)]
+        workflow: String,
+    },
+    /// One execution's status, stages, progress and receipt (JSON).
+    Status {
+        #[command(flatten)]
+        at: ExecutionsAt,
+        id: String,
+    },
+    /// One execution's logs so far.
+    Logs {
+        #[command(flatten)]
+        at: ExecutionsAt,
+        id: String,
+    },
+    /// Stop one execution.
+    Stop {
+        #[command(flatten)]
+        at: ExecutionsAt,
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -833,6 +913,26 @@ fn main() -> ExitCode {
                 target,
                 g.ttl,
             ))
+        }
+        Command::Exec(e) => commands::exec::run(&commands::exec::ExecArgs {
+            gateway: e.gateway,
+            key: e.key,
+            agreement: e.agreement,
+            workflow: e.workflow,
+            follow: e.follow,
+            download: e.download,
+            verify: e.verify,
+            provider: e.provider,
+        }),
+        Command::Executions(x) => {
+            use commands::exec::ExecutionsCmd;
+            let (at, cmd) = match x {
+                ExecutionsCli::List { at, workflow } => (at, ExecutionsCmd::List { workflow }),
+                ExecutionsCli::Status { at, id } => (at, ExecutionsCmd::Status { id }),
+                ExecutionsCli::Logs { at, id } => (at, ExecutionsCmd::Logs { id }),
+                ExecutionsCli::Stop { at, id } => (at, ExecutionsCmd::Stop { id }),
+            };
+            commands::exec::executions(&at.gateway, &at.key, &at.agreement, &cmd)
         }
         Command::Verify(v) => commands::verify::run(&commands::verify::VerifyArgs {
             receipt: v.receipt,

@@ -1501,3 +1501,124 @@ async fn kill_9_while_releasing_the_payment_pays_once() {
     let balance_after = quantity(&rpc(&chain, "eth_getBalance", json!([provider, "latest"])).await);
     assert_eq!(balance_after + fees, balance_before + PRICE);
 }
+
+/// `insitu exec` and `insitu executions` against a real `insitu serve`
+/// child, every exit code: 0 (followed, downloaded, verified), 1 (the
+/// execution failed), 2 (another consumer's agreement; a corrupt partial
+/// download); a resumed download; list, status, logs, stop.
+#[test]
+fn the_consumer_client_executes_follows_downloads_and_verifies() {
+    let e = Env::new();
+    let script = r#"
+ADDR=$INSITU_LISTEN
+IMAGE=$(insitu push word-count.wasm --layout ./x/images:word-count)
+mkdir -p x/notes && echo "the cat saw the other cat" > x/notes/a.txt
+insitu serve --data-dir x/p --layout x/images --listen "$ADDR" 2> x/serve.log &
+until curl -sf "http://$ADDR/healthz" >/dev/null; do sleep 0.1; done
+DATASET=$(insitu asset add --data-dir x/p --path x/notes --name notes --allow-image "$IMAGE" | awk '{print $NF}')
+wf() {
+cat > x/$1.json <<EOF
+{"main": {"type": "workflow", "name": "$1", "workflow": {"stages": [
+  {"index": 0, "requirements": {"container": {"image": "local/word-count", "tag": "1", "checksum": "$IMAGE"}},
+   "input": [{"index": 0, "id": "$DATASET"}], "arguments": $2}]}}}
+EOF
+insitu workflow add --data-dir x/p --file x/$1.json | awk '{print $NF}'
+}
+GOOD=$(wf good '[]')
+BAD=$(wf bad '["--top=many"]')
+CONSUMER=$(insitu key new x/c.key)
+insitu key new x/other.key > /dev/null
+AG=$(insitu agreement grant --data-dir x/p --consumer "$CONSUMER" --dataset "$DATASET" --workflow "$GOOD" | awk '{print $NF}')
+AGBAD=$(insitu agreement grant --data-dir x/p --consumer "$CONSUMER" --dataset "$DATASET" --workflow "$BAD" | awk '{print $NF}')
+PROVIDER=$(insitu key address x/p/provider.key)
+run() { name=$1; shift; insitu "$@" > x/$name.out 2> x/$name.err && echo "$name exit=0" || echo "$name exit=$?"; }
+run ok exec --gateway "http://$ADDR" --key x/c.key --agreement "$AG" --workflow "$GOOD" \
+    --follow --download x/out --verify --provider "$PROVIDER"
+run failed exec --gateway "http://$ADDR" --key x/c.key --agreement "$AGBAD" --workflow "$BAD"
+run stranger exec --gateway "http://$ADDR" --key x/other.key --agreement "$AG" --workflow "$GOOD"
+mkdir -p x/resume && head -c 7 x/out/counts.json > x/resume/counts.json.part
+run resume exec --gateway "http://$ADDR" --key x/c.key --agreement "$AG" --workflow "$GOOD" --download x/resume
+mkdir -p x/corrupt && printf 'XXXXXXX' > x/corrupt/counts.json.part
+run corrupt exec --gateway "http://$ADDR" --key x/c.key --agreement "$AG" --workflow "$GOOD" --download x/corrupt
+ID=$(sed -nE 's/^execution (nv-[0-9a-f]+) succeeded.*/\1/p' x/ok.out)
+run list executions list --gateway "http://$ADDR" --key x/c.key --agreement "$AG" --workflow "$GOOD"
+run status executions status --gateway "http://$ADDR" --key x/c.key --agreement "$AG" "$ID"
+run logs executions logs --gateway "http://$ADDR" --key x/c.key --agreement "$AG" "$ID"
+run stop executions stop --gateway "http://$ADDR" --key x/c.key --agreement "$AG" "$ID"
+cmp x/out/counts.json x/resume/counts.json && echo "resumed file identical"
+echo "ID=$ID"
+"#;
+    let out = run_block(
+        script,
+        e.tmp.path(),
+        &[("INSITU_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let read = |f: &str| std::fs::read_to_string(e.tmp.path().join("x").join(f)).unwrap();
+    for want in [
+        "ok exit=0",
+        "failed exit=1",
+        "stranger exit=2",
+        "resume exit=0",
+        "corrupt exit=2",
+        "list exit=0",
+        "status exit=0",
+        "logs exit=0",
+        "stop exit=0",
+        "resumed file identical",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    let (ok_out, ok_err) = (read("ok.out"), read("ok.err"));
+    assert!(
+        ok_out.contains("1 files, 6 words, 4 distinct"),
+        "the followed log:\n{ok_out}"
+    );
+    assert!(ok_out.contains("succeeded: result did:nv:"), "{ok_out}");
+    assert!(ok_out.contains("ok   file counts.json: "), "{ok_out}");
+    assert!(ok_out.contains("ok   provider: "), "{ok_out}");
+    assert!(ok_err.contains("progress: stage 0 100% "), "{ok_err}");
+    assert!(ok_err.contains("status: succeeded"), "{ok_err}");
+    assert!(ok_err.contains("counts.json: "), "{ok_err}");
+    let counts: Value = serde_json::from_str(&read("out/counts.json")).unwrap();
+    assert_eq!(counts["words"], 6);
+    let receipt: Value = serde_json::from_str(&read("out.receipt.json")).unwrap();
+    assert!(receipt["receipt"]["signature"].is_string(), "{receipt}");
+    assert!(
+        read("failed.err").contains("failed:"),
+        "{}",
+        read("failed.err")
+    );
+    assert!(
+        read("stranger.err").contains("refused (403)")
+            && read("stranger.err").contains("belongs to another consumer"),
+        "{}",
+        read("stranger.err")
+    );
+    assert!(
+        read("resume.err").contains("resuming at byte 7"),
+        "{}",
+        read("resume.err")
+    );
+    assert!(
+        read("corrupt.err").contains("the receipt lists sha256:"),
+        "{}",
+        read("corrupt.err")
+    );
+    assert!(!e.tmp.path().join("x/corrupt/counts.json.part").exists());
+    let id = text.lines().find_map(|l| l.strip_prefix("ID=")).unwrap();
+    assert!(read("list.out").contains(id), "{}", read("list.out"));
+    let status: Value = serde_json::from_str(&read("status.out")).unwrap();
+    assert_eq!(status["workflowStatus"]["status"], "succeeded");
+    assert!(
+        read("logs.out").contains("1 files, 6 words"),
+        "{}",
+        read("logs.out")
+    );
+    assert!(
+        read("stop.out").contains("already ended succeeded"),
+        "{}",
+        read("stop.out")
+    );
+}

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod consumer;
 pub mod demo;
+pub mod exec;
 pub mod fl;
 pub mod image;
 pub mod k8s;

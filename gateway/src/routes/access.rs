@@ -43,7 +43,7 @@ fn agreement_id(raw: &str) -> String {
 ///
 /// # Errors
 /// 416 for a well-formed range that does not fit the file.
-fn byte_range(headers: &HeaderMap, len: u64) -> ApiResult<Option<(u64, u64)>> {
+pub(crate) fn byte_range(headers: &HeaderMap, len: u64) -> ApiResult<Option<(u64, u64)>> {
     let Some(spec) = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
