@@ -846,6 +846,37 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(stderr(&out).contains("gateway stopped"), "{}", stderr(&out));
 }
 
+/// The README's `insitu exec` walkthrough, run as written.
+#[test]
+fn the_readme_exec_walkthrough_runs_as_written() {
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let out = run_block(
+        readme_block("exec walkthrough"),
+        e.tmp.path(),
+        &[("INSITU_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for want in [
+        "1 files, 6 words, 4 distinct",
+        "succeeded: result did:nv:",
+        "ok   signature: ",
+        "ok   provider: ",
+        "ok   file counts.json: ",
+        "\"words\": 6",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    assert!(
+        stderr(&out).contains("progress: stage 0 100%"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// The README's data-sharing walkthrough, run as written: a download under
 /// an access agreement, a consumer's own workflow executed, the provider's
 /// record of the download.
