@@ -35,6 +35,9 @@ pub const AUD_ACCESS: &str = "/api/v1/node/services/access";
 /// Audience of grants that publish assets (a consumer's workflows and
 /// algorithms) to the catalog; `sub` is not needed.
 pub const AUD_PUBLISH: &str = "/api/v1/metadata/assets";
+/// Audience of the provider's admin tokens (the dashboard); issued by
+/// `insitu admin token`, never from a consumer's grant.
+pub const AUD_ADMIN: &str = "/dashboard";
 /// Clock skew tolerated on `iat`/`exp`, in seconds.
 pub const SKEW: u64 = 60;
 /// Lifetime of access tokens, in seconds.
@@ -250,6 +253,22 @@ impl Tokens {
     pub fn issue(&self, grant: &Grant, now: u64) -> String {
         let mut claims = grant.clone();
         claims.expires_at = now + TOKEN_TTL;
+        let body = B64.encode(serde_json::to_vec(&claims).expect("JSON"));
+        let mac = B64.encode(self.mac(body.as_bytes()));
+        format!("{body}.{mac}")
+    }
+
+    /// An admin token (audience [`AUD_ADMIN`], for the provider's dashboard)
+    /// valid until `expires_at` (unix seconds).
+    pub fn issue_admin(&self, provider: &str, expires_at: u64) -> String {
+        let claims = Grant {
+            consumer: provider.to_string(),
+            audience: AUD_ADMIN.to_string(),
+            agreement: String::new(),
+            did: None,
+            execution: None,
+            expires_at,
+        };
         let body = B64.encode(serde_json::to_vec(&claims).expect("JSON"));
         let mac = B64.encode(self.mac(body.as_bytes()));
         format!("{body}.{mac}")

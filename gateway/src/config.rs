@@ -17,6 +17,7 @@
 //! max_connections = 1024
 //! legacy_exec_signatures = false  # true: accept replayable exec forms (agreement id only)
 //! public_url = "https://provider.example"  # in DDOs' serviceEndpoint (default: the URL a client used)
+//! dashboard = true            # the provider's dashboard at / (loopback, or an admin token)
 //! mode = "chain"             # or "local" (default unless chain_rpc is set)
 //! chain_rpc = "http://127.0.0.1:8545"   # chain mode, with contracts:
 //! contracts = "/etc/insitu/contracts.json"
@@ -46,7 +47,7 @@
 //! (comma-separated), `INSITU_PROVIDER_KEY_FILE`, `INSITU_PROVIDER_KEY` (hex;
 //! wins over any key file), `INSITU_LOG_FORMAT`, `INSITU_SHUTDOWN_GRACE`,
 //! `INSITU_HEADER_TIMEOUT`, `INSITU_REQUEST_TIMEOUT`, `INSITU_MAX_CONNECTIONS`,
-//! `INSITU_LEGACY_EXEC_SIGNATURES`, `INSITU_PUBLIC_URL`,
+//! `INSITU_LEGACY_EXEC_SIGNATURES`, `INSITU_PUBLIC_URL`, `INSITU_DASHBOARD`,
 //! `INSITU_MODE`, `INSITU_CHAIN_RPC`, `INSITU_CONTRACTS`,
 //! `INSITU_PROVIDER_KEYSTORE` with `INSITU_KEYSTORE_PASSWORD` (only ever from
 //! the environment), `INSITU_CHAIN_ID`, `INSITU_CONFIRMATIONS`,
@@ -147,6 +148,8 @@ pub struct Layer {
     pub legacy_exec_signatures: Option<bool>,
     /// The gateway's public base URL, for DDOs' `serviceEndpoint`s.
     pub public_url: Option<String>,
+    /// Serve the provider's dashboard at `/`.
+    pub dashboard: Option<bool>,
     /// `local` or `chain`; default: chain when `chain_rpc` is set.
     pub mode: Option<Mode>,
     /// Chain mode: the JSON-RPC endpoint (with `contracts`).
@@ -301,6 +304,7 @@ impl Layer {
             max_connections: number("INSITU_MAX_CONNECTIONS")?,
             legacy_exec_signatures: parsed(&var, "INSITU_LEGACY_EXEC_SIGNATURES", "true or false")?,
             public_url: var("INSITU_PUBLIC_URL"),
+            dashboard: parsed(&var, "INSITU_DASHBOARD", "true or false")?,
             mode,
             chain_rpc: var("INSITU_CHAIN_RPC"),
             chain_id: parsed(&var, "INSITU_CHAIN_ID", "chain id")?,
@@ -564,6 +568,9 @@ impl Settings {
                     });
                 }
                 serve.public_url = Some(u.trim_end_matches('/').to_string());
+            }
+            if let Some(b) = l.dashboard {
+                serve.dashboard = b;
             }
             if let Some(b) = l.legacy_exec_signatures {
                 serve.legacy_exec_signatures = b;

@@ -60,6 +60,9 @@ enum Command {
     /// As a consumer: list executions, show one's status or logs, stop one.
     #[command(subcommand)]
     Executions(ExecutionsCli),
+    /// The provider's admin tokens.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Kubernetes: what a stage creates on the cluster.
     #[command(subcommand)]
     K8s(K8sCmd),
@@ -177,6 +180,19 @@ struct GrantCli {
     /// Seconds the grant is valid.
     #[arg(long, default_value_t = 300)]
     ttl: u64,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Print an admin token for the dashboard at / (for browsers that are
+    /// not on this machine: open http://HOST:PORT/?token=TOKEN once).
+    Token {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// How long it is valid, e.g. 8h, 7d.
+        #[arg(long, value_parser = parse_duration, default_value = "12h", value_name = "DURATION")]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Args)]
@@ -914,6 +930,16 @@ fn main() -> ExitCode {
                 g.ttl,
             ))
         }
+        Command::Admin(AdminCmd::Token { data_dir, ttl }) => (|| {
+            std::fs::create_dir_all(&data_dir)?;
+            let tokens = insitu_gateway::server::tokens_of(&data_dir)?;
+            let provider = commands::provider_key(&data_dir, None, None)?.address();
+            let until = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+                + ttl.as_secs();
+            print_line(Ok(tokens.issue_admin(&provider, until)))
+        })(),
         Command::Exec(e) => commands::exec::run(&commands::exec::ExecArgs {
             gateway: e.gateway,
             key: e.key,

@@ -29,7 +29,7 @@ use insitu_runtime::sandbox::{Limits, Sandbox, SandboxConfig, StopHandle};
 use insitu_runtime::store::Store;
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -69,6 +69,9 @@ pub struct ServeConfig {
     /// `serviceEndpoint`s. Default: the scheme-less `Host` a client used,
     /// as `http://HOST`.
     pub public_url: Option<String>,
+    /// Serve the provider's dashboard at `/` (to loopback clients, or with
+    /// an admin token from `insitu admin token`). Default true.
+    pub dashboard: bool,
 }
 
 /// What slow or numerous clients may hold.
@@ -137,6 +140,7 @@ impl ServeConfig {
             http: HttpLimits::default(),
             legacy_exec_signatures: false,
             public_url: None,
+            dashboard: true,
         }
     }
 }
@@ -170,6 +174,10 @@ pub struct Gateway {
     pub(crate) finished: tokio::sync::Notify,
     /// What served DDOs' services point at (`base` empty: the request's Host).
     pub(crate) services: crate::ddo::Services,
+    /// [`ServeConfig::dashboard`].
+    pub(crate) dashboard: bool,
+    /// The provider's address, shown on the dashboard.
+    pub(crate) provider: String,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -417,6 +425,20 @@ fn kubernetes_backend(
 /// # Errors
 /// When the data dir is locked by another process, or the database, keys or
 /// sandbox cannot be set up.
+/// The access-token signer of the provider whose data dir is `dir`
+/// (`token.key`, created on first use); `insitu admin token` issues with it.
+///
+/// # Errors
+/// When the key cannot be read or created.
+pub fn tokens_of(dir: &Path) -> anyhow::Result<Tokens> {
+    let token_key = ProviderKey::load_or_create(&dir.join("token.key"))?;
+    Ok(Tokens::new(
+        token_key
+            .personal_sign(b"insitu access tokens")?
+            .into_bytes(),
+    ))
+}
+
 pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
     std::fs::create_dir_all(&config.data_dir)?;
     // Absolute: pods mount its directories by path.
@@ -449,12 +471,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         Some(k) => k.clone(),
         None => ProviderKey::load_or_create(&dir.join("provider.key"))?,
     };
-    let token_key = ProviderKey::load_or_create(&dir.join("token.key"))?;
-    let tokens = Tokens::new(
-        token_key
-            .personal_sign(b"insitu access tokens")?
-            .into_bytes(),
-    );
+    let tokens = tokens_of(dir)?;
     config.limits.check_within(&config.max)?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         max: config.max,
@@ -544,6 +561,8 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         rounds: Default::default(),
         finished: tokio::sync::Notify::new(),
         services,
+        dashboard: config.dashboard,
+        provider: key.address(),
         _lock: lock,
     });
     {
@@ -648,7 +667,7 @@ pub async fn serve(
             _ = &mut rx => break,
             p = connections.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut rx => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -665,7 +684,14 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Handlers that care who is on the other end (the dashboard serves
+        // loopback clients without a token) read it as `ConnectInfo`.
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower_http::add_extension::AddExtension::new(
+                router.clone(),
+                axum::extract::ConnectInfo(peer),
+            ),
+        );
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = conn.await;

@@ -1385,6 +1385,38 @@ impl Store {
         self.executions_where("consumer = ?1", &consumer.to_ascii_lowercase())
     }
 
+    /// Executions created at or after `since_ms` (unix milliseconds), oldest
+    /// first, at most the newest `limit` of them (the provider's dashboard).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn executions_since(&self, since_ms: u64, limit: usize) -> Result<Vec<Execution>, Error> {
+        let mut all = self.executions_where(
+            "created_at >= CAST(?1 AS INTEGER)",
+            &since_ms.min(i64::MAX as u64).to_string(),
+        )?;
+        let cut = all.len().saturating_sub(limit);
+        Ok(all.split_off(cut))
+    }
+
+    /// Local and recorded agreements, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn agreements(&self, limit: usize) -> Result<Vec<Agreement>, Error> {
+        let ids: Vec<String> = {
+            let conn = self.conn();
+            let mut st = conn
+                .prepare_cached("SELECT id FROM agreements ORDER BY created_at DESC LIMIT ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map(params![limit.min(i64::MAX as usize) as i64], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?
+        };
+        ids.iter().map(|id| self.agreement(id)).collect()
+    }
+
     fn executions_where(&self, cond: &str, arg: &str) -> Result<Vec<Execution>, Error> {
         let conn = self.conn();
         let mut stmt = conn

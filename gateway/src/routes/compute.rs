@@ -429,7 +429,7 @@ impl Tail {
 /// "fraction", "message"}`, the newest line of the guest SDK's
 /// `progress.jsonl` at each poll), then one `end` event (`{"status",
 /// "reason", "did"}`, `did` the result asset or `null`) once the execution is over and everything was sent.
-fn follow_logs(
+pub(crate) fn follow_logs(
     g: Arc<Gateway>,
     id: String,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {

@@ -1,6 +1,6 @@
 //! The HTTP routes, one module per API area: [`compute`] (execute, status,
 //! logs, stop, list, results), [`oauth`] (grants for access tokens),
-//! [`metadata`] (DDOs and catalog search), [`access`] (dataset downloads
+//! [`dashboard`] (the provider's page), [`metadata`] (DDOs and catalog search), [`access`] (dataset downloads
 //! under access agreements), [`federated`] (a participant's steps in federated
 //! rounds, the final model's publication) and [`ops`] (health, metrics, the
 //! OpenAPI document).
@@ -8,6 +8,7 @@
 
 pub(crate) mod access;
 pub(crate) mod compute;
+pub(crate) mod dashboard;
 pub(crate) mod federated;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
@@ -28,6 +29,8 @@ const MODEL_LIMIT: usize = 8 * insitu_federated::coordinator::MAX_PARAMETERS;
 /// Every route of the API (DESIGN §4) over `gateway`.
 pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard/logs/{id}", get(dashboard::logs))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/openapi.json", get(ops::openapi))

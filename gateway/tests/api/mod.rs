@@ -1,6 +1,7 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
 mod access;
+mod dashboard;
 mod publish;
 mod verify;
 
