@@ -1653,3 +1653,75 @@ echo "ID=$ID"
         read("stop.out")
     );
 }
+
+/// The provider's dashboard in a real browser (headless Debian Chromium and
+/// chromedriver, driven by Selenium from `.venv`, all installed by
+/// `scripts/setup`): a gateway with a real execution shows it, its charts
+/// render, its logs arrive live, and a browser on another address without
+/// a token is refused. Screenshots land in `target/screenshots/`.
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists()
+            && Path::new("/usr/bin/chromium").exists()
+            && Path::new("/usr/bin/chromedriver").exists(),
+        "the browser test needs .venv (selenium), /usr/bin/chromium and /usr/bin/chromedriver: run scripts/setup"
+    );
+    let lan = {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("192.0.2.255:9")
+            .or_else(|_| s.connect("8.8.8.8:53"))
+            .expect("a non-loopback address for the refused browser");
+        s.local_addr().unwrap().ip()
+    };
+    assert!(!lan.is_loopback());
+    let e = Env::new();
+    let shots = root.join("target/screenshots");
+    let script = format!(
+        r#"
+ADDR=$INSITU_LISTEN
+IMAGE=$(insitu push word-count.wasm --layout ./x/images:word-count)
+mkdir -p x/notes && echo "the cat saw the other cat" > x/notes/a.txt
+insitu serve --data-dir x/p --layout x/images --listen "$ADDR" 2> x/serve.log &
+insitu serve --data-dir x/q --listen "{lan}:$OTHER_PORT" 2> x/serve2.log &
+until curl -sf "http://$ADDR/healthz" >/dev/null && curl -sf "http://{lan}:$OTHER_PORT/healthz" >/dev/null; do sleep 0.1; done
+DATASET=$(insitu asset add --data-dir x/p --path x/notes --name notes --allow-image "$IMAGE" --description "field notes" | awk '{{print $NF}}')
+cat > x/wf.json <<EOF
+{{"main": {{"type": "workflow", "name": "count words", "workflow": {{"stages": [
+  {{"index": 0, "requirements": {{"container": {{"image": "local/word-count", "tag": "1", "checksum": "$IMAGE"}}}},
+   "input": [{{"index": 0, "id": "$DATASET"}}]}}]}}}}}}
+EOF
+WORKFLOW=$(insitu workflow add --data-dir x/p --file x/wf.json | awk '{{print $NF}}')
+CONSUMER=$(insitu key new x/c.key)
+AG=$(insitu agreement grant --data-dir x/p --consumer "$CONSUMER" --dataset "$DATASET" --workflow "$WORKFLOW" | awk '{{print $NF}}')
+insitu exec --gateway "http://$ADDR" --key x/c.key --agreement "$AG" --workflow "$WORKFLOW" > x/exec.out 2> x/exec.err
+ID=$(sed -nE 's/^execution (nv-[0-9a-f]+) succeeded.*/\1/p' x/exec.out)
+"$PYTHON" "$BROWSER_TEST" "http://$ADDR" "$ID" "$SHOTS" "http://{lan}:$OTHER_PORT"
+"#
+    );
+    let out = run_block(
+        &script,
+        e.tmp.path(),
+        &[
+            ("INSITU_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("OTHER_PORT", free_port().to_string()),
+            ("PYTHON", python.display().to_string()),
+            (
+                "BROWSER_TEST",
+                root.join("tests/browser/dashboard.py")
+                    .display()
+                    .to_string(),
+            ),
+            ("SHOTS", shots.display().to_string()),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("dashboard: ok"), "{text}");
+    for shot in ["dashboard.png", "execution.png", "refused.png"] {
+        let png = std::fs::read(shots.join(shot)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 2_000, "{shot}");
+    }
+}

@@ -193,9 +193,9 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width\"><title>insitu provider</title><style>",
         "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em}",
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}",
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left;max-width:30em;overflow-wrap:anywhere}",
         "code{font-size:12px}.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ccc;border-radius:6px;padding:.5em 1em}",
-        ".succeeded{color:#1a7f37}.failed{color:#cf222e}.stopped{color:#9a6700}",
+        ".succeeded{color:#1a7f37}.failed{color:#cf222e}.stopped{color:#9a6700}th,td.succeeded,td.failed,td.stopped{white-space:nowrap;overflow-wrap:normal}",
         "pre#log{background:#111;color:#ddd;padding:1em;max-height:24em;overflow:auto}figure{margin:0 0 1em}",
         "</style>"
     ));
