@@ -178,6 +178,9 @@ pub struct Gateway {
     pub(crate) dashboard: bool,
     /// The provider's address, shown on the dashboard.
     pub(crate) provider: String,
+    /// Queue depth sampled every [`QUEUE_SAMPLE`], the last hour's (unix
+    /// ms, depth), for the dashboard.
+    pub(crate) queue_samples: Mutex<std::collections::VecDeque<(u64, usize)>>,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -563,6 +566,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         services,
         dashboard: config.dashboard,
         provider: key.address(),
+        queue_samples: Mutex::default(),
         _lock: lock,
     });
     {
@@ -588,6 +592,25 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         on_thread("insitu-payments".into(), async move {
             let alive = move || g.strong_count() > 0;
             insitu_chain::watch_payments(chain, store, Duration::from_millis(500), alive).await;
+        })?;
+    }
+    {
+        let g = Arc::downgrade(&gateway);
+        on_thread("insitu-sampler".into(), async move {
+            let keep = (3600 / QUEUE_SAMPLE.as_secs()) as usize;
+            while let Some(g) = g.upgrade() {
+                let depth = g.queue.max_capacity() - g.queue.capacity();
+                let at = now() * 1000;
+                {
+                    let mut s = g.queue_samples.lock().unwrap_or_else(|p| p.into_inner());
+                    s.push_back((at, depth));
+                    while s.len() > keep {
+                        s.pop_front();
+                    }
+                }
+                drop(g);
+                tokio::time::sleep(QUEUE_SAMPLE).await;
+            }
         })?;
     }
     if gateway.permissions.settles() {
@@ -616,6 +639,9 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
 
 /// Runs `task` on a new thread named `name`, on its own single-threaded
 /// runtime (executions and chain work never share the HTTP runtime).
+/// How often the dashboard's queue-depth chart is sampled.
+pub(crate) const QUEUE_SAMPLE: Duration = Duration::from_secs(5);
+
 fn on_thread(
     name: String,
     task: impl std::future::Future<Output = ()> + Send + 'static,

@@ -258,6 +258,31 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
         &pcts,
         "s",
     ));
+    // Queue depth: the largest sample of each minute of the last hour.
+    let mut depth_per_minute = vec![0.0f64; 60];
+    for (at, d) in g
+        .queue_samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let age = now_ms.saturating_sub(*at) / 60_000;
+        if age < 60 {
+            let slot = &mut depth_per_minute[59 - age as usize];
+            *slot = slot.max(*d as f64);
+        }
+    }
+    let depths: Vec<(String, f64)> = depth_per_minute
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("-{}m", 59 - i), *n))
+        .collect();
+    out.push_str(&bars(
+        "queue-depth",
+        "Queue depth (largest per minute), last hour",
+        &depths,
+        "queued",
+    ));
     // Executions, newest first.
     out.push_str("<h2>Executions</h2><table id=\"executions\"><tr><th>id</th><th>status</th><th>consumer</th><th>workflow</th><th>created (UTC)</th><th>took</th><th>stages</th></tr>");
     let recent = g.store.executions_since(0, 100)?;

@@ -40,6 +40,7 @@ async fn the_dashboard_shows_executions_charts_catalog_and_live_logs_to_the_prov
         "<td class=\"succeeded\">succeeded".to_string(),
         "<svg id=\"per-minute\"".to_string(),
         "<svg id=\"latency\"".to_string(),
+        "<svg id=\"queue-depth\"".to_string(),
         "class=\"bar\"".to_string(),
         "<td>colours</td>".to_string(),
         api.agreement.clone(),
