@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use insitu_runtime::image::{self, AnySource, BlobStore, ImageKind, Puller, package};
 use serde_json::json;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// Where an image comes from on the command line.
@@ -65,7 +66,7 @@ pub async fn pull_module(arg: &ImageArg, cache_root: Option<&Path>) -> anyhow::R
             temp.path().to_path_buf()
         }
     };
-    let pulled = Puller::new(BlobStore::open(root)?)
+    let pulled = with_progress(Puller::new(BlobStore::open(root)?))
         .pull(&source, &digest)
         .await?;
     match pulled.wasm {
@@ -74,6 +75,41 @@ pub async fn pull_module(arg: &ImageArg, cache_root: Option<&Path>) -> anyhow::R
             "image {digest} is a native (non-wasm) container image; it runs only on the Kubernetes backend, which `insitu run` does not have"
         ),
     }
+}
+
+/// `puller` with a progress bar per blob of at least 1 MiB on stderr when
+/// it is a terminal (bytes, rate, time left); unchanged otherwise.
+fn with_progress(mut puller: Puller) -> Puller {
+    if !std::io::stderr().is_terminal() {
+        return puller;
+    }
+    let bars =
+        std::sync::Mutex::new(std::collections::HashMap::<String, indicatif::ProgressBar>::new());
+    puller.progress = Some(std::sync::Arc::new(
+        move |t: &insitu_runtime::image::Transfer<'_>| {
+            if t.total < 1 << 20 {
+                return;
+            }
+            let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+            let bar = bars.entry(t.digest.to_string()).or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(t.total);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                b.set_message(format!("pulling {}", &t.digest[..t.digest.len().min(19)]));
+                b
+            });
+            bar.set_position(t.done);
+            if t.done >= t.total {
+                bar.finish_and_clear();
+            }
+        },
+    ));
+    puller
 }
 
 /// `insitu push`: packages `module` and pushes it to `target` (registry) or
@@ -96,7 +132,22 @@ pub async fn push(module: &Path, target: &ImageArg) -> anyhow::Result<String> {
         } => {
             let r = image::parse_reference(reference)?;
             let dest = image::RegistrySource::new(r, insecure, image::auth_from_env());
-            package::push(&dest, &artifact).await?;
+            // The registry client uploads each blob whole: a spinner with
+            // the size and the time taken, on a terminal.
+            let spinner = std::io::stderr().is_terminal().then(|| {
+                let s = indicatif::ProgressBar::new_spinner();
+                s.set_message(format!(
+                    "pushing {} to {reference}",
+                    indicatif::HumanBytes(artifact.layer.len() as u64)
+                ));
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                s
+            });
+            let pushed = package::push(&dest, &artifact).await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            pushed?;
         }
     }
     Ok(artifact.manifest_digest)
@@ -116,7 +167,7 @@ pub async fn inspect(
     let root = cache_root
         .map(|r| r.join("blobs"))
         .unwrap_or_else(|| temp.path().to_path_buf());
-    let pulled = Puller::new(BlobStore::open(root)?)
+    let pulled = with_progress(Puller::new(BlobStore::open(root)?))
         .pull(&source, &digest)
         .await?;
     let mut out = json!({

@@ -95,12 +95,38 @@ pub struct PulledImage {
     pub wasm: Option<Vec<u8>>,
 }
 
+/// A blob transfer in progress, as [`Puller::progress`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    pub digest: &'a str,
+    /// Bytes received so far.
+    pub done: u64,
+    /// The size its descriptor declares.
+    pub total: u64,
+}
+
+/// Called as blob bytes arrive (a command-line progress bar).
+pub type Progress = std::sync::Arc<dyn Fn(&Transfer<'_>) + Send + Sync>;
+
 /// Pulls images into a [`BlobStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Puller {
     pub store: BlobStore,
     /// Largest blob accepted, whatever its descriptor says. Default 1 GiB.
     pub max_blob: u64,
+    /// Told about every chunk of a blob fetched (not of cached ones).
+    /// Default none.
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("store", &self.store)
+            .field("max_blob", &self.max_blob)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -110,6 +136,7 @@ impl Puller {
         Puller {
             store,
             max_blob: 1 << 30,
+            progress: None,
         }
     }
 
@@ -183,8 +210,30 @@ impl Puller {
                 ),
             });
         }
+        let progress = self.progress.clone();
         self.store
-            .fetch(&digest, size, || source.blob(&digest))
+            .fetch(&digest, size, || async {
+                let stream = source.blob(&digest).await?;
+                Ok(match progress {
+                    None => stream,
+                    Some(p) => {
+                        let d = digest.clone();
+                        let counted =
+                            futures_util::StreamExt::scan(stream, 0u64, move |done, chunk| {
+                                if let Ok(c) = &chunk {
+                                    *done += c.len() as u64;
+                                    p(&Transfer {
+                                        digest: &d,
+                                        done: *done,
+                                        total: size,
+                                    });
+                                }
+                                std::future::ready(Some(chunk))
+                            });
+                        Box::pin(counted) as store::BlobStream
+                    }
+                })
+            })
             .await?;
         Ok(digest)
     }

@@ -129,15 +129,34 @@ async fn pushed_artifacts_match_skopeo_run_by_digest_and_are_cached() {
         image::registry(&reference, &[reg.host()], RegistryAuth::Anonymous, false)
             .await
             .unwrap();
-    let pulled = Puller::new(store.clone())
-        .pull(&source, &digest)
-        .await
-        .unwrap();
+    // A progress observer sees the blobs' bytes arrive, up to their size.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, u64)>::new()));
+    let mut puller = Puller::new(store.clone());
+    let log = seen.clone();
+    puller.progress = Some(std::sync::Arc::new(move |t: &image::Transfer<'_>| {
+        log.lock()
+            .unwrap()
+            .push((t.digest.to_string(), t.done, t.total))
+    }));
+    let pulled = puller.pull(&source, &digest).await.unwrap();
     assert_eq!(pulled.wasm.as_deref(), Some(WORD_COUNT_P1));
     assert!(
         matches!(pulled.kind, ImageKind::Wasm { ref media_type, .. } if media_type == "application/wasm")
     );
     assert_eq!(store.fetch_count(), 3, "manifest, config, layer");
+    let layer: Vec<(String, u64, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _, _)| *d == artifact.layer_digest)
+        .cloned()
+        .collect();
+    let last = layer.last().expect("progress for the layer");
+    assert_eq!(
+        (last.1, last.2),
+        (WORD_COUNT_P1.len() as u64, WORD_COUNT_P1.len() as u64)
+    );
+    assert!(layer.windows(2).all(|w| w[0].1 < w[1].1), "{layer:?}");
     run_word_count(pulled.wasm.as_deref().unwrap()).await;
 
     // With the registry gone, the cached image is served without any request.
