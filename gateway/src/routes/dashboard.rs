@@ -184,7 +184,7 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     let now_ms = now() * 1000;
     let hour = g
         .store
-        .executions_since(now_ms.saturating_sub(3_600_000), 100_000)?;
+        .execution_times(now_ms.saturating_sub(3_600_000), 1_000_000)?;
     let counts = g.store.count_by_status()?;
     let depth = g.queue.max_capacity() - g.queue.capacity();
     let active = g.active.load(std::sync::atomic::Ordering::SeqCst);
@@ -222,8 +222,8 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     );
     // Charts: executions started per minute; latency percentiles.
     let mut per_minute = vec![0.0; 60];
-    for e in &hour {
-        let age = now_ms.saturating_sub(e.created_at) / 60_000;
+    for (created, _, _) in &hour {
+        let age = now_ms.saturating_sub(*created) / 60_000;
         if age < 60 {
             per_minute[59 - age as usize] += 1.0;
         }
@@ -241,8 +241,8 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     ));
     let mut took: Vec<f64> = hour
         .iter()
-        .filter(|e| e.status.is_terminal())
-        .map(|e| e.updated_at.saturating_sub(e.created_at) as f64 / 1e3)
+        .filter(|(_, _, status)| status.is_terminal())
+        .map(|(created, updated, _)| updated.saturating_sub(*created) as f64 / 1e3)
         .collect();
     took.sort_by(f64::total_cmp);
     let pcts: Vec<(String, f64)> = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)]
