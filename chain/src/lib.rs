@@ -1285,7 +1285,7 @@ impl ChainAgreements {
             reason: "expected did:nv: followed by 64 hex digits",
         })?;
         let wf = self.store.workflow(&workflow_did)?;
-        self.paid_compute(id, agreement_id, did, on_chain_consumer)
+        self.paid(id, agreement_id, did, on_chain_consumer, Service::Compute)
             .await?;
         // Every other dataset the workflow reads needs a paid agreement of
         // the same consumer too (a result is checked when resolving: its
@@ -1318,24 +1318,33 @@ impl ChainAgreements {
         Ok(agreement)
     }
 
-    /// Checks that compute agreement `id` on `did` is paid as the dataset
-    /// prices it and not timed out, and grants compute on-chain if it is not
-    /// yet granted.
-    async fn paid_compute(
+    /// Checks that agreement `id` (of `service`) on `did` is paid as the
+    /// dataset's service prices it and its release condition (compute or
+    /// access) has not timed out, and fulfils that condition on-chain if it
+    /// is not yet; returns the price (what a release pays out).
+    async fn paid(
         &self,
         id: B256,
         agreement_id: &str,
         did: B256,
         consumer: Address,
-    ) -> Result<(), insitu_runtime::Error> {
+        service: Service,
+    ) -> Result<Price, insitu_runtime::Error> {
+        let kind = match service {
+            Service::Compute => "compute",
+            Service::Access => "access",
+        };
         let dataset = did_of(did);
-        let price = price_of(&self.store, &dataset, self.chain.provider_address).ok_or_else(|| {
-            denied(format!(
-                "dataset {dataset} has no price; the provider registers it with insitu asset add --price WEI"
-            ))
-        })?;
+        let price = service_price(&self.store, &dataset, self.chain.provider_address, service)
+            .ok_or_else(|| {
+                denied(format!(
+                    "dataset {dataset} has no priced {kind} service; the provider registers it with insitu asset add --price WEI{}",
+                    if service == Service::Access { " --access" } else { "" }
+                ))
+            })?;
         let a = &self.chain.addresses;
-        let compute_id = ids::condition_id(id, a.compute, ids::compute_hash(did, consumer));
+        let (_, condition) = a.of(service)?;
+        let release_id = ids::condition_id(id, condition, ids::compute_hash(did, consumer));
         let lock_id = ids::condition_id(
             id,
             a.lock_payment,
@@ -1343,41 +1352,45 @@ impl ChainAgreements {
         );
         let block = self.chain.block_number().await?;
         let lock = self.chain.condition(lock_id).await?;
-        let timed_out =
-            |c: &Condition| c.time_out > 0 && block > c.block_number.saturating_add(c.time_out);
         if lock.state != ConditionState::Fulfilled {
             return Err(denied(format!(
-                "agreement {agreement_id}: the payment is not locked (lock condition {lock_id} is {}); lock it with LockPaymentCondition.fulfill",
-                lock.state.as_str()
+                "agreement {agreement_id}: the payment is not locked as the {kind} service prices it (lock condition {lock_id} is {}); lock {} with LockPaymentCondition.fulfill",
+                lock.state.as_str(),
+                price.amounts[0]
             )));
         }
-        let compute = self.chain.condition(compute_id).await?;
-        if timed_out(&compute) {
+        let release = self.chain.condition(release_id).await?;
+        if release.time_out > 0 && block > release.block_number.saturating_add(release.time_out) {
             return Err(denied(format!(
-                "agreement {agreement_id}: its compute condition timed out at block {}",
-                compute.block_number + compute.time_out
+                "agreement {agreement_id}: its {kind} condition timed out at block {}",
+                release.block_number + release.time_out
             )));
         }
-        match compute.state {
-            ConditionState::Fulfilled => Ok(()),
+        match release.state {
+            ConditionState::Fulfilled => Ok(price),
             ConditionState::Unfulfilled => {
-                match self.chain.fulfill_compute(id, did, consumer).await {
+                let sent = match service {
+                    Service::Compute => self.chain.fulfill_compute(id, did, consumer).await,
+                    Service::Access => self.chain.fulfill_access(id, did, consumer).await,
+                };
+                match sent {
                     Ok(tx) => {
-                        tracing::info!(agreement = agreement_id, tx = %tx, "compute granted on-chain");
-                        Ok(())
+                        tracing::info!(agreement = agreement_id, tx = %tx, "{kind} granted on-chain");
+                        Ok(price)
                     }
-                    // The payment watcher may have granted it meanwhile.
+                    // The payment watcher (or a concurrent request) may have
+                    // granted it meanwhile.
                     Err(ChainError::Reverted { .. })
-                        if self.chain.condition(compute_id).await?.state
+                        if self.chain.condition(release_id).await?.state
                             == ConditionState::Fulfilled =>
                     {
-                        Ok(())
+                        Ok(price)
                     }
                     Err(e) => Err(e.into()),
                 }
             }
             other => Err(denied(format!(
-                "agreement {agreement_id}: its compute condition is {}",
+                "agreement {agreement_id}: its {kind} condition is {}",
                 other.as_str()
             ))),
         }
@@ -1385,7 +1398,7 @@ impl ChainAgreements {
 
     /// A paid compute agreement of `consumer` on `dataset`, found from the
     /// lock-payment events of its DID (newest first) and checked as
-    /// [`ChainAgreements::paid_compute`] does; recorded for `workflow` so
+    /// [`ChainAgreements::paid`] does; recorded for `workflow` so
     /// the execution names it. `Err` says why none was found (appended to
     /// the refusal).
     async fn covering(
@@ -1412,8 +1425,11 @@ impl ChainAgreements {
                 _ => continue,
             }
             let id_text = format!("{id:#x}");
-            match self.paid_compute(id, &id_text, did, consumer).await {
-                Ok(()) => {
+            match self
+                .paid(id, &id_text, did, consumer, Service::Compute)
+                .await
+            {
+                Ok(_) => {
                     let a = Agreement {
                         id: id_text.clone(),
                         consumer: format!("{consumer:#x}"),
@@ -1486,58 +1502,9 @@ impl ChainAgreements {
                 "access agreement {agreement_id} is for dataset {on_chain_dataset}, not {dataset}"
             )));
         }
-        let price = service_price(
-            &self.store,
-            &on_chain_dataset,
-            self.chain.provider_address,
-            Service::Access,
-        )
-        .ok_or_else(|| {
-            denied(format!(
-                "dataset {on_chain_dataset} is not offered for download with a price (insitu asset add --access --price WEI)"
-            ))
-        })?;
-        let a = &self.chain.addresses;
-        let (_, access_condition) = a.of(Service::Access)?;
-        let access_id = ids::condition_id(
-            id,
-            access_condition,
-            ids::compute_hash(did, on_chain_consumer),
-        );
-        let lock_id = ids::condition_id(
-            id,
-            a.lock_payment,
-            ids::lock_hash(did, a.escrow_payment, &price),
-        );
-        let lock = self.chain.condition(lock_id).await?;
-        if lock.state != ConditionState::Fulfilled {
-            return Err(denied(format!(
-                "access agreement {agreement_id}: the payment is not locked as the access service prices it (lock condition {lock_id} is {}); lock {} with LockPaymentCondition.fulfill",
-                lock.state.as_str(),
-                price.amounts[0]
-            )));
-        }
-        let access = self.chain.condition(access_id).await?;
-        match access.state {
-            ConditionState::Fulfilled => {}
-            ConditionState::Unfulfilled => {
-                match self.chain.fulfill_access(id, did, on_chain_consumer).await {
-                    Ok(tx) => {
-                        tracing::info!(agreement = agreement_id, tx = %tx, "access granted on-chain");
-                    }
-                    Err(ChainError::Reverted { .. })
-                        if self.chain.condition(access_id).await?.state
-                            == ConditionState::Fulfilled => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            other => {
-                return Err(denied(format!(
-                    "access agreement {agreement_id}: its access condition is {}",
-                    other.as_str()
-                )));
-            }
-        }
+        let price = self
+            .paid(id, agreement_id, did, on_chain_consumer, Service::Access)
+            .await?;
         match self
             .chain
             .release_of(id, did, on_chain_consumer, &price, Service::Access)

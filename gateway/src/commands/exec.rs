@@ -244,15 +244,7 @@ async fn follow(c: &Consumer, t: &str, id: &str, d: &mut Display) -> anyhow::Res
             let (mut event, mut data) = ("message", String::new());
             for line in frame.lines() {
                 if let Some(e) = line.strip_prefix("event:") {
-                    event = if e.trim() == "log" {
-                        "log"
-                    } else if e.trim() == "progress" {
-                        "progress"
-                    } else if e.trim() == "end" {
-                        "end"
-                    } else {
-                        "other"
-                    };
+                    event = e.trim();
                 } else if let Some(v) = line.strip_prefix("data:") {
                     data.push_str(v.strip_prefix(' ').unwrap_or(v));
                 }

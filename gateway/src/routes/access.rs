@@ -36,6 +36,66 @@ fn agreement_id(raw: &str) -> String {
     }
 }
 
+/// The part of a `len`-byte file a request asks for (its `Range`, else the
+/// whole file).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part {
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+    pub(crate) len: u64,
+    /// Asked for by a `Range` (answered 206 with `Content-Range`).
+    pub(crate) ranged: bool,
+}
+
+impl Part {
+    /// The part of a `len`-byte file `headers` ask for.
+    ///
+    /// # Errors
+    /// 416 as [`byte_range`].
+    pub(crate) fn of(headers: &HeaderMap, len: u64) -> ApiResult<Part> {
+        let range = byte_range(headers, len)?;
+        let (first, last) = range.unwrap_or((0, len.saturating_sub(1)));
+        Ok(Part {
+            first,
+            count: if len == 0 { 0 } else { last - first + 1 },
+            len,
+            ranged: range.is_some(),
+        })
+    }
+
+    /// Whether it reaches the file's end.
+    pub(crate) fn ends_file(&self) -> bool {
+        self.first + self.count == self.len
+    }
+
+    /// The response sending it as `body`: octet-stream, its length,
+    /// `Accept-Ranges: bytes`, and for a range 206 with `Content-Range`.
+    pub(crate) fn response(&self, body: Body) -> Response {
+        let mut response = (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (header::CONTENT_LENGTH, HeaderValue::from(self.count)),
+                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            ],
+            body,
+        )
+            .into_response();
+        if self.ranged {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let last = (self.first + self.count).saturating_sub(1);
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{last}/{}", self.first, self.len))
+                    .expect("ASCII"),
+            );
+        }
+        response
+    }
+}
+
 /// A single byte range `bytes=A-B` / `bytes=A-` / `bytes=-N` of a `len`-byte
 /// file as (first, last) inclusive. `Ok(None)` for no header, and — as RFC
 /// 9110 §14.2 lets a server do — for one it ignores: malformed, another
@@ -43,7 +103,7 @@ fn agreement_id(raw: &str) -> String {
 ///
 /// # Errors
 /// 416 for a well-formed range that does not fit the file.
-pub(crate) fn byte_range(headers: &HeaderMap, len: u64) -> ApiResult<Option<(u64, u64)>> {
+fn byte_range(headers: &HeaderMap, len: u64) -> ApiResult<Option<(u64, u64)>> {
     let Some(spec) = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -130,9 +190,8 @@ pub(crate) async fn download(
         .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))?
     };
     let (file, len) = opened.map_err(read_err)?;
-    let range = byte_range(&headers, len)?;
-    let (first, last) = range.unwrap_or((0, len.saturating_sub(1)));
-    let count = if len == 0 { 0 } else { last - first + 1 };
+    let part = Part::of(&headers, len)?;
+    let (first, count) = (part.first, part.count);
     let id = g.store.start_download(&access, index, &name)?;
     tracing::info!(agreement = %agreement, consumer = %grant.consumer, dataset = %access.dataset, file = %name, first, count, "download");
     let stream = Recorded {
@@ -141,32 +200,14 @@ pub(crate) async fn download(
         id,
         sent: 0,
         want: count,
-        ends_file: first + count == len,
+        ends_file: part.ends_file(),
     };
     let base = name.rsplit('/').next().unwrap_or(&name).replace('"', "");
-    let mut response = (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::CONTENT_LENGTH, HeaderValue::from(count)),
-            (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response();
+    let mut response = part.response(Body::from_stream(stream));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{base}\"")) {
         response
             .headers_mut()
             .insert(header::CONTENT_DISPOSITION, v);
-    }
-    if range.is_some() {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        response.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).expect("ASCII"),
-        );
     }
     Ok(response)
 }

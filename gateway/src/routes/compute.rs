@@ -10,7 +10,7 @@ use axum::Form;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::{FormRejection, JsonRejection};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use insitu_runtime::Status;
@@ -613,32 +613,11 @@ pub(crate) async fn download(
     let file = opened.map_err(read_err)?;
     let len = file.metadata().await.map_err(read_err)?.len();
     // One `Range: bytes=…` resumes an interrupted download (206).
-    let range = super::access::byte_range(&headers, len)?;
-    let (first, last) = range.unwrap_or((0, len.saturating_sub(1)));
-    let count = if len == 0 { 0 } else { last - first + 1 };
+    let part = super::access::Part::of(&headers, len)?;
     let body = axum::body::Body::from_stream(super::access::read_ahead(
         file.into_std().await,
-        first,
-        count,
+        part.first,
+        part.count,
     ));
-    let mut response = (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (header::CONTENT_LENGTH, HeaderValue::from(count)),
-            (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
-        ],
-        body,
-    )
-        .into_response();
-    if range.is_some() {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        response.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).expect("ASCII"),
-        );
-    }
-    Ok(response)
+    Ok(part.response(body))
 }

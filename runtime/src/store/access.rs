@@ -8,7 +8,7 @@
 //! Access agreements live beside compute agreements (same id space: `0x` +
 //! 64 hex) in their own table: they name a dataset and no workflow.
 
-use super::{Store, now_ms, parse_address, random_hex32};
+use super::{AssetKind, Store, now_ms, parse_address, random_hex32};
 use crate::Error;
 use crate::workflow::Did;
 use rusqlite::{OptionalExtension, params};
@@ -213,13 +213,14 @@ impl Store {
     /// for an index it does not list, or a file gone or moved outside the
     /// dataset since it was registered.
     pub fn dataset_file(&self, did: &Did, index: u64) -> Result<(PathBuf, String), Error> {
-        let dataset = self.dataset(did)?;
-        if !dataset.access {
+        // One read of the DDO on the download path.
+        let ddo = self.expect_kind(did, AssetKind::Dataset)?;
+        if !offers_access(&ddo) {
             return Err(Error::Denied(format!(
                 "dataset {did} is not offered for download (it was registered without --access)"
             )));
         }
-        let (_, ddo) = self.ddo(did)?;
+        let root = PathBuf::from(self.asset_path(did)?);
         let files = ddo
             .pointer("/service/0/attributes/main/files")
             .and_then(Value::as_array)
@@ -242,10 +243,10 @@ impl Store {
             id: format!("{did}/{name} ({why})"),
             hint: "; the provider changed the dataset after registering it",
         };
-        let path = dataset.path.join(name);
+        let path = root.join(name);
         // A directory on the way replaced by a link must not lead out.
         let real = std::fs::canonicalize(&path).map_err(|_| gone("missing"))?;
-        if !real.starts_with(&dataset.path) {
+        if !real.starts_with(&root) {
             return Err(gone("now outside the dataset"));
         }
         Ok((real, name.to_string()))

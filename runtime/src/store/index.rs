@@ -16,6 +16,50 @@ use super::{Search, Sort};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
+/// A query's filters, prepared once (lowercased, coded) for every document.
+struct Filter<'a> {
+    viewer: String,
+    kind: Option<u8>,
+    owner: Option<String>,
+    /// Service bit (see [`Doc::services`]); 0 when none is asked for.
+    service: u8,
+    q: &'a Search,
+}
+
+impl<'a> Filter<'a> {
+    fn new(q: &'a Search) -> Filter<'a> {
+        Filter {
+            viewer: q.viewer.clone().unwrap_or_default().to_ascii_lowercase(),
+            kind: q.kind.as_deref().map(kind_code),
+            owner: q.owner.as_ref().map(|o| o.to_ascii_lowercase()),
+            service: match q.service.as_deref() {
+                Some("compute") => 1,
+                Some("access") => 2,
+                Some(_) => 4, // no document offers it
+                None => 0,
+            },
+            q,
+        }
+    }
+
+    /// Whether `d` passes: results only to their owner, then each filter.
+    fn admits(&self, d: &Doc) -> bool {
+        (d.kind != 3 || d.owner == self.viewer)
+            && self.kind.is_none_or(|k| d.kind == k)
+            && self.owner.as_ref().is_none_or(|o| d.owner == *o)
+            && (self.service == 0 || d.services & self.service != 0)
+            && self.q.tags.iter().all(|t| d.tags.contains(t))
+            && self
+                .q
+                .price_min
+                .is_none_or(|min| d.price.is_some_and(|p| p >= min))
+            && self
+                .q
+                .price_max
+                .is_none_or(|max| d.price.is_some_and(|p| p <= max))
+    }
+}
+
 /// Fields in scoring order: name, description, tags, author.
 const FIELDS: usize = 4;
 const WEIGHTS: [f64; FIELDS] = [10.0, 1.0, 5.0, 3.0];
@@ -208,53 +252,13 @@ impl Index {
             .collect()
     }
 
-    fn visible(&self, d: &Doc, q: &Search, viewer: &str) -> bool {
-        if d.kind == 3 && d.owner != viewer {
-            return false;
-        }
-        if let Some(k) = &q.kind
-            && d.kind != kind_code(k)
-        {
-            return false;
-        }
-        if let Some(o) = &q.owner
-            && d.owner != o.to_ascii_lowercase()
-        {
-            return false;
-        }
-        if let Some(s) = &q.service {
-            let bit = match s.as_str() {
-                "compute" => 1,
-                "access" => 2,
-                _ => 0,
-            };
-            if d.services & bit == 0 {
-                return false;
-            }
-        }
-        if q.tags.iter().any(|t| !d.tags.contains(t)) {
-            return false;
-        }
-        if let Some(min) = q.price_min
-            && !d.price.is_some_and(|p| p >= min)
-        {
-            return false;
-        }
-        if let Some(max) = q.price_max
-            && !d.price.is_some_and(|p| p <= max)
-        {
-            return false;
-        }
-        true
-    }
-
     /// One page of `q`: the DIDs in order, and the number of matches.
     pub(super) fn search(&self, q: &Search) -> (Vec<String>, u64) {
         let words: Vec<String> = tokens(&q.text).take(16).collect();
         if words.is_empty() && !q.text.trim().is_empty() {
             return (Vec::new(), 0); // only punctuation: nothing matches it
         }
-        let viewer = q.viewer.clone().unwrap_or_default().to_ascii_lowercase();
+        let filter = Filter::new(q);
         // (doc, score) of the matches, in document order.
         let matches: Vec<(u32, f64)> = if words.is_empty() {
             (0..self.docs.len() as u32).map(|d| (d, 0.0)).collect()
@@ -280,7 +284,7 @@ impl Index {
         let exact_name = q.text.trim().to_lowercase();
         let mut hits: Vec<(u32, f64, bool)> = matches
             .into_iter()
-            .filter(|(d, _)| self.visible(&self.docs[*d as usize], q, &viewer))
+            .filter(|(d, _)| filter.admits(&self.docs[*d as usize]))
             .map(|(d, s)| {
                 let exact = !words.is_empty() && self.docs[d as usize].name_lower == exact_name;
                 (d, s, exact)
