@@ -62,11 +62,14 @@ pub fn http() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run())
+    for dir in crate::bench_dirs() {
+        rt.block_on(run(&dir))?;
+    }
+    Ok(())
 }
 
-async fn run() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
+async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir_in(dir)?;
     let artifact = package::wasm_artifact(insitu_tests::WORD_COUNT_P1)?;
     package::write_layout(&tmp.path().join("layout"), "wc", &artifact)?;
     let mut config = ServeConfig::new(tmp.path().join("data"));
@@ -117,7 +120,19 @@ async fn run() -> anyhow::Result<()> {
         .token(&client.c.claims(&client.agreement, &client.workflow, None))
         .await?;
     let client = Arc::new(client);
-    println!("data dir {} ({} workers)", tmp.path().display(), workers);
+    println!(
+        "data dir {} on {} ({} workers){}",
+        tmp.path().display(),
+        crate::fs_type(tmp.path()),
+        workers,
+        if std::env::var("INSITU_SQLITE_SYNCHRONOUS")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("normal"))
+        {
+            ", SQLite synchronous=NORMAL (no fsync: not durable)"
+        } else {
+            ""
+        }
+    );
 
     for _ in 0..50 {
         client.execute(Duration::ZERO).await?;
@@ -186,6 +201,7 @@ async fn run() -> anyhow::Result<()> {
             .unwrap_or(5),
     );
     let window = Duration::from_secs(5);
+    let writes = gateway.store.write_stats();
     let completed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -210,12 +226,22 @@ async fn run() -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let n = completed.load(Ordering::Relaxed);
+    let w = gateway.store.write_stats();
     println!(
         "{clients} clients polling status every {} ms, {:.1} s: {n} executions succeeded, {:.0} executions/s ({} answered 429)",
         poll.as_millis(),
         secs,
         n as f64 / secs,
         refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "{}",
+        crate::group_commit(
+            n,
+            w.writes - writes.writes,
+            w.commits - writes.commits,
+            w.syncs - writes.syncs
+        )
     );
     println!(
         "anchors: one `wasmtime run` process per job 6.0 ms warm here (insitu-bench cli; ~8 ms in DESIGN §6); Nevermined's published Argo sample workflow 17 s"

@@ -48,6 +48,13 @@ struct Tally {
 }
 
 pub fn load() -> anyhow::Result<()> {
+    for dir in crate::bench_dirs() {
+        load_in(&dir)?;
+    }
+    Ok(())
+}
+
+fn load_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let consumers = env("INSITU_LOAD_CONSUMERS", 32) as usize;
     let seconds = env("INSITU_LOAD_SECONDS", 30);
     println!("## load: {consumers} consumers, {seconds} s, one `insitu serve` process");
@@ -61,7 +68,12 @@ pub fn load() -> anyhow::Result<()> {
             bin.display()
         );
     }
-    let tmp = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir_in(dir)?;
+    println!(
+        "data dir {} on {}",
+        tmp.path().display(),
+        crate::fs_type(tmp.path())
+    );
     let (data, layout, input) = (
         tmp.path().join("data"),
         tmp.path().join("layout"),
@@ -144,6 +156,26 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tally = Arc::new(Tally::default());
+    let metrics = || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let counter = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        anyhow::Ok([
+            counter("insitu_store_writes_total"),
+            counter("insitu_store_commits_total"),
+            counter("insitu_store_syncs_total"),
+        ])
+    };
+    let before = metrics().await?;
     let start = Instant::now();
     let window = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -242,6 +274,16 @@ async fn drive(
         }
     };
     let done = tally.done.load(Ordering::Relaxed);
+    let after = metrics().await?;
+    println!(
+        "{}",
+        crate::group_commit(
+            done,
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2]
+        )
+    );
     println!(
         "{done} executions succeeded in {secs:.1} s: {:.0}/s; execute → succeeded p50 {} p99 {} p999 {}; errors {}; 429 {}",
         done as f64 / secs,

@@ -99,6 +99,38 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where `http` and `load` put their data dirs: `INSITU_BENCH_DIRS`
+/// (colon-separated, e.g. `/tmp:/dev/shm` for disk and tmpfs side by side in
+/// one run), else the temporary directory (`TMPDIR`).
+fn bench_dirs() -> Vec<std::path::PathBuf> {
+    match std::env::var("INSITU_BENCH_DIRS") {
+        Ok(v) if !v.is_empty() => v.split(':').map(Into::into).collect(),
+        _ => vec![std::env::temp_dir()],
+    }
+}
+
+/// The filesystem type of `path` (`stat -f`), e.g. `ext2/ext3` or `tmpfs`.
+fn fs_type(path: &std::path::Path) -> String {
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line on the store's group commit over `executions`.
+fn group_commit(executions: u64, writes: u64, commits: u64, syncs: u64) -> String {
+    let per = |n: u64| n as f64 / executions.max(1) as f64;
+    format!(
+        "group commit: {writes} writes in {commits} commits ({:.1} per commit), {syncs} syncfs; fsyncs per execution {:.3} (commits {:.3} + syncfs {:.3})",
+        writes as f64 / commits.max(1) as f64,
+        per(commits + syncs),
+        per(commits),
+        per(syncs)
+    )
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -1270,6 +1270,237 @@ async fn kill_9_at_any_point_leaves_consistent_state() {
     store.check_integrity().unwrap();
 }
 
+/// Group commit under a kill -9 (issue #17): the data dir on a real disk (not
+/// tmpfs), 16 consumers executing at once so many executions share each
+/// commit. Whatever a consumer was answered before the kill — an execution's
+/// id, a status, a result — is on disk after the restart: no acknowledged
+/// execution is missing, none is behind the status its consumer saw, and
+/// every result seen `succeeded` downloads intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_on_a_real_disk_keeps_every_acknowledged_change() {
+    use insitu_gateway::client::Consumer;
+    use insitu_runtime::image::package;
+    use insitu_runtime::receipt::ProviderKey;
+    use insitu_runtime::store::Store;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(root).unwrap();
+    let tmp = tempfile::tempdir_in(root).unwrap();
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
+    assert!(
+        fs != "tmpfs" && fs != "ramfs",
+        "{} is on {fs}: this test needs a real disk (CARGO_TARGET_TMPDIR on one)",
+        tmp.path().display()
+    );
+    let (data, layout, input) = (
+        tmp.path().join("data"),
+        tmp.path().join("layout"),
+        tmp.path().join("books"),
+    );
+    let wc = package::wasm_artifact(insitu_tests::WORD_COUNT_P1).unwrap();
+    package::write_layout(&layout, "wc", &wc).unwrap();
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "one two two three three three\n").unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let consumer = ProviderKey::random();
+    let (agreement, workflow) = {
+        let store = Store::open(data.join("insitu.db")).unwrap();
+        let ds = store
+            .add_dataset(
+                "books",
+                &input,
+                std::slice::from_ref(&wc.manifest_digest),
+                86_400,
+            )
+            .unwrap();
+        let wf = store
+            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": wc.manifest_digest}},
+                 "input": [{"index": 0, "id": ds}]}]}}}))
+            .unwrap();
+        (
+            store.grant(&consumer.address(), &ds, &wf, 86_400).unwrap(),
+            wf.to_string(),
+        )
+    };
+    let serve = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args([
+                "serve",
+                "--workers",
+                "2",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--layout")
+            .arg(&layout)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    let up = |c: Consumer| {
+        let (agreement, workflow) = (agreement.clone(), workflow.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                match c.token(&c.claims(&agreement, &workflow, None)).await {
+                    Ok(t) => return t,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("the server did not come up: {e}"),
+                }
+            }
+        }
+    };
+    // Execution id → the last status its consumer was answered.
+    let seen: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let (mut writes, mut commits) = (0u64, 0u64);
+    for round in 0..3u64 {
+        let (mut child, base) = serve();
+        let c = Consumer::new(base.clone(), consumer.clone());
+        let token = up(c.clone()).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, token, seen, stop) = (c.clone(), token.clone(), seen.clone(), stop.clone());
+                let (agreement, workflow) = (agreement.clone(), workflow.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let Ok(id) = c.execute(&token, &agreement, &workflow).await else {
+                            return;
+                        };
+                        seen.lock().unwrap().insert(id.clone(), "pending".into());
+                        let Ok(t) = c.token(&c.claims(&agreement, &workflow, Some(&id))).await
+                        else {
+                            return;
+                        };
+                        loop {
+                            let Ok(s) = c.get(&t, &format!("status/{id}")).await else {
+                                return;
+                            };
+                            let status =
+                                s["workflowStatus"]["status"].as_str().unwrap().to_string();
+                            seen.lock().unwrap().insert(id.clone(), status.clone());
+                            if ["succeeded", "failed", "stopped"].contains(&status.as_str()) {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(1500 + 400 * round)).await;
+        if let Ok(r) = reqwest::get(format!("{base}/metrics")).await
+            && let Ok(text) = r.text().await
+        {
+            let counter = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            writes += counter("insitu_store_writes_total");
+            commits += counter("insitu_store_commits_total");
+        }
+        child.kill().unwrap(); // SIGKILL, with requests in flight
+        child.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in clients {
+            t.await.unwrap();
+        }
+    }
+    eprintln!("group commit before the kills: {writes} writes in {commits} commits");
+    assert!(
+        commits > 0 && writes > commits,
+        "executions shared commits: {writes} writes in {commits} commits"
+    );
+    let (mut child, base) = serve();
+    let c = Consumer::new(base, consumer.clone());
+    up(c.clone()).await;
+    let rank = |s: &str| {
+        ["pending", "configuring", "running", "publishing"]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or(4)
+    };
+    let seen = seen.lock().unwrap().clone();
+    let mut tally = std::collections::BTreeMap::<String, usize>::new();
+    for (id, before) in &seen {
+        let token = c
+            .token(&c.claims(&agreement, &workflow, Some(id)))
+            .await
+            .unwrap();
+        let s = c
+            .get(&token, &format!("status/{id}"))
+            .await
+            .unwrap_or_else(|e| panic!("{id}, answered {before} before the kill, is gone: {e}"));
+        let after = s["workflowStatus"]["status"].as_str().unwrap();
+        let reason = s["execution"]["reason"].as_str().unwrap_or_default();
+        if rank(before) == 4 {
+            assert_eq!(after, before, "{id} was {before} before the kill: {s}");
+        }
+        match after {
+            "succeeded" => {
+                let results = c.get(&token, &format!("results/{id}")).await.unwrap();
+                let files = results["files"].as_array().unwrap();
+                assert!(!files.is_empty(), "{id}: {results}");
+                for f in files {
+                    let bytes = c
+                        .download(&token, id, f["path"].as_str().unwrap())
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        format!("sha256:{}", insitu_tests::sha256_hex(&bytes)),
+                        f["sha256"].as_str().unwrap(),
+                        "{id}: {} intact",
+                        f["path"]
+                    );
+                }
+            }
+            "failed" => {
+                let cut = reason
+                    .strip_prefix("insitu stopped while the execution was ")
+                    .and_then(|r| r.split(';').next())
+                    .unwrap_or_else(|| panic!("{id}: unexpected failure: {reason}"));
+                assert!(
+                    rank(cut) >= rank(before),
+                    "{id} was {before} before the kill but is stored as cut while {cut}"
+                );
+            }
+            other => panic!("{id} is {other} after the restart: {s}"),
+        }
+        *tally.entry(format!("{before} -> {after}")).or_default() += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!("{} executions: {tally:?}", seen.len());
+    assert!(seen.len() > 100, "only {} executions ran", seen.len());
+    assert!(
+        tally.keys().any(|k| !k.starts_with("succeeded")),
+        "some executions were interrupted: {tally:?}"
+    );
+    Store::open(data.join("insitu.db"))
+        .unwrap()
+        .check_integrity()
+        .unwrap();
+}
+
 /// The chain fixture `scripts/setup` builds: (anvil binary, state snapshot,
 /// contract addresses). A missing part fails the test, it never skips it.
 fn chain_fixture() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

@@ -85,6 +85,47 @@ pub struct Pipeline {
     pub backends: Vec<Arc<dyn Backend>>,
 }
 
+/// Status changes queued by [`Pipeline::run`] and not yet known durable.
+#[derive(Default)]
+struct Queued(Vec<crate::store::Ack<Status>>);
+
+impl Queued {
+    fn push(&mut self, ack: crate::store::Ack<Status>) {
+        self.0.push(ack);
+    }
+
+    /// The first refusal among those already answered (e.g. the execution
+    /// was stopped meanwhile); forgets the answered ones.
+    fn check(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        self.0.retain_mut(|ack| match ack.ready() {
+            None => true,
+            Some(r) => {
+                if first.is_ok()
+                    && let Err(e) = r
+                {
+                    first = Err(e);
+                }
+                false
+            }
+        });
+        first
+    }
+
+    /// Waits for every queued change; the first refusal.
+    async fn settle(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        for ack in self.0.drain(..) {
+            if let Err(e) = ack.done().await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
 /// Memos of a [`Pipeline`]; start with `Caches::default()`.
 #[derive(Debug, Default)]
 pub struct Caches {
@@ -235,9 +276,17 @@ impl Pipeline {
         let mut records: Vec<Value> = Vec::new();
         // Stage records not yet persisted: written with the next status change.
         let mut fresh: Option<Value> = None;
+        // Intermediate status changes are queued, not waited for: the
+        // final one is committed with (or after) them.
+        let mut queued = Queued::default();
         for stage in &resolved.stages {
-            self.store
-                .advance(id, Status::Configuring, None, fresh.take().as_ref())?;
+            queued.check()?;
+            queued.push(self.store.advance_ack(
+                id,
+                Status::Configuring,
+                None,
+                fresh.take().as_ref(),
+            ));
             let started = now_ms();
             let (outputs, logs) = (self.outputs(id, stage.index), self.logs(id, stage.index));
             create(&outputs)?;
@@ -258,14 +307,21 @@ impl Pipeline {
                 });
             let (backend, code, image_digest) = match configured {
                 Ok(m) => m,
-                Err(e) => return self.reject(id, stage, started, &e, records),
+                Err(e) => {
+                    queued.settle().await?;
+                    return self.reject(id, stage, started, &e, records);
+                }
             };
             if stop.is_stopped() {
-                self.store
-                    .set_status(id, Status::Stopped, Some("stopped on request"))?;
+                let done =
+                    self.store
+                        .advance_ack(id, Status::Stopped, Some("stopped on request"), None);
+                queued.settle().await?;
+                done.done().await?;
                 return Ok(Status::Stopped);
             }
-            self.store.set_status(id, Status::Running, None)?;
+            queued.check()?;
+            queued.push(self.store.advance_ack(id, Status::Running, None, None));
             let mut inputs: Vec<PathBuf> = stage
                 .inputs
                 .iter()
@@ -310,9 +366,13 @@ impl Pipeline {
             let report = match backend.run(&job, stop).await {
                 Ok(r) => r,
                 Err(e @ Error::Rejected { .. }) => {
+                    queued.settle().await?;
                     return self.reject(id, stage, started, &e, records);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    queued.settle().await?;
+                    return Err(e);
+                }
             };
             let (logs, _) = collect(&job.spec.logs)?;
             records.push(json!({
@@ -338,14 +398,23 @@ impl Pipeline {
                     stage.index,
                     report.error.unwrap_or_default()
                 );
-                self.store
-                    .advance(id, report.status, Some(&why), Some(&Value::Array(records)))?;
+                let done = self.store.advance_ack(
+                    id,
+                    report.status,
+                    Some(&why),
+                    Some(&Value::Array(records)),
+                );
+                queued.settle().await?;
+                done.done().await?;
                 return Ok(report.status);
             }
             fresh = Some(Value::Array(records.clone()));
         }
-        self.store
-            .advance(id, Status::Publishing, None, fresh.take().as_ref())?;
+        queued.check()?;
+        queued.push(
+            self.store
+                .advance_ack(id, Status::Publishing, None, fresh.take().as_ref()),
+        );
         let last = resolved.stages.last().map_or(0, |s| s.index);
         let results = self.outputs(id, last);
         let federated = match &resolved.federated {
@@ -365,7 +434,7 @@ impl Pipeline {
                 }
             }
         }
-        self.publish_result(
+        let (_, done) = self.publish_result(
             id,
             &resolved.agreement,
             &format!("{} result", resolved.workflow.name),
@@ -386,6 +455,8 @@ impl Pipeline {
                 tracing::warn!(path = %dir.display(), error = %e, "cannot remove an intermediate output");
             }
         }
+        queued.settle().await?;
+        done.done().await?;
         Ok(Status::Succeeded)
     }
 }
@@ -400,7 +471,7 @@ impl Pipeline {
     ///
     /// # Errors
     /// [`Error::Io`] writing the files; store errors.
-    pub fn publish_received(
+    pub async fn publish_received(
         &self,
         id: &str,
         agreement: &crate::store::Agreement,
@@ -408,18 +479,18 @@ impl Pipeline {
         files: &[(&str, &[u8])],
         provenance: Value,
     ) -> Result<crate::workflow::Did, Error> {
+        let mut queued = Queued::default();
         for to in [Status::Configuring, Status::Running, Status::Publishing] {
-            self.store.advance(id, to, None, Some(&json!([])))?;
+            queued.push(self.store.advance_ack(id, to, None, Some(&json!([]))));
         }
         let results = self.outputs(id, 0);
         create(&results)?;
         for (file, bytes) in files {
+            // Made durable by the publication's sync.
             let path = results.join(file);
-            std::fs::write(&path, bytes)
-                .and_then(|()| std::fs::File::open(&path)?.sync_all())
-                .map_err(|e| Error::io("write", &path, e))?;
+            std::fs::write(&path, bytes).map_err(|e| Error::io("write", &path, e))?;
         }
-        self.publish_result(
+        let (did, done) = self.publish_result(
             id,
             agreement,
             name,
@@ -431,13 +502,16 @@ impl Pipeline {
                 deterministic: false,
                 federated: Some(provenance),
             },
-        )
+        )?;
+        queued.settle().await?;
+        done.done().await?;
+        Ok(did)
     }
 
     /// Registers the files in `results` as execution `id`'s result (it is
     /// `publishing`), owned by the agreement's consumer, with `provenance`
     /// in its DDO and a signed receipt; ends the execution `succeeded`.
-    /// Returns the result's DID.
+    /// Returns the result's DID and the ack of its (queued) publication.
     fn publish_result(
         &self,
         id: &str,
@@ -445,7 +519,7 @@ impl Pipeline {
         name: &str,
         results: &Path,
         provenance: Provenance,
-    ) -> Result<crate::workflow::Did, Error> {
+    ) -> Result<(crate::workflow::Did, crate::store::Ack<()>), Error> {
         let (files, skipped) = collect(results)?;
         let mut main = json!({
             "type": "result",
@@ -482,8 +556,10 @@ impl Pipeline {
             body["federated"] = fl;
         }
         let receipt = receipt::sign(&self.key, body)?;
-        self.store.publish(id, &result, &main, results, &receipt)?;
-        Ok(result)
+        let done = self
+            .store
+            .publish_ack(id, &result, &main, results, &receipt)?;
+        Ok((result, done))
     }
 
     /// The directory a federated round's update is kept in until it is masked.

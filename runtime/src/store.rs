@@ -6,11 +6,19 @@
 //! its own column and never appears in a DDO. Every status change goes through
 //! [`Status::transition`] inside a transaction. When the store is opened, any
 //! execution left non-terminal by a crash is marked `failed` with the reason.
+//!
+//! Executions' state changes, results and used signatures are written by one
+//! thread that commits many callers' changes together (group commit, see
+//! `writer`): each caller is answered once its change is durable, and no
+//! reader sees a change before it is. The `*_ack` methods queue a change and
+//! return at once with an [`Ack`] to await; the others block until it is
+//! durable. Catalog and agreement writes go straight to SQLite.
 
 use crate::Error;
 
 mod access;
 mod index;
+mod writer;
 use crate::outcome::Status;
 use crate::workflow::{Did, Workflow};
 pub use access::{AccessAgreement, Download};
@@ -19,6 +27,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+pub use writer::{Ack, MAX_BATCH, WriteStats};
 
 /// Kinds of catalog entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -278,6 +287,8 @@ pub struct Execution {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Executions' state changes, results and used signatures: group commit.
+    writer: writer::Writer,
     /// The catalog's search index, caught up on every search.
     index: Mutex<index::Index>,
 }
@@ -294,29 +305,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// 32 random bytes as lowercase hex.
-/// Why a transition inside a transaction failed.
-enum TxError {
-    Sql(rusqlite::Error),
-    Runtime(Error),
-}
-
-/// Reads execution `id`'s status inside `tx` and checks the move to `to`.
-fn transition_in(tx: &rusqlite::Transaction<'_>, id: &str, to: Status) -> Result<Status, TxError> {
-    let from: Option<String> = tx
+/// Reads execution `id`'s status on `conn` (inside the writer's
+/// transaction) and checks the move to `to`.
+fn transition_in(conn: &Connection, path: &Path, id: &str, to: Status) -> Result<Status, Error> {
+    let from: Option<String> = conn
         .prepare_cached("SELECT status FROM executions WHERE id = ?1")
         .and_then(|mut st| st.query_row(params![id], |r| r.get(0)).optional())
-        .map_err(TxError::Sql)?;
-    let from = status_from(&from.ok_or_else(|| {
-        TxError::Runtime(Error::NotFound {
-            what: "execution",
-            id: id.to_string(),
-            hint: "",
-        })
+        .map_err(|e| writer::sql_error(path, &e))?;
+    let from = status_from(&from.ok_or_else(|| Error::NotFound {
+        what: "execution",
+        id: id.to_string(),
+        hint: "",
     })?);
-    from.transition(to).map_err(TxError::Runtime)
+    from.transition(to)
 }
 
+/// 32 random bytes as lowercase hex.
 fn random_hex32() -> Result<String, Error> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
@@ -434,8 +438,18 @@ impl Store {
             path: path.clone(),
             reason: err.to_string(),
         };
+        // INSITU_SQLITE_SYNCHRONOUS=normal (benchmarks only): commits are not
+        // synced and results not flushed, so a power loss can lose the last
+        // ones — SQLite's WAL default, measured as the bound of durability's cost.
+        let durable = !std::env::var("INSITU_SQLITE_SYNCHRONOUS")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("normal"));
+        let pragmas = format!(
+            "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            if durable { "FULL" } else { "NORMAL" }
+        );
         let conn = Connection::open(&path).map_err(e)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .and_then(|()| conn.execute_batch(&pragmas))
             .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
         // Databases whose catalog was searched with SQLite FTS5 (the index is
@@ -454,9 +468,18 @@ impl Store {
             conn.execute_batch("ALTER TABLE executions ADD COLUMN settlement TEXT")
                 .map_err(e)?;
         }
+        // The writer's own connection (see `writer`): same settings.
+        let wconn = Connection::open(&path).map_err(e)?;
+        wconn.execute_batch(&pragmas).map_err(e)?;
+        let writer =
+            writer::Writer::start(wconn, path.clone(), durable).map_err(|err| Error::Store {
+                path: path.clone(),
+                reason: format!("cannot start the writer thread: {err}"),
+            })?;
         let store = Store {
             path,
             conn: Mutex::new(conn),
+            writer,
             index: Mutex::default(),
         };
         Ok(store)
@@ -466,24 +489,13 @@ impl Store {
         &self.path
     }
 
-    fn wrap(&self, e: TxError) -> Error {
-        match e {
-            TxError::Sql(e) => self.err(e),
-            TxError::Runtime(e) => e,
-        }
+    fn err(&self, e: rusqlite::Error) -> Error {
+        writer::sql_error(&self.path, &e)
     }
 
-    fn err(&self, e: rusqlite::Error) -> Error {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            return Error::DiskFull {
-                action: "write the database".into(),
-                path: self.path.clone(),
-            };
-        }
-        Error::Store {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+    /// What the group-commit writer has done since the store was opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.stats()
     }
 
     /// SQLite's `PRAGMA integrity_check` of the whole database.
@@ -1203,24 +1215,59 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new `pending` execution; returns its id.
+    /// Records a new `pending` execution; returns its id once it is durable.
     ///
     /// # Errors
     /// [`Error::Store`] (including an unknown agreement).
     pub fn create_execution(&self, agreement: &Agreement) -> Result<String, Error> {
-        let id = format!("nv-{}", &random_hex32()?[..32]);
-        let now = now_ms() as i64;
-        self.conn()
-            .execute(
-                "INSERT INTO executions (id, agreement, consumer, workflow, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-                params![id, agreement.id, agreement.consumer, agreement.workflow.as_str(), now],
-            )
-            .map_err(|e| self.err(e))?;
+        let (id, work) = Self::new_execution(agreement)?;
+        self.writer.run(None, work)?;
         Ok(id)
     }
 
+    /// [`Store::create_execution`] without blocking: the [`Ack`] answers
+    /// the id once it is durable.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] when the OS has no randomness; the ack: as
+    /// [`Store::create_execution`].
+    pub fn create_execution_ack(&self, agreement: &Agreement) -> Result<Ack<String>, Error> {
+        let (id, work) = Self::new_execution(agreement)?;
+        Ok(self
+            .writer
+            .submit(None, move |conn, path| work(conn, path).map(|()| id)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn new_execution(
+        agreement: &Agreement,
+    ) -> Result<
+        (
+            String,
+            impl FnOnce(&Connection, &Path) -> Result<(), Error> + Send + 'static,
+        ),
+        Error,
+    > {
+        let id = format!("nv-{}", &random_hex32()?[..32]);
+        let (eid, a, consumer, wf) = (
+            id.clone(),
+            agreement.id.clone(),
+            agreement.consumer.clone(),
+            agreement.workflow.as_str().to_string(),
+        );
+        let now = now_ms() as i64;
+        Ok((id, move |conn: &Connection, path: &Path| {
+            conn.prepare_cached(
+                "INSERT INTO executions (id, agreement, consumer, workflow, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![eid, a, consumer, wf, now]))
+            .map_err(|e| writer::sql_error(path, &e))?;
+            Ok(())
+        }))
+    }
+
     /// Moves execution `id` to `to` if [`Status::transition`] allows it,
-    /// atomically; `reason` is kept for failures and stops.
+    /// atomically and durably; `reason` is kept for failures and stops.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::Transition`], [`Error::Store`].
@@ -1240,24 +1287,45 @@ impl Store {
         reason: Option<&str>,
         stages: Option<&Value>,
     ) -> Result<Status, Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let to = transition_in(&tx, id, to).map_err(|e| self.wrap(e))?;
-        tx.prepare_cached(
-            "UPDATE executions SET status = ?2, reason = COALESCE(?3, reason), stages = COALESCE(?4, stages), updated_at = ?5 WHERE id = ?1",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                id,
-                to.as_str(),
-                reason,
-                stages.map(Value::to_string),
-                now_ms() as i64
-            ])
-        })
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(to)
+        self.writer
+            .run(None, Self::advance_work(id, to, reason, stages))
+    }
+
+    /// [`Store::advance`] without blocking: the [`Ack`] answers once the
+    /// change is durable or refused. Changes submitted by one thread are
+    /// applied in the order submitted.
+    pub fn advance_ack(
+        &self,
+        id: &str,
+        to: Status,
+        reason: Option<&str>,
+        stages: Option<&Value>,
+    ) -> Ack<Status> {
+        self.writer
+            .submit(None, Self::advance_work(id, to, reason, stages))
+    }
+
+    fn advance_work(
+        id: &str,
+        to: Status,
+        reason: Option<&str>,
+        stages: Option<&Value>,
+    ) -> impl FnOnce(&Connection, &Path) -> Result<Status, Error> + Send + 'static {
+        let (id, reason, stages) = (
+            id.to_string(),
+            reason.map(str::to_string),
+            stages.map(Value::to_string),
+        );
+        let now = now_ms() as i64;
+        move |conn: &Connection, path: &Path| {
+            let to = transition_in(conn, path, &id, to)?;
+            conn.prepare_cached(
+                "UPDATE executions SET status = ?2, reason = COALESCE(?3, reason), stages = COALESCE(?4, stages), updated_at = ?5 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, to.as_str(), reason, stages, now]))
+            .map_err(|e| writer::sql_error(path, &e))?;
+            Ok(to)
+        }
     }
 
     /// A fresh DID for a result asset (registered by [`Store::publish`]).
@@ -1270,8 +1338,9 @@ impl Store {
 
     /// Ends execution `id` (`publishing`) as `succeeded` in one transaction:
     /// registers its result asset `did` (files at `path`, metadata
-    /// `ddo_main`), links it, and stores the signed `receipt`. A crash leaves
-    /// either all of it or none.
+    /// `ddo_main`), links it, and stores the signed `receipt`. The files at
+    /// `path` are made durable (`syncfs` of their filesystem, shared by the
+    /// batch) before the commit. A crash leaves either all of it or none.
     ///
     /// # Errors
     /// [`Error::Transition`] unless the execution is `publishing`; [`Error::Store`].
@@ -1283,6 +1352,36 @@ impl Store {
         path: &Path,
         receipt: &crate::receipt::Receipt,
     ) -> Result<(), Error> {
+        let work = self.publish_work(id, did, ddo_main, path, receipt)?;
+        self.writer.run(Some(path.to_path_buf()), work)
+    }
+
+    /// [`Store::publish`] without blocking: the [`Ack`] answers once the
+    /// result is durable or refused.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the receipt cannot be encoded; the ack: as
+    /// [`Store::publish`].
+    pub fn publish_ack(
+        &self,
+        id: &str,
+        did: &Did,
+        ddo_main: &Value,
+        path: &Path,
+        receipt: &crate::receipt::Receipt,
+    ) -> Result<Ack<()>, Error> {
+        let work = self.publish_work(id, did, ddo_main, path, receipt)?;
+        Ok(self.writer.submit(Some(path.to_path_buf()), work))
+    }
+
+    fn publish_work(
+        &self,
+        id: &str,
+        did: &Did,
+        ddo_main: &Value,
+        path: &Path,
+        receipt: &crate::receipt::Receipt,
+    ) -> Result<impl FnOnce(&Connection, &Path) -> Result<(), Error> + Send + 'static, Error> {
         let ddo = json!({
             "@context": "https://w3id.org/did/v1",
             "id": did,
@@ -1293,29 +1392,29 @@ impl Store {
             reason: e.to_string(),
         })?;
         let now = now_ms() as i64;
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        transition_in(&tx, id, Status::Succeeded).map_err(|e| self.wrap(e))?;
-        tx.prepare_cached(
-            "INSERT INTO assets (did, kind, ddo, path, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                did.as_str(),
-                AssetKind::Result.as_str(),
-                ddo.to_string(),
-                path.display().to_string(),
-                now
-            ])
+        let (id, did, ddo, files) = (
+            id.to_string(),
+            did.as_str().to_string(),
+            ddo.to_string(),
+            path.display().to_string(),
+        );
+        Ok(move |conn: &Connection, path: &Path| {
+            transition_in(conn, path, &id, Status::Succeeded)?;
+            let sql = |e: rusqlite::Error| writer::sql_error(path, &e);
+            conn.prepare_cached(
+                "INSERT INTO assets (did, kind, ddo, path, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![did, AssetKind::Result.as_str(), ddo, files, now])
+            })
+            .map_err(sql)?;
+            conn.prepare_cached(
+                "UPDATE executions SET status = 'succeeded', result = ?2, receipt = ?3, updated_at = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, did, receipt, now]))
+            .map_err(sql)?;
+            Ok(())
         })
-        .map_err(|e| self.err(e))?;
-        tx.prepare_cached(
-            "UPDATE executions SET status = 'succeeded', result = ?2, receipt = ?3, updated_at = ?4 WHERE id = ?1",
-        )
-        .and_then(|mut st| st.execute(params![id, did.as_str(), receipt, now]))
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(())
     }
 
     /// Marks a signed request (by a sha256 `digest` of what was signed) as
@@ -1325,17 +1424,20 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn use_signature(&self, digest: &str, now: u64, expires_at: u64) -> Result<bool, Error> {
-        let conn = self.conn();
-        conn.prepare_cached("DELETE FROM used_signatures WHERE expires_at < ?1")
-            .and_then(|mut st| st.execute(params![now as i64]))
-            .map_err(|e| self.err(e))?;
-        let added = conn
-            .prepare_cached(
-                "INSERT INTO used_signatures (digest, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut st| st.execute(params![digest, expires_at as i64]))
-            .map_err(|e| self.err(e))?;
-        Ok(added == 1)
+        let digest = digest.to_string();
+        self.writer.run(None, move |conn, path| {
+            let sql = |e: rusqlite::Error| writer::sql_error(path, &e);
+            conn.prepare_cached("DELETE FROM used_signatures WHERE expires_at < ?1")
+                .and_then(|mut st| st.execute(params![now as i64]))
+                .map_err(sql)?;
+            let added = conn
+                .prepare_cached(
+                    "INSERT INTO used_signatures (digest, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )
+                .and_then(|mut st| st.execute(params![digest, expires_at as i64]))
+                .map_err(sql)?;
+            Ok(added == 1)
+        })
     }
 
     /// Records what settling execution `id` on-chain did.
@@ -1343,13 +1445,15 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn set_settlement(&self, id: &str, settlement: &Value) -> Result<(), Error> {
-        self.conn()
-            .execute(
+        let (id, settlement, now) = (id.to_string(), settlement.to_string(), now_ms() as i64);
+        self.writer.run(None, move |conn, path| {
+            conn.prepare_cached(
                 "UPDATE executions SET settlement = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, settlement.to_string(), now_ms() as i64],
             )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+            .and_then(|mut st| st.execute(params![id, settlement, now]))
+            .map_err(|e| writer::sql_error(path, &e))?;
+            Ok(())
+        })
     }
 
     /// Succeeded executions whose settlement is still pending.
@@ -1570,6 +1674,76 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM used_signatures", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn concurrent_writes_share_commits_and_a_refusal_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let db = dir.path().join("insitu.db");
+        let store = Store::open(&db).unwrap();
+        let ds = store
+            .add_dataset("weather", &data, &[SUM.into()], 3600)
+            .unwrap();
+        let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
+        let a = store
+            .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
+            .unwrap();
+        // 8 threads, each waiting for every change to be durable before the next.
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..50)
+                            .map(|_| {
+                                let e = store.create_execution(&a).unwrap();
+                                store.set_status(&e, Status::Configuring, None).unwrap();
+                                store.set_status(&e, Status::Failed, Some("done")).unwrap();
+                                e
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let w = store.write_stats();
+        assert_eq!(w.writes, 8 * 50 * 3);
+        assert!(
+            w.commits < w.writes,
+            "concurrent writers share commits: {w:?}"
+        );
+        // Queued together: the refused change (pending → succeeded) is rolled
+        // back alone, the ones around it commit.
+        let (e1, e2) = (
+            store.create_execution(&a).unwrap(),
+            store.create_execution(&a).unwrap(),
+        );
+        let before = store.advance_ack(&e1, Status::Configuring, None, None);
+        let refused = store.advance_ack(&e2, Status::Succeeded, None, None);
+        let after = store.advance_ack(&e2, Status::Configuring, None, None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(before.done().await.unwrap(), Status::Configuring);
+            let e = refused.done().await.unwrap_err();
+            assert!(matches!(e, Error::Transition { .. }), "{e}");
+            assert_eq!(after.done().await.unwrap(), Status::Configuring);
+        });
+        // Everything acknowledged is there after a restart.
+        drop(store);
+        let store = Store::open(&db).unwrap();
+        for id in &ids {
+            assert_eq!(store.execution(id).unwrap().status, Status::Failed);
+        }
+        assert_eq!(store.execution(&e1).unwrap().status, Status::Configuring);
+        assert_eq!(store.execution(&e2).unwrap().status, Status::Configuring);
+        store.integrity_check().unwrap();
     }
 
     #[test]

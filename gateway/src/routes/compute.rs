@@ -94,7 +94,7 @@ pub(crate) async fn start_with(
         .await?;
     let mut resolved = resolve(&g.store, &agreement, now())?;
     let permit = g.queue.try_reserve().map_err(|_| ApiError::Busy)?;
-    let id = g.store.create_execution(&agreement)?;
+    let id = g.store.create_execution_ack(&agreement)?.done().await?;
     if let Err(e) = prepare(&id, &mut resolved) {
         let _ = g.store.set_status(
             &id,

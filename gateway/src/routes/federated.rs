@@ -524,7 +524,7 @@ pub(crate) async fn publish(
         "job": job, "plan": body.plan, "rounds": body.rounds, "model": digest,
         "checked_here": checked,
     });
-    let id = g.store.create_execution(&agreement)?;
+    let id = g.store.create_execution_ack(&agreement)?.done().await?;
     let published = g
         .pipeline
         .publish_received(
@@ -534,6 +534,7 @@ pub(crate) async fn publish(
             &[("model.f64", &model)],
             provenance,
         )
+        .await
         .inspect_err(|e| {
             let _ = g
                 .store

@@ -48,6 +48,28 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
         "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",
         g.active.load(Ordering::Relaxed)
     ));
+    let w = g.store.write_stats();
+    for (name, help, n) in [
+        (
+            "insitu_store_writes_total",
+            "State changes, results and used signatures written durably (group commit).",
+            w.writes,
+        ),
+        (
+            "insitu_store_commits_total",
+            "Database commits, each one fsync of the WAL, shared by the writes of a group.",
+            w.commits,
+        ),
+        (
+            "insitu_store_syncs_total",
+            "syncfs(2) calls that made published results durable, one per group.",
+            w.syncs,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}\n"
+        ));
+    }
     out.push_str("# HELP insitu_fl_steps_total Federated round steps this provider took as a participant.\n# TYPE insitu_fl_steps_total counter\n");
     for (step, n) in super::federated::STEPS.iter().zip(g.rounds.counts()) {
         out.push_str(&format!("insitu_fl_steps_total{{step=\"{step}\"}} {n}\n"));

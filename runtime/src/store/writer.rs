@@ -1,0 +1,347 @@
+//! Group commit: the durable writes of many callers share one SQLite commit.
+//!
+//! One thread (`insitu-store-writer`) owns the store's write connection
+//! (WAL, `synchronous=FULL`). A caller hands it a piece of work, a closure
+//! over the connection, and is answered once the piece is durable. The
+//! thread takes every piece that is waiting (at most [`MAX_BATCH`]) and
+//! 1. makes the files the pieces name durable first, with one `syncfs(2)` per
+//!    filesystem for the whole batch (a result's files are on disk before the
+//!    database says it exists);
+//! 2. runs each piece inside its own savepoint, so a refused piece (a
+//!    transition the rules forbid) is rolled back alone;
+//! 3. commits once — one fsync of the WAL for the whole batch — and only then
+//!    answers every caller, each with its own result.
+//!
+//! While one batch is being synced the next callers queue, so batches grow
+//! with the load by themselves, without a timer: the write groups of RocksDB
+//! and the group commit of PostgreSQL (without its `commit_delay`). SQLite
+//! makes a WAL commit visible to other connections only after it is synced
+//! (`sqlite3WalFrames` writes the wal-index header last), so no reader of
+//! the store ever sees a change that is not yet on disk.
+
+use crate::Error;
+use rusqlite::Connection;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+/// The most pieces committed together.
+pub const MAX_BATCH: usize = 1024;
+
+/// What the writer has done since the store was opened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Pieces of work committed or refused.
+    pub writes: u64,
+    /// Commits: each one fsync of the WAL.
+    pub commits: u64,
+    /// `syncfs(2)` calls made for result files.
+    pub syncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    commits: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// Builds the error every caller of a failed batch gets.
+type Failure = Arc<dyn Fn() -> Error + Send + Sync>;
+
+/// One caller's piece of work, type-erased for the queue.
+trait Piece: Send {
+    /// Runs the work on `conn`; false when it failed (it is rolled back).
+    fn apply(&mut self, conn: &Connection, path: &Path) -> bool;
+    /// Answers the caller: its own result, or `failure` when the batch did
+    /// not reach the disk.
+    fn answer(self: Box<Self>, failure: Option<&Failure>);
+}
+
+struct Typed<T, W, R> {
+    work: Option<W>,
+    result: Option<Result<T, Error>>,
+    reply: R,
+}
+
+impl<T, W, R> Piece for Typed<T, W, R>
+where
+    T: Send,
+    W: FnOnce(&Connection, &Path) -> Result<T, Error> + Send,
+    R: FnOnce(Result<T, Error>) + Send,
+{
+    fn apply(&mut self, conn: &Connection, path: &Path) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let r = work(conn, path);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn answer(self: Box<Self>, failure: Option<&Failure>) {
+        let r = match (failure, self.result) {
+            (Some(f), _) => Err(f()),
+            (None, Some(r)) => r,
+            (None, None) => Err(Error::Engine("a store write was never run".into())),
+        };
+        (self.reply)(r)
+    }
+}
+
+struct Job {
+    piece: Box<dyn Piece>,
+    /// A directory whose filesystem must be synced before the commit.
+    sync: Option<PathBuf>,
+}
+
+/// The answer to one submitted write; see the module documentation.
+#[derive(Debug)]
+pub struct Ack<T>(tokio::sync::oneshot::Receiver<Result<T, Error>>);
+
+fn writer_gone() -> Error {
+    Error::Engine("the store's writer thread has stopped; restart insitu".into())
+}
+
+impl<T> Ack<T> {
+    /// Waits until the write is durable (or refused).
+    ///
+    /// # Errors
+    /// The write's own error, or the batch's when it could not be committed.
+    pub async fn done(self) -> Result<T, Error> {
+        self.0.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// The answer if it has come, without waiting.
+    pub fn ready(&mut self) -> Option<Result<T, Error>> {
+        match self.0.try_recv() {
+            Ok(r) => Some(r),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(writer_gone())),
+        }
+    }
+}
+
+/// The sending side, held by the store; dropping it ends the thread once
+/// the queued writes are committed.
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`, the store at `path`; `durable`
+    /// false skips the file syncs (with SQLite's `synchronous=NORMAL`).
+    pub(crate) fn start(conn: Connection, path: PathBuf, durable: bool) -> std::io::Result<Writer> {
+        let (jobs, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        std::thread::Builder::new()
+            .name("insitu-store-writer".into())
+            .spawn(move || run(conn, &path, &rx, &c, durable))?;
+        Ok(Writer { jobs, counters })
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        WriteStats {
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        sync: Option<PathBuf>,
+        work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
+        reply: impl FnOnce(Result<T, Error>) + Send + 'static,
+    ) {
+        let piece = Box::new(Typed {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { piece, sync }) {
+            job.piece.answer(Some(&(Arc::new(writer_gone) as Failure)));
+        }
+    }
+
+    /// Queues `work` and returns at once; the [`Ack`] says when it is
+    /// durable. With `sync`, the filesystem holding that directory is synced
+    /// before the commit.
+    pub(crate) fn submit<T: Send + 'static>(
+        &self,
+        sync: Option<PathBuf>,
+        work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
+    ) -> Ack<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(sync, work, move |r| {
+            let _ = tx.send(r);
+        });
+        Ack(rx)
+    }
+
+    /// Runs `work` and blocks the calling thread until it is durable.
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        sync: Option<PathBuf>,
+        work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(sync, work, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or_else(|_| Err(writer_gone()))
+    }
+}
+
+/// An SQLite failure of `path` as the store reports it.
+pub(crate) fn sql_error(path: &Path, e: &rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::DiskFull {
+            action: "write the database".into(),
+            path: path.to_path_buf(),
+        };
+    }
+    Error::Store {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn failure_of_sql(path: &Path, e: rusqlite::Error) -> Failure {
+    let path = path.to_path_buf();
+    let e = Arc::new(e);
+    Arc::new(move || sql_error(&path, &e))
+}
+
+/// The writer thread: batches until every sender is gone.
+fn run(
+    conn: Connection,
+    path: &Path,
+    rx: &mpsc::Receiver<Job>,
+    counters: &Counters,
+    durable: bool,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if !durable {
+            for job in &mut batch {
+                job.sync = None;
+            }
+        }
+        counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut pieces = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for (job, failure) in sync_files(batch, counters) {
+            match failure {
+                None => pieces.push(job.piece),
+                Some(f) => refused.push((job.piece, f)),
+            }
+        }
+        for (piece, f) in refused {
+            piece.answer(Some(&f));
+        }
+        if pieces.is_empty() {
+            continue;
+        }
+        match commit(&conn, path, &mut pieces) {
+            Ok(()) => {
+                counters.commits.fetch_add(1, Ordering::Relaxed);
+                for piece in pieces {
+                    piece.answer(None);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let f = failure_of_sql(path, e);
+                for piece in pieces {
+                    piece.answer(Some(&f));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `pieces` in one transaction, each in a savepoint, and commits.
+fn commit(
+    conn: &Connection,
+    path: &Path,
+    pieces: &mut [Box<dyn Piece>],
+) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for piece in pieces.iter_mut() {
+        conn.execute_batch("SAVEPOINT piece")?;
+        if piece.apply(conn, path) {
+            conn.execute_batch("RELEASE piece")?;
+        } else {
+            conn.execute_batch("ROLLBACK TO piece; RELEASE piece")?;
+        }
+    }
+    conn.execute_batch("COMMIT")
+}
+
+/// Syncs each filesystem the batch names once; pairs every job with the
+/// failure of its filesystem's sync, if any.
+fn sync_files(batch: Vec<Job>, counters: &Counters) -> Vec<(Job, Option<Failure>)> {
+    // Filesystem (device) → the outcome of syncing it.
+    let mut synced: Vec<(u64, Option<Failure>)> = Vec::new();
+    batch
+        .into_iter()
+        .map(|job| {
+            let Some(dir) = &job.sync else {
+                return (job, None);
+            };
+            let dev = match std::fs::metadata(dir) {
+                Ok(m) => m.dev(),
+                Err(e) => {
+                    let f = io_failure("inspect", dir, e);
+                    return (job, Some(f));
+                }
+            };
+            if let Some((_, f)) = synced.iter().find(|(d, _)| *d == dev) {
+                let f = f.clone();
+                return (job, f);
+            }
+            counters.syncs.fetch_add(1, Ordering::Relaxed);
+            let f = syncfs(dir).err().map(|e| io_failure("sync", dir, e));
+            synced.push((dev, f.clone()));
+            (job, f)
+        })
+        .collect()
+}
+
+fn io_failure(action: &'static str, dir: &Path, e: std::io::Error) -> Failure {
+    let (dir, kind, os, msg) = (dir.to_path_buf(), e.kind(), e.raw_os_error(), e.to_string());
+    Arc::new(move || {
+        let e = match os {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(kind, msg.clone()),
+        };
+        Error::io(action, &dir, e)
+    })
+}
+
+/// `syncfs(2)` of the filesystem holding `dir`: every dirty page and inode
+/// of it reaches the disk.
+fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    // SAFETY: `d` is an open descriptor for the whole call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
