@@ -169,7 +169,7 @@ async fn configuration(
         publish: 0,
         per_round: None,
     };
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let peers: Vec<Counting> = plan
         .participants
         .iter()

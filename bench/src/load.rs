@@ -147,7 +147,7 @@ async fn drive(
     data: &std::path::Path,
 ) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         if Instant::now() > deadline {

@@ -145,7 +145,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
         }
         summary(kind, times);
     }
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let mut times = Vec::new();
     for (_, q) in queries.iter().filter(|(k, _)| *k != "a word and a tag") {
         let t = Instant::now();

@@ -376,6 +376,7 @@ impl Chain {
         })?;
         let signer = key.signer();
         let provider_address = signer.address();
+        insitu_runtime::tls::install();
         let builder = ProviderBuilder::new().wallet(EthereumWallet::from(signer));
         let provider = match policy.chain_id {
             Some(id) => builder.with_chain_id(id).connect_http(parsed).erased(),

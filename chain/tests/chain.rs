@@ -76,18 +76,28 @@ impl Anvil {
         .stdout(Stdio::null())
         .spawn()
         .expect("anvil starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let probe = ProviderBuilder::new().connect_http(url.parse().unwrap());
+        // Owned (killed on drop) before anything can panic.
+        let anvil = Anvil {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        insitu_runtime::tls::install();
+        let probe = ProviderBuilder::new().connect_http(anvil.url.parse().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while probe.get_block_number().await.is_err() {
-            assert!(Instant::now() < deadline, "anvil did not answer on {url}");
+            assert!(
+                Instant::now() < deadline,
+                "anvil did not answer on {}",
+                anvil.url
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Anvil { child, url }
+        anvil
     }
 
     fn wallet(&self, key: &str) -> DynProvider {
         let signer: PrivateKeySigner = key.parse().unwrap();
+        insitu_runtime::tls::install();
         ProviderBuilder::new()
             .wallet(EthereumWallet::from(signer))
             .connect_http(self.url.parse().unwrap())
@@ -1016,7 +1026,7 @@ async fn access_paid_in_an_erc20_token_is_granted_released_and_downloaded() {
     ));
     let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
     let base = local.base.clone();
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
 
     // The DDO names the template and the token a client pays with.
     let ddo: serde_json::Value = http

@@ -45,7 +45,7 @@ fn now() -> u64 {
 impl Consumer {
     pub fn new(base: impl Into<String>, key: ProviderKey) -> Consumer {
         Consumer {
-            http: reqwest::Client::new(),
+            http: insitu_runtime::tls::http_client(),
             base: base.into(),
             key,
         }

@@ -1406,7 +1406,10 @@ async fn kill_9_under_load_on_a_real_disk_keeps_every_acknowledged_change() {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(1500 + 400 * round)).await;
-        if let Ok(r) = reqwest::get(format!("{base}/metrics")).await
+        if let Ok(r) = insitu_runtime::tls::http_client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
             && let Ok(text) = r.text().await
         {
             let counter = |name: &str| {
@@ -1524,7 +1527,7 @@ fn chain_fixture() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBu
 
 /// One JSON-RPC call; panics on an error answer.
 async fn rpc(url: &str, method: &str, params: Value) -> Value {
-    let answer: Value = reqwest::Client::new()
+    let answer: Value = insitu_runtime::tls::http_client()
         .post(url)
         .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
         .send()
@@ -1584,7 +1587,7 @@ async fn kill_9_while_releasing_the_payment_pays_once() {
     );
     let chain = format!("http://127.0.0.1:{chain_port}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::Client::new()
+    while insitu_runtime::tls::http_client()
         .post(&chain)
         .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
         .send()

@@ -246,7 +246,7 @@ impl Federation {
     /// An access token for the consumer (`key`) with `claims` at `base`.
     async fn token(&self, key: &ProviderKey, base: &str, claims: Value) -> reqwest::Response {
         let jwt = make_grant(key, &claims).unwrap();
-        reqwest::Client::new()
+        insitu_runtime::tls::http_client()
             .post(format!("{base}/api/v1/node/services/oauth/token"))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(format!("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={jwt}"))
@@ -338,7 +338,7 @@ async fn three_providers_train_a_model_as_good_as_central_training_and_publish_i
     let p0 = &f.providers[0];
     let id = last["published"]["workflowId"].as_str().unwrap();
     let token = f.compute_token(p0, id).await;
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let status: Value = http
         .get(format!(
             "{}/api/v1/node/services/compute/status/{id}",
@@ -466,7 +466,7 @@ async fn a_participant_killed_mid_round_and_a_malformed_update_are_dropped() {
     // survivors' shares of its key. Its /metrics count the steps it took.
     let mut victim = f.providers.pop().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     loop {
         let metrics = http
             .get(format!("{}/metrics", victim.base))
@@ -592,7 +592,7 @@ async fn below_the_threshold_the_job_aborts_and_a_restarted_coordinator_resumes(
         .as_str()
         .unwrap()
         .to_string();
-    let r = reqwest::Client::new()
+    let r = insitu_runtime::tls::http_client()
         .post(format!(
             "{}/api/v1/node/services/fl/{}/publish",
             p.base,
@@ -624,7 +624,7 @@ async fn below_the_threshold_the_job_aborts_and_a_restarted_coordinator_resumes(
             .as_str()
             .unwrap()
             .to_string();
-        reqwest::Client::new()
+        insitu_runtime::tls::http_client()
             .post(format!(
                 "{}/api/v1/node/services/fl/job-1/0/start?participant=1&threshold=2&parameters=5&attempt=a",
                 p.base
@@ -640,7 +640,7 @@ async fn below_the_threshold_the_job_aborts_and_a_restarted_coordinator_resumes(
     };
     assert!([401, 403].contains(&status), "{status}");
     // Nobody at all: 401.
-    let r = reqwest::Client::new()
+    let r = insitu_runtime::tls::http_client()
         .post(format!("{}/api/v1/node/services/fl/job-1/0/share", p.base))
         .json(&json!({"roster": {}}))
         .send()

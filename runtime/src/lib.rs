@@ -45,6 +45,7 @@ pub mod receipt;
 pub mod resolve;
 pub mod sandbox;
 pub mod store;
+pub mod tls;
 pub mod units;
 pub mod verify;
 pub mod workflow;

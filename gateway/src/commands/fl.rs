@@ -190,6 +190,7 @@ pub fn run(args: &FlArgs<'_>) -> anyhow::Result<bool> {
     })?;
     plan.check()?;
     let key = ProviderKey::open(args.key, super::keystore_password().as_deref())?;
+    insitu_runtime::tls::install();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()?;

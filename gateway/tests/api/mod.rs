@@ -80,7 +80,7 @@ async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Api {
         base,
         gateway: Some(gateway),
         tmp,
-        http: reqwest::Client::new(),
+        http: insitu_runtime::tls::http_client(),
         consumer,
         agreement: String::new(),
         workflow: String::new(),
@@ -474,7 +474,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     // Unknown DIDs and oversized bodies (fresh clients: the server may close a
     // connection whose body it refused, so it must not be reused).
     let post_json = async |body: Vec<u8>| {
-        reqwest::Client::new()
+        insitu_runtime::tls::http_client()
             .post(format!(
                 "{}/api/v1/node/services/compute/execute/{}",
                 api.base, api.agreement
@@ -539,7 +539,7 @@ async fn refusals_have_precise_statuses_and_messages() {
             "application/x-www-form-urlencoded",
         ),
     ] {
-        let r = reqwest::Client::new()
+        let r = insitu_runtime::tls::http_client()
             .post(format!("{}/api/v1/node/services/{path}", api.base))
             .bearer_auth(&token)
             .body("x")
@@ -1279,7 +1279,7 @@ async fn a_crash_mid_run_leaves_the_execution_failed_after_restart() {
         &wf,
     ]);
 
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let token = |claims: Value, base: String| {
         let jwt = make_grant(&consumer, &claims).unwrap();
         let http = http.clone();

@@ -99,7 +99,7 @@ async fn consumers_verify_receipts_and_reproduce_executions() {
     let agreement = last_word(&out);
     let (mut server, base) = spawn_server(&data, &layout);
     let provider = ProviderKey::load_or_create(&data.join("provider.key")).unwrap();
-    let http = reqwest::Client::new();
+    let http = insitu_runtime::tls::http_client();
     let exec = |body: String| {
         http.post(format!("{base}/api/v1/gateway/services/exec"))
             .header("content-type", "application/x-www-form-urlencoded")

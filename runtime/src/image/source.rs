@@ -153,6 +153,7 @@ impl RegistrySource {
         } else {
             ClientProtocol::HttpsExcept(insecure.to_vec())
         };
+        crate::tls::install();
         let client = Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
