@@ -193,8 +193,8 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
     }
     let audience = s("aud")?.to_string();
     let (did, execution) = match audience.as_str() {
-        AUD_EXECUTE | AUD_ACCESS => (Some(s("did")?.to_string()), None),
-        AUD_COMPUTE => (None, Some(s("execution_id")?.to_string())),
+        AUD_EXECUTE | AUD_ACCESS => (Some(crate::ids::did(s("did")?)), None),
+        AUD_COMPUTE => (None, Some(crate::ids::execution(s("execution_id")?))),
         AUD_PUBLISH => (None, None),
         other => return Err(AuthError::Audience(other.to_string())),
     };
@@ -202,12 +202,7 @@ pub fn verify_grant(jwt: &str, now: u64) -> Result<Grant, AuthError> {
     let agreement = if audience == AUD_PUBLISH {
         String::new()
     } else {
-        let raw = s("sub")?.to_ascii_lowercase();
-        let agreement = if raw.starts_with("0x") {
-            raw
-        } else {
-            format!("0x{raw}")
-        };
+        let agreement = crate::ids::agreement(s("sub")?);
         let agreement_ok =
             agreement.len() == 66 && agreement[2..].bytes().all(|b| b.is_ascii_hexdigit());
         if !agreement_ok {

@@ -8,5 +8,6 @@ pub mod commands;
 pub mod config;
 pub mod ddo;
 pub mod error;
+pub mod ids;
 pub mod routes;
 pub mod server;

@@ -26,16 +26,6 @@ const CHUNK: usize = 512 << 10;
 /// Chunks read ahead of the connection.
 const AHEAD: usize = 4;
 
-/// An agreement id as `0x` + lowercase hex, however the client spelled it.
-fn agreement_id(raw: &str) -> String {
-    let lower = raw.to_ascii_lowercase();
-    if lower.starts_with("0x") {
-        lower
-    } else {
-        format!("0x{lower}")
-    }
-}
-
 /// The part of a `len`-byte file a request asks for (its `Range`, else the
 /// whole file).
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +141,7 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let grant = g.tokens.check(bearer(&headers)?, AUD_ACCESS, now())?;
-    let agreement = agreement_id(&agreement);
+    let agreement = crate::ids::agreement(&agreement);
     if grant.agreement != agreement {
         return Err(ApiError::Forbidden(format!(
             "the token is for agreement {}, not {agreement}",
@@ -202,14 +192,33 @@ pub(crate) async fn download(
         want: count,
         ends_file: part.ends_file(),
     };
-    let base = name.rsplit('/').next().unwrap_or(&name).replace('"', "");
+    let base = name.rsplit('/').next().unwrap_or(&name);
     let mut response = part.response(Body::from_stream(stream));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{base}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(base)) {
         response
             .headers_mut()
             .insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// `attachment;filename=NAME` as Nevermined's node sends it (its SDK parses
+/// exactly `attachment;filename=(.+)`): plain names unquoted; names with
+/// spaces, quotes, `;` or non-ASCII quoted (RFC 6266), quotes dropped.
+pub(crate) fn content_disposition(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b'\\' | b','));
+    if plain {
+        format!("attachment;filename={name}")
+    } else {
+        let name: String = name
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect();
+        format!("attachment;filename=\"{name}\"")
+    }
 }
 
 /// The bytes `first..first + count` of `file`, read by one blocking task

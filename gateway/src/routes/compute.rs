@@ -42,21 +42,22 @@ pub(crate) async fn execute(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let grant = g.tokens.check(bearer(&headers)?, AUD_EXECUTE, now())?;
     let Json(body) = body?;
-    let agreement_id = agreement_id.to_ascii_lowercase();
+    let agreement_id = crate::ids::agreement(&agreement_id);
+    let workflow_did = crate::ids::did(&body.workflow_did);
     if grant.agreement != agreement_id {
         return Err(ApiError::Forbidden(format!(
             "the token is for agreement {}, not {agreement_id}",
             grant.agreement
         )));
     }
-    if grant.did.as_deref() != Some(body.workflow_did.as_str())
+    if grant.did.as_deref() != Some(workflow_did.as_str())
         || !body.consumer.eq_ignore_ascii_case(&grant.consumer)
     {
         return Err(ApiError::Forbidden(
             "workflowDid and consumer must be those the grant was signed for".into(),
         ));
     }
-    let id = start_execution(&g, &grant.consumer, &agreement_id, &body.workflow_did).await?;
+    let id = start_execution(&g, &grant.consumer, &agreement_id, &workflow_did).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
 }
 
@@ -208,8 +209,8 @@ pub(crate) async fn exec(
     let id = start_execution(
         &g,
         &consumer,
-        &f.agreement.to_ascii_lowercase(),
-        &f.workflow,
+        &crate::ids::agreement(&f.agreement),
+        &crate::ids::did(&f.workflow),
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"workflowId": id}))))
@@ -241,6 +242,7 @@ pub(crate) async fn status(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
+    let id = crate::ids::execution(&id);
     let e = owned(&g, &headers, &id)?;
     let pods: Vec<Value> = e
         .stages
@@ -326,6 +328,7 @@ pub(crate) async fn logs(
     ApiQuery(q): ApiQuery<LogsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let id = crate::ids::execution(&id);
     owned(&g, &headers, &id)?;
     if q.follow {
         return Ok(follow_logs(g, id).into_response());
@@ -479,6 +482,7 @@ pub(crate) async fn stop(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
+    let id = crate::ids::execution(&id);
     let e = owned(&g, &headers, &id)?;
     if e.status.is_terminal() {
         return Ok(Json(
@@ -550,6 +554,7 @@ pub(crate) async fn results(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
+    let id = crate::ids::execution(&id);
     let (e, files) = result_files(&g, &headers, &id)?;
     Ok(Json(
         json!({"did": e.result, "files": files, "receipt": e.receipt}),
@@ -564,6 +569,7 @@ pub(crate) async fn attestation(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
+    let id = crate::ids::execution(&id);
     let e = owned(&g, &headers, &id)?;
     let receipt: insitu_runtime::receipt::Receipt = e
         .receipt
@@ -585,6 +591,7 @@ pub(crate) async fn download(
     ApiPath((id, file)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let id = crate::ids::execution(&id);
     let (e, files) = result_files(&g, &headers, &id)?;
     // Only paths published in the result asset are served: nothing else, and
     // no `..`, can be named.

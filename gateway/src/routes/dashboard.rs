@@ -176,6 +176,7 @@ pub(crate) async fn logs(
     req: Request,
 ) -> ApiResult<Response> {
     authorize(&g, peer(&req), req.headers(), None)?;
+    let id = crate::ids::execution(&id);
     g.store.execution(&id)?;
     Ok(super::compute::follow_logs(g, id).into_response())
 }

@@ -46,7 +46,7 @@ pub(crate) async fn ddo(
     ApiPath(did): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let did = Did::parse(&did).map_err(ApiError::NotFound)?;
+    let did = Did::parse(&crate::ids::did(&did)).map_err(ApiError::NotFound)?;
     let (kind, mut ddo) = g.store.ddo(&did)?;
     if kind == AssetKind::Result {
         let main = ddo.pointer_mut("/service/0/attributes/main");

@@ -159,7 +159,7 @@ async fn a_dataset_offered_for_download_is_downloaded_under_an_access_agreement_
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["content-disposition"],
-        "attachment; filename=\"b.bin\""
+        "attachment;filename=b.bin"
     );
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &big[..]);

@@ -3,6 +3,7 @@
 mod access;
 mod dashboard;
 mod publish;
+mod sdk;
 mod verify;
 
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
