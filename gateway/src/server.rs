@@ -181,6 +181,9 @@ pub struct Gateway {
     /// Queue depth sampled every [`QUEUE_SAMPLE`], the last hour's (unix
     /// ms, depth), for the dashboard.
     pub(crate) queue_samples: Mutex<std::collections::VecDeque<(u64, usize)>>,
+    /// The finisher thread's runtime: waits for executions' final commits
+    /// and settles them (see [`Gateway::run_job`]).
+    finisher: RuntimeThread,
     /// Held for the gateway's life: one process per data dir.
     _lock: std::fs::File,
 }
@@ -223,8 +226,10 @@ impl Histogram {
 }
 
 impl Gateway {
-    /// Runs one dequeued execution to its end and records its stage durations.
-    async fn run_job(&self, job: Job) {
+    /// Runs one dequeued execution's stages, then hands the wait for its
+    /// final (group) commit and what follows to the finisher thread, so this
+    /// worker takes the next execution meanwhile.
+    async fn run_job(self: Arc<Self>, job: Job) {
         if self.closing.load(Ordering::SeqCst) {
             let _ = self.store.set_status(
                 &job.id,
@@ -240,20 +245,37 @@ impl Gateway {
                 Some("stopped on request before it started"),
             );
         } else {
-            match self.pipeline.run(&job.id, &job.resolved, &job.stop).await {
-                Ok(Status::Succeeded) => {
-                    self.finished.notify_waiters();
-                    self.settle(&job).await
+            match self.pipeline.start(&job.id, &job.resolved, &job.stop).await {
+                Ok(finish) => {
+                    let g = self.clone();
+                    self.finisher.handle.spawn(async move {
+                        let status = finish.done().await;
+                        g.finish(job, status).await;
+                    });
+                    return;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
-                    let _ = self.store.set_status(
-                        &job.id,
-                        Status::Failed,
-                        Some(&format!("provider error: {e}")),
-                    );
-                }
+                Err(e) => return self.finish(job, Err(e)).await,
+            }
+        }
+        self.finish(job, Ok(Status::Failed)).await;
+    }
+
+    /// What follows an execution's end once its status is durable: settling
+    /// (chain mode), stage metrics, waking waiters.
+    async fn finish(&self, job: Job, status: Result<Status, insitu_runtime::Error>) {
+        match status {
+            Ok(Status::Succeeded) => {
+                self.finished.notify_waiters();
+                self.settle(&job).await
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(execution = %job.id, error = %e, "execution failed on the host");
+                let _ = self.store.set_status(
+                    &job.id,
+                    Status::Failed,
+                    Some(&format!("provider error: {e}")),
+                );
             }
         }
         if let Ok(e) = self.store.execution(&job.id) {
@@ -567,6 +589,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         dashboard: config.dashboard,
         provider: key.address(),
         queue_samples: Mutex::default(),
+        finisher: RuntimeThread::start("insitu-finish")?,
         _lock: lock,
     });
     {
@@ -641,6 +664,32 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
 /// runtime (executions and chain work never share the HTTP runtime).
 /// How often the dashboard's queue-depth chart is sampled.
 pub(crate) const QUEUE_SAMPLE: Duration = Duration::from_secs(5);
+
+/// A current-thread runtime on a thread of its own, ended when this is
+/// dropped (with the gateway).
+struct RuntimeThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RuntimeThread {
+    fn start(name: &str) -> std::io::Result<RuntimeThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = rt.block_on(stopped);
+            })?;
+        Ok(RuntimeThread {
+            handle,
+            _stop: stop,
+        })
+    }
+}
 
 fn on_thread(
     name: String,

@@ -85,6 +85,40 @@ pub struct Pipeline {
     pub backends: Vec<Arc<dyn Backend>>,
 }
 
+/// An execution whose last status change is queued ([`Pipeline::start`]).
+#[must_use = "the execution's end is durable only once `done` returns"]
+pub struct Finish {
+    queued: Queued,
+    published: Option<crate::store::Ack<()>>,
+    status: Status,
+}
+
+impl Finish {
+    fn ready(status: Status) -> Finish {
+        Finish::queued(Queued::default(), None, status)
+    }
+
+    fn queued(queued: Queued, published: Option<crate::store::Ack<()>>, status: Status) -> Finish {
+        Finish {
+            queued,
+            published,
+            status,
+        }
+    }
+
+    /// Waits until the execution's terminal status is durable; returns it.
+    ///
+    /// # Errors
+    /// A refused or failed write (the store, the provider's disk).
+    pub async fn done(mut self) -> Result<Status, Error> {
+        self.queued.settle().await?;
+        if let Some(ack) = self.published {
+            ack.done().await?;
+        }
+        Ok(self.status)
+    }
+}
+
 /// Status changes queued by [`Pipeline::run`] and not yet known durable.
 #[derive(Default)]
 struct Queued(Vec<crate::store::Ack<Status>>);
@@ -262,8 +296,8 @@ impl Pipeline {
     }
 
     /// Runs execution `id` (status `pending`) to a terminal status, which it
-    /// returns. Guest failures and refused images end the execution `failed`
-    /// with the reason; they are not errors.
+    /// returns once it is durable. Guest failures and refused images end the
+    /// execution `failed` with the reason; they are not errors.
     ///
     /// # Errors
     /// Host-side failures: the database or the provider's disk.
@@ -273,6 +307,23 @@ impl Pipeline {
         resolved: &Resolved,
         stop: &StopHandle,
     ) -> Result<Status, Error> {
+        self.start(id, resolved, stop).await?.done().await
+    }
+
+    /// [`Pipeline::run`] up to queueing the final status change: returns as
+    /// soon as the stages ran and the result is handed to the store, so the
+    /// caller can take the next execution while this one's commit (shared
+    /// with others, see `store::writer`) reaches the disk. [`Finish::done`]
+    /// waits for it.
+    ///
+    /// # Errors
+    /// As [`Pipeline::run`].
+    pub async fn start(
+        &self,
+        id: &str,
+        resolved: &Resolved,
+        stop: &StopHandle,
+    ) -> Result<Finish, Error> {
         let mut records: Vec<Value> = Vec::new();
         // Stage records not yet persisted: written with the next status change.
         let mut fresh: Option<Value> = None;
@@ -309,16 +360,17 @@ impl Pipeline {
                 Ok(m) => m,
                 Err(e) => {
                     queued.settle().await?;
-                    return self.reject(id, stage, started, &e, records);
+                    return self.reject(id, stage, started, &e, records).map(Finish::ready);
                 }
             };
             if stop.is_stopped() {
-                let done =
-                    self.store
-                        .advance_ack(id, Status::Stopped, Some("stopped on request"), None);
-                queued.settle().await?;
-                done.done().await?;
-                return Ok(Status::Stopped);
+                queued.push(self.store.advance_ack(
+                    id,
+                    Status::Stopped,
+                    Some("stopped on request"),
+                    None,
+                ));
+                return Ok(Finish::queued(queued, None, Status::Stopped));
             }
             queued.check()?;
             queued.push(self.store.advance_ack(id, Status::Running, None, None));
@@ -367,7 +419,7 @@ impl Pipeline {
                 Ok(r) => r,
                 Err(e @ Error::Rejected { .. }) => {
                     queued.settle().await?;
-                    return self.reject(id, stage, started, &e, records);
+                    return self.reject(id, stage, started, &e, records).map(Finish::ready);
                 }
                 Err(e) => {
                     queued.settle().await?;
@@ -398,15 +450,13 @@ impl Pipeline {
                     stage.index,
                     report.error.unwrap_or_default()
                 );
-                let done = self.store.advance_ack(
+                queued.push(self.store.advance_ack(
                     id,
                     report.status,
                     Some(&why),
                     Some(&Value::Array(records)),
-                );
-                queued.settle().await?;
-                done.done().await?;
-                return Ok(report.status);
+                ));
+                return Ok(Finish::queued(queued, None, report.status));
             }
             fresh = Some(Value::Array(records.clone()));
         }
@@ -455,9 +505,7 @@ impl Pipeline {
                 tracing::warn!(path = %dir.display(), error = %e, "cannot remove an intermediate output");
             }
         }
-        queued.settle().await?;
-        done.done().await?;
-        Ok(Status::Succeeded)
+        Ok(Finish::queued(queued, Some(done), Status::Succeeded))
     }
 }
 
