@@ -360,7 +360,9 @@ impl Pipeline {
                 Ok(m) => m,
                 Err(e) => {
                     queued.settle().await?;
-                    return self.reject(id, stage, started, &e, records).map(Finish::ready);
+                    return self
+                        .reject(id, stage, started, &e, records)
+                        .map(Finish::ready);
                 }
             };
             if stop.is_stopped() {
@@ -419,7 +421,9 @@ impl Pipeline {
                 Ok(r) => r,
                 Err(e @ Error::Rejected { .. }) => {
                     queued.settle().await?;
-                    return self.reject(id, stage, started, &e, records).map(Finish::ready);
+                    return self
+                        .reject(id, stage, started, &e, records)
+                        .map(Finish::ready);
                 }
                 Err(e) => {
                     queued.settle().await?;

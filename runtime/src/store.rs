@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-pub use writer::{Ack, MAX_BATCH, WriteStats};
+pub use writer::{Ack, LAZY, MAX_BATCH, WriteStats};
 
 /// Kinds of catalog entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -1235,7 +1235,7 @@ impl Store {
         let (id, work) = Self::new_execution(agreement)?;
         Ok(self
             .writer
-            .submit(None, move |conn, path| work(conn, path).map(|()| id)))
+            .submit(None, false, move |conn, path| work(conn, path).map(|()| id)))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1293,7 +1293,8 @@ impl Store {
 
     /// [`Store::advance`] without blocking: the [`Ack`] answers once the
     /// change is durable or refused. Changes submitted by one thread are
-    /// applied in the order submitted.
+    /// applied in the order submitted. A change to a non-terminal status
+    /// may wait a few milliseconds to share a commit with others.
     pub fn advance_ack(
         &self,
         id: &str,
@@ -1301,8 +1302,11 @@ impl Store {
         reason: Option<&str>,
         stages: Option<&Value>,
     ) -> Ack<Status> {
-        self.writer
-            .submit(None, Self::advance_work(id, to, reason, stages))
+        self.writer.submit(
+            None,
+            !to.is_terminal(),
+            Self::advance_work(id, to, reason, stages),
+        )
     }
 
     fn advance_work(
@@ -1371,7 +1375,7 @@ impl Store {
         receipt: &crate::receipt::Receipt,
     ) -> Result<Ack<()>, Error> {
         let work = self.publish_work(id, did, ddo_main, path, receipt)?;
-        Ok(self.writer.submit(Some(path.to_path_buf()), work))
+        Ok(self.writer.submit(Some(path.to_path_buf()), false, work))
     }
 
     fn publish_work(

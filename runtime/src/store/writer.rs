@@ -14,7 +14,9 @@
 //!
 //! While one batch is being synced the next callers queue, so batches grow
 //! with the load by themselves, without a timer: the write groups of RocksDB
-//! and the group commit of PostgreSQL (without its `commit_delay`). SQLite
+//! and the group commit of PostgreSQL. Only writes nobody waits for (an
+//! execution's intermediate statuses, `lazy`) wait up to [`LAZY`] for company
+//! before they commit alone. SQLite
 //! makes a WAL commit visible to other connections only after it is synced
 //! (`sqlite3WalFrames` writes the wal-index header last), so no reader of
 //! the store ever sees a change that is not yet on disk.
@@ -96,7 +98,14 @@ struct Job {
     piece: Box<dyn Piece>,
     /// A directory whose filesystem must be synced before the commit.
     sync: Option<PathBuf>,
+    /// Nobody waits for it: it may wait up to [`LAZY`] for a write someone
+    /// waits for, to share its commit.
+    lazy: bool,
 }
+
+/// How long a batch of only lazy writes (an execution's intermediate
+/// statuses) waits for a write someone waits for before committing alone.
+pub const LAZY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The answer to one submitted write; see the module documentation.
 #[derive(Debug)]
@@ -156,6 +165,7 @@ impl Writer {
     fn send<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
+        lazy: bool,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
         reply: impl FnOnce(Result<T, Error>) + Send + 'static,
     ) {
@@ -164,21 +174,23 @@ impl Writer {
             result: None,
             reply,
         });
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { piece, sync }) {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { piece, sync, lazy }) {
             job.piece.answer(Some(&(Arc::new(writer_gone) as Failure)));
         }
     }
 
     /// Queues `work` and returns at once; the [`Ack`] says when it is
     /// durable. With `sync`, the filesystem holding that directory is synced
-    /// before the commit.
+    /// before the commit. A `lazy` write does not start a commit by itself
+    /// unless nothing else comes within [`LAZY`].
     pub(crate) fn submit<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
+        lazy: bool,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
     ) -> Ack<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(sync, work, move |r| {
+        self.send(sync, lazy, work, move |r| {
             let _ = tx.send(r);
         });
         Ack(rx)
@@ -191,7 +203,7 @@ impl Writer {
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(sync, work, move |r| {
+        self.send(sync, false, work, move |r| {
             let _ = tx.send(r);
         });
         rx.recv().unwrap_or_else(|_| Err(writer_gone()))
@@ -228,9 +240,25 @@ fn run(
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
+        let drain = |batch: &mut Vec<Job>| {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        };
+        drain(&mut batch);
+        // Intermediate statuses alone wait a little for a write someone
+        // waits for (the next execution's creation, a publication).
+        let deadline = std::time::Instant::now() + LAZY;
+        while batch.iter().all(|j| j.lazy) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(job) => {
+                    batch.push(job);
+                    drain(&mut batch);
+                }
                 Err(_) => break,
             }
         }
