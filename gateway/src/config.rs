@@ -40,6 +40,9 @@
 //!
 //! [kubernetes]                # native images as pods; see insitu_kubernetes::KubeSettings
 //! namespace = "insitu"
+//!
+//! [podman]                    # or: native images as containers on this machine
+//! runtime = "runc"            # see insitu_podman::Settings
 //! ```
 //!
 //! Environment: `INSITU_LISTEN`, `INSITU_DATA_DIR`, `INSITU_WORKERS`,
@@ -174,6 +177,9 @@ pub struct Layer {
     pub max: LimitsText,
     /// The Kubernetes backend (only from the config file).
     pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
+    /// The Podman backend (only from the config file); `[kubernetes]` wins
+    /// when both are set.
+    pub podman: Option<insitu_podman::Settings>,
     /// Where this layer came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -327,6 +333,7 @@ impl Layer {
                 log_quota: var("INSITU_MAX_LOG_QUOTA"),
             },
             kubernetes: None,
+            podman: None,
             origin: "environment".into(),
         })
     }
@@ -594,6 +601,9 @@ impl Settings {
                     reason: e.to_string(),
                 })?;
                 serve.kubernetes = Some(k.clone());
+            }
+            if let Some(p) = &l.podman {
+                serve.podman = Some(p.clone());
             }
             apply_limits(&mut serve.limits, &l.limits, &l.origin, "limits")?;
             apply_limits(&mut serve.max, &l.max, &l.origin, "max")?;

@@ -60,6 +60,9 @@ pub struct ServeConfig {
     pub chain: Option<ChainConfig>,
     /// Native images (and, if asked, wasm stages) run as pods on this cluster.
     pub kubernetes: Option<insitu_kubernetes::KubeSettings>,
+    /// Native images as Podman containers on this machine, when
+    /// [`ServeConfig::kubernetes`] is not set.
+    pub podman: Option<insitu_podman::Settings>,
     /// Timeouts and connection limits of the HTTP server.
     pub http: HttpLimits,
     /// Accept the exec form's legacy signature (of the agreement id alone,
@@ -137,6 +140,7 @@ impl ServeConfig {
             permissions: None,
             chain: None,
             kubernetes: None,
+            podman: None,
             http: HttpLimits::default(),
             legacy_exec_signatures: false,
             public_url: None,
@@ -524,6 +528,16 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         } else {
             backends.push(backend);
         }
+    } else if let Some(p) = &config.podman {
+        let backend = Arc::new(insitu_podman::PodmanBackend::new(p.clone()));
+        let version = backend.check()?;
+        // Nothing runs yet: every labelled container is a crash's leftover.
+        match backend.reconcile(&[])? {
+            0 => {}
+            n => tracing::warn!(containers = n, "podman: removed what the previous run left"),
+        }
+        tracing::info!(version, "podman backend: native images run as containers");
+        backends.push(backend);
     }
     let pipeline = Arc::new(Pipeline {
         sandbox,

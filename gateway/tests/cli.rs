@@ -1504,6 +1504,172 @@ async fn kill_9_under_load_on_a_real_disk_keeps_every_acknowledged_change() {
         .unwrap();
 }
 
+/// A native image end to end on one machine (issue #19): `insitu serve` with
+/// `[podman]` pulls the probe image by digest from a real registry, runs it
+/// in a real container under the guest contract, and the consumer downloads
+/// the result over HTTP; a kill -9 mid-run leaves no container once the
+/// gateway is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_image_runs_in_podman_end_to_end() {
+    use insitu_gateway::client::Consumer;
+    use insitu_runtime::receipt::ProviderKey;
+    use insitu_runtime::store::Store;
+    let registry = insitu_tests::registry::Registry::start();
+    let (image, digest) = insitu_tests::native::probe_image(&registry);
+    let e = Env::new();
+    let (data, input) = (e.tmp.path().join("data"), e.tmp.path().join("books"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "the cat saw the other cat\n").unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let config = e.tmp.path().join("insitu.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[podman]\nruntime = \"runc\"\ninsecure_registries = [\"{}\"]\ncontainers_conf = \"{}\"\n",
+            registry.host(),
+            insitu_tests::native::containers_conf().display()
+        ),
+    )
+    .unwrap();
+    let repository = image.split('@').next().unwrap().to_string();
+    let consumer = ProviderKey::random();
+    let workflow_of = |store: &Store, ds: &insitu_runtime::workflow::Did, mode: &str| {
+        store
+            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": mode, "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": repository, "tag": "1", "checksum": digest}},
+                 "input": [{"index": 0, "id": ds}], "arguments": [mode]}]}}}))
+            .unwrap()
+    };
+    let (count, slow) = {
+        let store = Store::open(data.join("insitu.db")).unwrap();
+        let ds = store
+            .add_dataset("books", &input, std::slice::from_ref(&digest), 86_400)
+            .unwrap();
+        let (count, slow) = (
+            workflow_of(&store, &ds, "count"),
+            workflow_of(&store, &ds, "sleep"),
+        );
+        (
+            (
+                store
+                    .grant(&consumer.address(), &ds, &count, 86_400)
+                    .unwrap(),
+                count.to_string(),
+            ),
+            (
+                store
+                    .grant(&consumer.address(), &ds, &slow, 86_400)
+                    .unwrap(),
+                slow.to_string(),
+            ),
+        )
+    };
+    let serve = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("INSITU_INSECURE_REGISTRIES", registry.host())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    let up = |c: &Consumer, (agreement, workflow): &(String, String)| {
+        let (c, agreement, workflow) = (c.clone(), agreement.clone(), workflow.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                match c.token(&c.claims(&agreement, &workflow, None)).await {
+                    Ok(t) => return t,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("the server did not come up: {e}"),
+                }
+            }
+        }
+    };
+    let (mut child, base) = serve();
+    let c = Consumer::new(base, consumer.clone());
+    let token = up(&c, &count).await;
+    let id = c.execute(&token, &count.0, &count.1).await.unwrap();
+    let token = c
+        .token(&c.claims(&count.0, &count.1, Some(&id)))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let s = c.get(&token, &format!("status/{id}")).await.unwrap();
+        match s["workflowStatus"]["status"].as_str().unwrap() {
+            "succeeded" | "failed" | "stopped" => break s,
+            _ => {
+                assert!(std::time::Instant::now() < deadline, "{s}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+        }
+    };
+    assert_eq!(status["workflowStatus"]["status"], "succeeded", "{status}");
+    assert_eq!(
+        status["execution"]["stages"][0]["backend"], "podman",
+        "{status}"
+    );
+    let words = c.download(&token, &id, "words.txt").await.unwrap();
+    assert_eq!(words, b"6\n");
+
+    // kill -9 while a container runs; the restarted gateway removes it.
+    let token = c.token(&c.claims(&slow.0, &slow.1, None)).await.unwrap();
+    let id = c.execute(&token, &slow.0, &slow.1).await.unwrap();
+    let running = || {
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", insitu_tests::native::containers_conf())
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=insitu.execution={id}"),
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while running().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !running().is_empty(),
+        "the container outlives the killed gateway"
+    );
+    let (mut child, base) = serve();
+    let c = Consumer::new(base, consumer.clone());
+    up(&c, &slow).await;
+    assert_eq!(running(), "", "the restarted gateway removed the leftover");
+    let token = c
+        .token(&c.claims(&slow.0, &slow.1, Some(&id)))
+        .await
+        .unwrap();
+    let s = c.get(&token, &format!("status/{id}")).await.unwrap();
+    assert_eq!(s["workflowStatus"]["status"], "failed", "{s}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// The chain fixture `scripts/setup` builds: (anvil binary, state snapshot,
 /// contract addresses). A missing part fails the test, it never skips it.
 fn chain_fixture() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

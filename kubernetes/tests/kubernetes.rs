@@ -613,10 +613,9 @@ async fn the_gateway_runs_native_stages_on_the_cluster() {
     let (status, _) = run(None, &agreement, &workflow).await;
     assert_eq!(status["workflowStatus"]["status"], "failed", "{status}");
     assert!(
-        status["execution"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("it needs the Kubernetes backend, which this provider has not configured"),
+        status["execution"]["reason"].as_str().unwrap().contains(
+            "it needs the Kubernetes or the Podman backend, which this provider has not configured"
+        ),
         "{status}"
     );
 

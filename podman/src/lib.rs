@@ -108,6 +108,23 @@ impl PodmanBackend {
         c
     }
 
+    /// Runs `podman args…` and waits, blocking the thread (start-up only).
+    fn output_now(&self, args: &[&str]) -> Result<String, Error> {
+        let mut c = std::process::Command::new(&self.settings.binary);
+        if let Some(conf) = &self.settings.containers_conf {
+            c.env("CONTAINERS_CONF", conf);
+        }
+        if let Some(r) = &self.settings.runtime {
+            c.args(["--runtime", r]);
+        }
+        let out = c
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| unavailable(&self.settings.binary, e))?;
+        answer(args, out)
+    }
+
     async fn output(&self, args: &[&str]) -> Result<String, Error> {
         let out = self
             .podman()
@@ -115,42 +132,32 @@ impl PodmanBackend {
             .output()
             .await
             .map_err(|e| unavailable(&self.settings.binary, e))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(Error::Unavailable(format!(
-                "podman {}: {}",
-                args.first().copied().unwrap_or_default(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        answer(args, out)
     }
 
-    /// Whether Podman answers (`podman version`).
+    /// Podman's version, if it answers (`podman version`). Blocks.
     ///
     /// # Errors
     /// [`Error::Unavailable`] naming what is wrong.
-    pub async fn check(&self) -> Result<String, Error> {
-        self.output(&["version", "--format", "{{.Client.Version}}"])
-            .await
+    pub fn check(&self) -> Result<String, Error> {
+        self.output_now(&["version", "--format", "{{.Client.Version}}"])
     }
 
     /// Removes every container labelled by insitu whose execution is not in
-    /// `running`; returns how many. Call it when the gateway starts.
+    /// `running`; returns how many. Call it when the gateway starts, before
+    /// executions run. Blocks.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when Podman cannot list or remove them.
-    pub async fn reconcile(&self, running: &[String]) -> Result<usize, Error> {
-        let list = self
-            .output(&[
-                "ps",
-                "-a",
-                "--filter",
-                &format!("label={LABEL}"),
-                "--format",
-                &format!("{{{{.ID}}}} {{{{index .Labels \"{LABEL}\"}}}}"),
-            ])
-            .await?;
+    pub fn reconcile(&self, running: &[String]) -> Result<usize, Error> {
+        let list = self.output_now(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={LABEL}"),
+            "--format",
+            &format!("{{{{.ID}}}} {{{{index .Labels \"{LABEL}\"}}}}"),
+        ])?;
         let mut removed = 0;
         for line in list.lines() {
             let mut parts = line.split_whitespace();
@@ -160,7 +167,7 @@ impl PodmanBackend {
             if running.iter().any(|r| r == execution) {
                 continue;
             }
-            self.output(&["rm", "-f", "-t", "0", id]).await?;
+            self.output_now(&["rm", "-f", "-t", "0", id])?;
             tracing::info!(
                 container = id,
                 execution,
@@ -433,6 +440,18 @@ impl PodmanBackend {
 /// SIGKILL with no OOM flag is only called OOM when a limit was set).
 fn memory_hit(job: &StageJob) -> bool {
     job.spec.limits.memory > 0
+}
+
+fn answer(args: &[&str], out: std::process::Output) -> Result<String, Error> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(Error::Unavailable(format!(
+            "podman {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 fn unavailable(binary: &Path, e: std::io::Error) -> Error {

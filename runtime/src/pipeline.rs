@@ -269,7 +269,7 @@ impl Pipeline {
             .map(|b| b.as_ref())
             .ok_or_else(|| Error::BadImage {
                 digest: stage.checksum.clone(),
-                reason: "a native (non-wasm) image; it needs the Kubernetes backend, which this provider has not configured ([kubernetes] in the config file)".into(),
+                reason: "a native (non-wasm) image; it needs the Kubernetes or the Podman backend, which this provider has not configured ([kubernetes] or [podman] in the config file)".into(),
             })
     }
 

@@ -4,6 +4,7 @@
 //! learning's data.
 
 pub mod fl;
+pub mod native;
 pub mod registry;
 
 use sha2::{Digest, Sha256};
