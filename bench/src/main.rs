@@ -16,6 +16,7 @@ mod chain;
 mod fl;
 mod http;
 mod load;
+mod podman;
 mod scale;
 mod search;
 mod secagg;
@@ -64,6 +65,9 @@ fn main() -> anyhow::Result<()> {
     }
     if what == "load" {
         load::load()?;
+    }
+    if what == "podman" {
+        podman::podman()?;
     }
     if what == "scale" {
         scale::scale()?;

@@ -74,9 +74,12 @@ impl Default for Settings {
 }
 
 /// See the module documentation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PodmanBackend {
     pub settings: Settings,
+    /// Images already pulled and checked (`repository@sha256:…`): a
+    /// digest-pinned image never changes, so later stages skip the pull.
+    pulled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How a container's run ended, as this backend saw it.
@@ -90,7 +93,10 @@ enum End {
 
 impl PodmanBackend {
     pub fn new(settings: Settings) -> PodmanBackend {
-        PodmanBackend { settings }
+        PodmanBackend {
+            settings,
+            pulled: Default::default(),
+        }
     }
 
     /// Its [`Backend::name`].
@@ -181,6 +187,14 @@ impl PodmanBackend {
     /// Pulls `job.image` (`repository@sha256:…`) and checks that what Podman
     /// holds is that digest.
     async fn pull(&self, job: &StageJob) -> Result<(), Error> {
+        if self
+            .pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&job.image)
+        {
+            return Ok(());
+        }
         let reject = |reason: String| Error::Rejected {
             digest: job.checksum.clone(),
             reason,
@@ -209,15 +223,19 @@ impl PodmanBackend {
                 job.image, job.checksum
             )));
         }
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.image.clone());
         Ok(())
     }
 
-    /// `podman create` arguments for `job` (see the module documentation).
-    pub fn create_args(&self, job: &StageJob, name: &str) -> Vec<String> {
+    /// The options, image and arguments of `podman run` / `podman create`
+    /// for `job` (see the module documentation).
+    pub fn container_args(&self, job: &StageJob, name: &str) -> Vec<String> {
         let s = &self.settings;
         let limits = &job.spec.limits;
         let mut a: Vec<String> = [
-            "create",
             "--name",
             name,
             "--label",
@@ -288,28 +306,27 @@ impl PodmanBackend {
             open_up(dir)?;
         }
         let name = format!("insitu-{}-stage-{}", job.execution, job.stage);
-        let args = self.create_args(job, &name);
-        let id = self
-            .output(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .await?;
-        let ran = self.attach(job, &id, stop).await;
-        let inspected = self
-            .output(&[
-                "inspect",
-                "--format",
-                "{{.State.ExitCode}} {{.State.OOMKilled}}",
-                &id,
-            ])
-            .await;
-        // Whatever happened: nothing stays behind.
-        let removed = self.output(&["rm", "-f", "-t", "0", &id]).await;
-        let end = ran?;
-        let inspected = inspected?;
-        removed?;
-        let mut parts = inspected.split_whitespace();
-        let code: Option<i32> = parts.next().and_then(|c| c.parse().ok());
-        let oom = parts.next() == Some("true");
+        let ran = self.attach(job, &name, stop).await;
+        if ran.is_err() {
+            // `run --rm` removes it on every end it sees; this covers ours.
+            let _ = self.output(&["rm", "-f", "-t", "0", &name]).await;
+        }
+        let (end, code) = ran?;
         let limits = &job.spec.limits;
+        if end == End::Exited && code == Some(125) {
+            // Podman's own failure (not the container's): its message is
+            // the tail of what it wrote to stderr.
+            let err = std::fs::read_to_string(job.spec.logs.join("stderr.log")).unwrap_or_default();
+            let last = err.lines().last().unwrap_or("no message").to_string();
+            return Err(Error::Unavailable(format!(
+                "podman run {}: {last}",
+                job.image
+            )));
+        }
+        // `run --rm` leaves no container to inspect: a SIGKILL insitu did
+        // not send, with a memory limit set, is the kernel's OOM killer (pids
+        // and file limits fail calls, they do not kill).
+        let oom = code == Some(137);
         let (outcome, exit_code, error) = match end {
             End::Stopped => (Outcome::Stopped, None, Some("stopped on request".into())),
             End::Deadline => (
@@ -328,7 +345,7 @@ impl PodmanBackend {
                     limits.log_quota
                 )),
             ),
-            End::Exited if oom || code == Some(137) && memory_hit(job) => (
+            End::Exited if oom && memory_hit(job) => (
                 Outcome::MemoryExceeded,
                 None,
                 Some(format!(
@@ -358,13 +375,20 @@ impl PodmanBackend {
         Ok(r)
     }
 
-    /// Starts the container attached, copies its stdout and stderr into the
-    /// logs dir within the quota, and waits for its end, the deadline or a
-    /// stop (then kills it).
-    async fn attach(&self, job: &StageJob, id: &str, stop: &StopHandle) -> Result<End, Error> {
+    /// Runs the container attached (`podman run --rm`), copies its stdout
+    /// and stderr into the logs dir within the quota, and waits for its end,
+    /// the deadline or a stop (then kills it). Returns how it ended and the
+    /// exit code `podman run` reported.
+    async fn attach(
+        &self,
+        job: &StageJob,
+        name: &str,
+        stop: &StopHandle,
+    ) -> Result<(End, Option<i32>), Error> {
         let mut child = self
             .podman()
-            .args(["start", "--attach", id])
+            .args(["run", "--rm"])
+            .args(self.container_args(job, name))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -429,10 +453,13 @@ impl PodmanBackend {
             _ = stop.wait() => End::Stopped,
         };
         if end != End::Exited {
-            let _ = self.output(&["kill", "--signal", "KILL", id]).await;
+            let _ = self.output(&["kill", "--signal", "KILL", name]).await;
         }
-        let _ = child.wait().await;
-        Ok(end)
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| unavailable(&self.settings.binary, e))?;
+        Ok((end, status.code()))
     }
 }
 

@@ -220,9 +220,9 @@ async fn native_images_run_contained_in_podman() {
     // A container as a killed gateway leaves it, created and running: the
     // next start removes it.
     let s = stage(&img, "sleep", Limits::default());
-    let args = backend.create_args(&s.job, "insitu-crashed-stage-0");
+    let args = backend.container_args(&s.job, "insitu-crashed-stage-0");
     let id = run(Command::new("podman")
-        .args(["--runtime", "runc"])
+        .args(["--runtime", "runc", "create"])
         .args(&args));
     run(Command::new("podman").args(["--runtime", "runc", "start", &id]));
     assert!(leftovers().contains("insitu-crashed-stage-0"));
