@@ -1670,6 +1670,179 @@ async fn a_native_image_runs_in_podman_end_to_end() {
     child.wait().unwrap();
 }
 
+/// The Kubernetes backend's Pod, exactly as `insitu k8s manifests` prints
+/// it, executed by `podman kube play` on a real native image (issue #19): it
+/// runs to completion, reads its input, cannot write it, and (with the
+/// NetworkPolicy's deny-all as `--network none`) has no network.
+#[test]
+fn the_printed_pod_runs_under_podman_kube_play() {
+    let registry = insitu_tests::registry::Registry::start();
+    let (image, digest) = insitu_tests::native::probe_image(&registry);
+    let conf = insitu_tests::native::containers_conf();
+    let e = Env::new();
+    let p = |s: &str| e.tmp.path().join(s);
+    std::fs::create_dir_all(p("notes")).unwrap();
+    std::fs::write(p("notes/a.txt"), "the cat saw the other cat\n").unwrap();
+    let insitu = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_insitu"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "insitu {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let data = p("data").display().to_string();
+    let ds = insitu(&[
+        "asset",
+        "add",
+        "--data-dir",
+        &data,
+        "--path",
+        &p("notes").display().to_string(),
+        "--name",
+        "notes",
+        "--allow-image",
+        &digest,
+    ]);
+    let ds = ds.split_whitespace().last().unwrap();
+    std::fs::write(p("insitu.toml"), "[kubernetes]\nnamespace = \"insitu\"\n").unwrap();
+    let repository = image.split('@').next().unwrap();
+    let podman = |args: &[&str]| {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
+            .args(["--runtime", "runc"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (mode, want) in [("count", 0), ("write-input", 7), ("net", 8)] {
+        std::fs::write(
+            p("wf.json"),
+            serde_json::json!({"main": {"type": "workflow", "name": mode, "workflow": {"stages": [
+                {"index": 0, "requirements": {"container": {"image": repository, "tag": "1", "checksum": digest}},
+                 "input": [{"index": 0, "id": ds}], "arguments": [mode]}]}}})
+            .to_string(),
+        )
+        .unwrap();
+        let yaml = insitu(&[
+            "k8s",
+            "manifests",
+            "--workflow",
+            &p("wf.json").display().to_string(),
+            "--stage",
+            "0",
+            "--data-dir",
+            &data,
+            "--config",
+            &p("insitu.toml").display().to_string(),
+        ]);
+        // The Pod (podman has no NetworkPolicy; `--network none` stands for its deny-all).
+        let pod = yaml
+            .split("\n---")
+            .find(|d| d.contains("\nkind: Pod\n"))
+            .expect("a Pod document");
+        assert!(
+            pod.contains(&format!("- {mode}")),
+            "the stage's arguments are in the Pod: {pod}"
+        );
+        // Two adaptations to Podman 4.3, nothing that governs the run: its
+        // `kube play` refuses annotation values over 63 characters (a label's
+        // limit; Kubernetes allows 256 KiB), and ignores `subPath` on
+        // hostPath volumes (it would mount the whole data dir), so each
+        // sub-path mount becomes a hostPath volume of that directory — what
+        // the kubelet does with it.
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(pod).unwrap();
+        doc["metadata"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("annotations");
+        let data_path = doc["spec"]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "data")
+            .map(|v| v["hostPath"]["path"].as_str().unwrap().to_string())
+            .unwrap();
+        let mut extra = Vec::new();
+        for (n, m) in doc["spec"]["containers"][0]["volumeMounts"]
+            .as_sequence_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            if let Some(sub) = m["subPath"].as_str().map(str::to_string) {
+                let name = format!("sub-{n}");
+                extra.push(serde_yaml_ng::to_value(serde_json::json!({
+                    "name": name, "hostPath": {"path": format!("{data_path}/{sub}"), "type": "Directory"}
+                })).unwrap());
+                let m = m.as_mapping_mut().unwrap();
+                m.remove("subPath");
+                m.insert("name".into(), name.into());
+            }
+        }
+        doc["spec"]["volumes"]
+            .as_sequence_mut()
+            .unwrap()
+            .extend(extra);
+        std::fs::write(p("pod.yaml"), serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+        // The directories the pipeline would have made, writable by the pod's user.
+        let stage = p("data/executions/nv-00000000000000000000000000000000/stage-0");
+        let _ = std::fs::remove_dir_all(&stage);
+        for d in ["outputs", "logs"] {
+            std::fs::create_dir_all(stage.join(d)).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(stage.join(d), std::fs::Permissions::from_mode(0o777))
+                .unwrap();
+        }
+        let played = podman(&[
+            "kube",
+            "play",
+            "--network",
+            "none",
+            "--tls-verify=false",
+            &p("pod.yaml").display().to_string(),
+        ]);
+        assert!(
+            played.status.success(),
+            "kube play: {}",
+            String::from_utf8_lossy(&played.stderr)
+        );
+        let container = "insitu-nv-00000000000000000000000000000000-s0-stage";
+        let waited = podman(&["wait", container]);
+        let code: i32 = String::from_utf8_lossy(&waited.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(-1);
+        let logs = String::from_utf8_lossy(&podman(&["logs", container]).stdout).to_string();
+        let down = podman(&["kube", "down", &p("pod.yaml").display().to_string()]);
+        assert!(
+            down.status.success(),
+            "kube down: {}",
+            String::from_utf8_lossy(&down.stderr)
+        );
+        assert_eq!(code, want, "{mode}: {logs}");
+        match mode {
+            "count" => assert_eq!(
+                std::fs::read_to_string(stage.join("outputs/words.txt")).unwrap(),
+                "6\n"
+            ),
+            "write-input" => {
+                assert!(logs.contains("Read-only file system"), "{logs}");
+                assert_eq!(std::fs::read_dir(p("notes")).unwrap().count(), 1);
+                assert_eq!(
+                    std::fs::read_to_string(p("notes/a.txt")).unwrap(),
+                    "the cat saw the other cat\n"
+                );
+            }
+            _ => assert!(logs.contains("no network"), "{logs}"),
+        }
+    }
+}
+
 /// The chain fixture `scripts/setup` builds: (anvil binary, state snapshot,
 /// contract addresses). A missing part fails the test, it never skips it.
 fn chain_fixture() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

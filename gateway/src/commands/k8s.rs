@@ -83,7 +83,7 @@ pub fn manifests(
             inputs,
             output: stage_dir.join("outputs"),
             logs: stage_dir.join("logs"),
-            args: Vec::new(),
+            args: s.arguments.clone(),
             env: Vec::new(),
             limits,
             deterministic: None,
