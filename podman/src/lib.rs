@@ -19,7 +19,10 @@
 //! [`PodmanBackend::reconcile`] removes those a crash left behind.
 //!
 //! Everything goes through the `podman` command line (4.x), as an operator
-//! would type it; no socket or service is needed.
+//! would type it; no socket or service is needed. Podman runs as the user
+//! insitu runs as — rootless for an ordinary user — except that rootless
+//! Podman on a cgroup v1 host is refused ([`PodmanBackend::check`]): it would
+//! ignore the memory and pids limits.
 
 use insitu_runtime::backend::{Backend, StageCode, StageJob};
 use insitu_runtime::outcome::{Outcome, RunReport};
@@ -141,12 +144,35 @@ impl PodmanBackend {
         answer(args, out)
     }
 
-    /// Podman's version, if it answers (`podman version`). Blocks.
+    /// Podman's version and mode, if it answers and can enforce the limits.
+    /// Rootless Podman (insitu running as an ordinary user) is used as is,
+    /// except on a cgroup v1 host, where it silently ignores memory and pids
+    /// limits: that is refused. Blocks.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] naming what is wrong.
+    /// [`Error::Unavailable`] naming what is wrong and what to do.
     pub fn check(&self) -> Result<String, Error> {
-        self.output_now(&["version", "--format", "{{.Client.Version}}"])
+        let info = self.output_now(&[
+            "info",
+            "--format",
+            "{{.Version.Version}} {{.Host.Security.Rootless}} {{.Host.CgroupsVersion}}",
+        ])?;
+        let mut parts = info.split_whitespace();
+        let (version, rootless, cgroups) = (
+            parts.next().unwrap_or("?").to_string(),
+            parts.next() == Some("true"),
+            parts.next().unwrap_or("?").to_string(),
+        );
+        if rootless && cgroups == "v1" {
+            return Err(Error::Unavailable(format!(
+                "Podman {version} runs rootless on a cgroup v1 host, where it ignores memory and pids limits; \
+                 run insitu as root there, or on a cgroup v2 host (systemd.unified_cgroup_hierarchy=1)"
+            )));
+        }
+        Ok(format!(
+            "{version} ({}, cgroups {cgroups})",
+            if rootless { "rootless" } else { "rootful" }
+        ))
     }
 
     /// Removes every container labelled by insitu whose execution is not in

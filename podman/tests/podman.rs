@@ -217,6 +217,45 @@ async fn native_images_run_contained_in_podman() {
     // Every container is gone.
     assert_eq!(leftovers(), "", "containers left behind");
 
+    // Rootless Podman where it cannot enforce limits (this host's cgroup v1)
+    // is refused, not used without them: Podman run as an ordinary user.
+    let user = "insitu-rootless-test";
+    if Command::new("id")
+        .arg(user)
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        run(Command::new("useradd").args(["--create-home", user]));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("podman-as-user");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec runuser -u {user} -- env HOME=/home/{user} podman \"$@\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rootless = PodmanBackend::new(Settings {
+        binary: wrapper.clone(),
+        ..settings(&registry)
+    });
+    let cgroups =
+        run(Command::new("podman").args(["info", "--format", "{{.Host.CgroupsVersion}}"]));
+    match rootless.check() {
+        Err(e) => {
+            assert_eq!(cgroups, "v1", "{e}");
+            assert!(
+                e.to_string().contains("ignores memory and pids limits"),
+                "{e}"
+            );
+        }
+        Ok(mode) => {
+            assert_eq!(cgroups, "v2", "{mode}");
+            assert!(mode.contains("rootless"), "{mode}");
+        }
+    }
+
     // A container as a killed gateway leaves it, created and running: the
     // next start removes it.
     let s = stage(&img, "sleep", Limits::default());
