@@ -482,6 +482,9 @@ async fn a_participant_killed_mid_round_and_a_malformed_update_are_dropped() {
         assert!(Instant::now() < deadline, "provider 3 never shared");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The counter moves before the answer leaves: give the answer time to
+    // reach the coordinator (the training still runs for seconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     victim.kill();
     let o = coordinator.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
