@@ -1225,17 +1225,22 @@ impl Store {
         Ok(id)
     }
 
-    /// [`Store::create_execution`] without blocking: the [`Ack`] answers
-    /// the id once it is durable.
+    /// [`Store::create_execution`] without blocking: the new id at once,
+    /// and the [`Ack`] that answers it again once it is durable.
     ///
     /// # Errors
     /// [`Error::Engine`] when the OS has no randomness; the ack: as
     /// [`Store::create_execution`].
-    pub fn create_execution_ack(&self, agreement: &Agreement) -> Result<Ack<String>, Error> {
+    pub fn create_execution_ack(
+        &self,
+        agreement: &Agreement,
+    ) -> Result<(String, Ack<String>), Error> {
         let (id, work) = Self::new_execution(agreement)?;
-        Ok(self
-            .writer
-            .submit(None, false, move |conn, path| work(conn, path).map(|()| id)))
+        let answer = id.clone();
+        let ack = self.writer.submit(None, false, move |conn, path| {
+            work(conn, path).map(|()| answer)
+        });
+        Ok((id, ack))
     }
 
     #[allow(clippy::type_complexity)]

@@ -95,7 +95,18 @@ pub(crate) async fn start_with(
         .await?;
     let mut resolved = resolve(&g.store, &agreement, now())?;
     let permit = g.queue.try_reserve().map_err(|_| ApiError::Busy)?;
-    let id = g.store.create_execution_ack(&agreement)?.done().await?;
+    let (id, created) = g.store.create_execution_ack(&agreement)?;
+    // A request dropped while the creation commits (the client went away)
+    // would leave an execution nobody queues: it is failed instead.
+    let mut orphan = Orphan {
+        store: &g.store,
+        id: &id,
+        armed: true,
+    };
+    let created = created.done().await;
+    orphan.armed = false;
+    drop(orphan);
+    created?;
     if let Err(e) = prepare(&id, &mut resolved) {
         let _ = g.store.set_status(
             &id,
@@ -120,6 +131,27 @@ pub(crate) async fn start_with(
     });
     tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
     Ok(id)
+}
+
+/// Fails execution `id` when dropped armed (see [`start_with`]).
+struct Orphan<'a> {
+    store: &'a insitu_runtime::store::Store,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Orphan<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Queued after the creation; nobody waits for it.
+            let _ = self.store.advance_ack(
+                self.id,
+                Status::Failed,
+                Some("the execute request was cancelled before the execution was queued; execute it again"),
+                None,
+            );
+        }
+    }
 }
 
 /// The seed spec's form: `serviceAgreementId`, `consumerAddress`,

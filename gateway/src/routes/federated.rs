@@ -524,7 +524,7 @@ pub(crate) async fn publish(
         "job": job, "plan": body.plan, "rounds": body.rounds, "model": digest,
         "checked_here": checked,
     });
-    let id = g.store.create_execution_ack(&agreement)?.done().await?;
+    let id = g.store.create_execution_ack(&agreement)?.1.done().await?;
     let published = g
         .pipeline
         .publish_received(
