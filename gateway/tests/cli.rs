@@ -1330,41 +1330,24 @@ async fn kill_9_under_load_on_a_real_disk_keeps_every_acknowledged_change() {
         )
     };
     let serve = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
-            .args([
-                "serve",
-                "--workers",
-                "2",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--layout")
-            .arg(&layout)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        (child, format!("http://127.0.0.1:{port}"))
+        insitu_tests::serve(
+            Path::new(env!("CARGO_BIN_EXE_insitu")),
+            [
+                "--workers".as_ref(),
+                "2".as_ref(),
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--layout".as_ref(),
+                layout.as_os_str(),
+            ],
+        )
     };
     let up = |c: Consumer| {
         let (agreement, workflow) = (agreement.clone(), workflow.clone());
         async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            loop {
-                match c.token(&c.claims(&agreement, &workflow, None)).await {
-                    Ok(t) => return t,
-                    Err(_) if std::time::Instant::now() < deadline => {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
-                    }
-                    Err(e) => panic!("the server did not come up: {e}"),
-                }
-            }
+            c.token(&c.claims(&agreement, &workflow, None))
+                .await
+                .unwrap()
         }
     };
     // Execution id → the last status its consumer was answered.
@@ -1564,37 +1547,26 @@ async fn a_native_image_runs_in_podman_end_to_end() {
             ),
         )
     };
+    let host = registry.host();
     let serve = || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_insitu"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("INSITU_INSECURE_REGISTRIES", registry.host())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        (child, format!("http://127.0.0.1:{port}"))
+        insitu_tests::serve(
+            Path::new(env!("CARGO_BIN_EXE_insitu")),
+            [
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--insecure-registry".as_ref(),
+                std::ffi::OsStr::new(&host),
+            ],
+        )
     };
     let up = |c: &Consumer, (agreement, workflow): &(String, String)| {
         let (c, agreement, workflow) = (c.clone(), agreement.clone(), workflow.clone());
         async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            loop {
-                match c.token(&c.claims(&agreement, &workflow, None)).await {
-                    Ok(t) => return t,
-                    Err(_) if std::time::Instant::now() < deadline => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("the server did not come up: {e}"),
-                }
-            }
+            c.token(&c.claims(&agreement, &workflow, None))
+                .await
+                .unwrap()
         }
     };
     let (mut child, base) = serve();

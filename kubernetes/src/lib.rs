@@ -26,7 +26,7 @@
 pub mod manifests;
 
 use futures_util::StreamExt;
-use insitu_runtime::backend::{Backend, StageCode, StageJob};
+use insitu_runtime::backend::{Backend, StageCode, StageJob, bytes_under};
 use insitu_runtime::permissions::BoxFuture;
 use insitu_runtime::sandbox::StopHandle;
 use insitu_runtime::{Error, Outcome, RunReport, Status};
@@ -422,25 +422,6 @@ fn orphan(
         .cloned()
         .unwrap_or_default();
     (!running.contains(&execution)).then_some((execution, labels))
-}
-
-/// Regular files' sizes under `dir`, links not followed.
-fn bytes_under(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 impl KubeBackend {

@@ -24,7 +24,7 @@
 //! Podman on a cgroup v1 host is refused ([`PodmanBackend::check`]): it would
 //! ignore the memory and pids limits.
 
-use insitu_runtime::backend::{Backend, StageCode, StageJob};
+use insitu_runtime::backend::{Backend, StageCode, StageJob, bytes_under};
 use insitu_runtime::outcome::{Outcome, RunReport};
 use insitu_runtime::permissions::BoxFuture;
 use insitu_runtime::sandbox::StopHandle;
@@ -520,24 +520,6 @@ fn open_up(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| Error::io("open up", dir, e))
-}
-
-fn bytes_under(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 fn report(

@@ -11,6 +11,7 @@ use crate::permissions::BoxFuture;
 use crate::sandbox::{JobSpec, Prepared, Sandbox, StopHandle};
 use crate::workflow::Did;
 use crate::{Error, RunReport};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What an image turned out to be, once pulled and verified.
@@ -101,4 +102,25 @@ impl Backend for LocalWasm {
     fn accepts(&self, code: &StageCode) -> bool {
         matches!(code, StageCode::Wasm(_))
     }
+}
+
+/// Bytes in the regular files under `dir` (links not followed, unreadable
+/// directories skipped): what a [`RunReport`] counts as output and log bytes
+/// when a backend cannot meter writes as they happen (pods, containers).
+pub fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
 }

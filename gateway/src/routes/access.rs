@@ -205,7 +205,7 @@ pub(crate) async fn download(
 /// `attachment;filename=NAME` as Nevermined's node sends it (its SDK parses
 /// exactly `attachment;filename=(.+)`): plain names unquoted; names with
 /// spaces, quotes, `;` or non-ASCII quoted (RFC 6266), quotes dropped.
-pub(crate) fn content_disposition(name: &str) -> String {
+fn content_disposition(name: &str) -> String {
     let plain = !name.is_empty()
         && name
             .bytes()

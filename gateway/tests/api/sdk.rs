@@ -6,7 +6,7 @@
 //! installs the SDK with `npm ci`); it never skips.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn insitu(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_insitu"))
@@ -53,27 +53,10 @@ async fn nevermineds_javascript_sdk_works_unchanged() {
     ]);
     std::fs::create_dir_all(p("notes")).unwrap();
     std::fs::write(p("notes/a.txt"), "the cat saw the other cat\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_insitu"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--data-dir", &p("provider"), "--layout", &p("images")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let http = insitu_runtime::tls::http_client();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "insitu serve did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (mut server, base) = insitu_tests::serve(
+        Path::new(env!("CARGO_BIN_EXE_insitu")),
+        ["--data-dir", &p("provider"), "--layout", &p("images")],
+    );
     let dataset = last_word(&insitu(&[
         "asset",
         "add",
