@@ -7,7 +7,8 @@
 //! times each after one warm-up (the file is in the page cache for all).
 
 use anyhow::{Context, bail};
-use insitu_gateway::server::{Local, ServeConfig};
+use insitu_gateway::config::ServeConfig;
+use insitu_gateway::http::Local;
 use insitu_runtime::receipt::ProviderKey;
 use insitu_runtime::store::{About, DatasetSpec};
 use serde_json::json;

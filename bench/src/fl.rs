@@ -24,7 +24,8 @@ use insitu_federated::wire::{
 };
 use insitu_gateway::client::Consumer;
 use insitu_gateway::commands::fl::HttpPeer;
-use insitu_gateway::server::{Local, ServeConfig};
+use insitu_gateway::config::ServeConfig;
+use insitu_gateway::http::Local;
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::ProviderKey;
 use serde_json::json;

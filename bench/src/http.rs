@@ -5,7 +5,8 @@
 
 use anyhow::bail;
 use insitu_gateway::client::{ClientError, Consumer};
-use insitu_gateway::server::{Local, ServeConfig};
+use insitu_gateway::config::ServeConfig;
+use insitu_gateway::http::Local;
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::ProviderKey;
 use serde_json::json;

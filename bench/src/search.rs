@@ -4,7 +4,8 @@
 //! each: one common word, two words, a rare word's prefix, an exact name,
 //! and a filter by tag. Registering is the slow part: put `TMPDIR` on tmpfs.
 
-use insitu_gateway::server::{Local, ServeConfig};
+use insitu_gateway::config::ServeConfig;
+use insitu_gateway::http::Local;
 use insitu_runtime::store::{About, DatasetSpec, Search};
 use std::time::{Duration, Instant};
 

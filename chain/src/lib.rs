@@ -1244,11 +1244,7 @@ impl ChainAgreements {
             consumer.to_string(),
             workflow.to_string(),
         );
-        if let Some((at, a)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if let Some((at, a)) = insitu_runtime::sync::lock(&self.cache).get(&key)
             && at.elapsed() < self.ttl
         {
             return Ok(a.clone());
@@ -1312,10 +1308,7 @@ impl ChainAgreements {
             expires_at: i64::MAX as u64,
         };
         self.store.record_agreement(&agreement)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Instant::now(), agreement.clone()));
+        insitu_runtime::sync::lock(&self.cache).insert(key, (Instant::now(), agreement.clone()));
         Ok(agreement)
     }
 
@@ -1467,11 +1460,7 @@ impl ChainAgreements {
             consumer.to_string(),
             dataset.to_string(),
         );
-        if let Some((at, a)) = self
-            .access_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if let Some((at, a)) = insitu_runtime::sync::lock(&self.access_cache).get(&key)
             && at.elapsed() < self.ttl
         {
             return Ok(a.clone());
@@ -1525,9 +1514,7 @@ impl ChainAgreements {
             expires_at: i64::MAX as u64,
         };
         self.store.record_access_agreement(&agreement)?;
-        self.access_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        insitu_runtime::sync::lock(&self.access_cache)
             .insert(key, (Instant::now(), agreement.clone()));
         Ok(agreement)
     }

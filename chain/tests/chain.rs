@@ -416,7 +416,8 @@ async fn rpc_down_is_unavailable_not_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agreement_execute_and_release_over_http() {
     use insitu_gateway::client::Consumer;
-    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::Local;
     let w = world().await;
     let (id, _) = w.agreement(5, true).await;
     let provider = address(PROVIDER);
@@ -825,7 +826,8 @@ async fn a_timed_out_agreement_is_refused() {
 /// is retried when the gateway starts again: nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_settlement_is_retried_after_a_restart() {
-    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::build;
     use insitu_runtime::Status;
     let w = world().await;
     let (id, _) = w.agreement(21, true).await;
@@ -877,7 +879,8 @@ async fn a_pending_settlement_is_retried_after_a_restart() {
 /// compute by itself, before any execute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_grants_compute_when_payment_is_locked() {
-    use insitu_gateway::server::{ChainConfig, ServeConfig, build};
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::build;
     let w = world().await;
     let mut config = ServeConfig::new(w.data.clone());
     config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
@@ -906,7 +909,8 @@ async fn the_gateway_grants_compute_when_payment_is_locked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_answers_503_while_the_chain_is_down() {
     use insitu_gateway::client::{ClientError, Consumer};
-    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::Local;
     let mut w = world().await;
     let (id, _) = w.agreement(41, true).await;
     let mut config = ServeConfig::new(w.data.clone());
@@ -961,7 +965,8 @@ const DEPLOYER: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d
 async fn access_paid_in_an_erc20_token_is_granted_released_and_downloaded() {
     use insitu_chain::IERC20;
     use insitu_gateway::commands::consumer::{Payment, create_agreement};
-    use insitu_gateway::server::{ChainConfig, Local, ServeConfig};
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::Local;
     let w = world().await;
     let names: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("out/addresses.json")).unwrap())

@@ -26,8 +26,7 @@ pub enum ApiError {
     Conflict(String),
     /// A body the extractors refused (malformed, wrong type, too large), with its status.
     Body(StatusCode, String),
-    Busy,
-    /// The gateway is shutting down.
+    /// Temporarily unable to serve (503).
     Unavailable(String),
 }
 
@@ -108,10 +107,10 @@ impl IntoResponse for ApiError {
                 };
                 (status, code, m)
             }
-            ApiError::Busy => {
+            ApiError::Runtime(e @ E::Busy) => {
                 let mut r = (
                     StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"error": "busy", "message": "the execution queue is full; retry after the Retry-After delay"})),
+                    Json(json!({"error": "busy", "message": e.to_string()})),
                 )
                     .into_response();
                 r.headers_mut()
@@ -121,7 +120,7 @@ impl IntoResponse for ApiError {
             ApiError::Runtime(e) => match &e {
                 E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
                 E::Denied(_) => (StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-                E::Unavailable(_) => (
+                E::Unavailable(_) | E::ShuttingDown => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     e.to_string(),
@@ -189,7 +188,12 @@ pub(crate) fn message(e: &ApiError) -> String {
         | ApiError::Conflict(m)
         | ApiError::Body(_, m)
         | ApiError::Unavailable(m) => m.clone(),
-        ApiError::Busy => "the execution queue is full".into(),
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&message(self))
     }
 }
 

@@ -8,6 +8,6 @@ pub mod commands;
 pub mod config;
 pub mod ddo;
 pub mod error;
+pub mod http;
 pub mod ids;
-pub mod routes;
-pub mod server;
+pub mod provider;

@@ -639,14 +639,14 @@ fn serve(s: ServeCli) -> anyhow::Result<bool> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let (router, gateway) = insitu_gateway::server::build(&settings.serve)?;
+        let (router, gateway) = insitu_gateway::http::build(&settings.serve)?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(address = %addr, data_dir = %settings.serve.data_dir.display(), workers = settings.serve.workers, "gateway listening");
         eprintln!("insitu gateway listening on http://{addr}");
-        insitu_gateway::server::serve(listener, router, gateway, settings.shutdown_grace, commands::shutdown_signal()).await?;
+        insitu_gateway::http::serve(listener, router, gateway, settings.shutdown_grace, commands::shutdown_signal()).await?;
         anyhow::Ok(true)
     })
 }
@@ -932,7 +932,7 @@ fn main() -> ExitCode {
         }
         Command::Admin(AdminCmd::Token { data_dir, ttl }) => (|| {
             std::fs::create_dir_all(&data_dir)?;
-            let tokens = insitu_gateway::server::tokens_of(&data_dir)?;
+            let tokens = insitu_gateway::provider::tokens_of(&data_dir)?;
             let provider = commands::provider_key(&data_dir, None, None)?.address();
             let until = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?

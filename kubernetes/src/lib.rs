@@ -26,9 +26,10 @@
 pub mod manifests;
 
 use futures_util::StreamExt;
+use insitu_runtime::backend::StopHandle;
 use insitu_runtime::backend::{Backend, StageCode, StageJob, bytes_under};
+use insitu_runtime::datadir::DataDir;
 use insitu_runtime::permissions::BoxFuture;
-use insitu_runtime::sandbox::StopHandle;
 use insitu_runtime::{Error, Outcome, RunReport, Status};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -247,7 +248,7 @@ const BACKOFF: Duration = Duration::from_millis(200);
 pub struct KubeBackend {
     client: kube::Client,
     settings: KubeSettings,
-    data_dir: PathBuf,
+    data_dir: DataDir,
 }
 
 fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
@@ -432,7 +433,7 @@ impl KubeBackend {
     pub fn new(
         client: kube::Client,
         settings: KubeSettings,
-        data_dir: PathBuf,
+        data_dir: DataDir,
     ) -> Result<KubeBackend, KubeError> {
         settings.check()?;
         Ok(KubeBackend {
@@ -473,10 +474,9 @@ impl KubeBackend {
             let stage = labels.get(manifests::STAGE).cloned().unwrap_or_default();
             let logs = self
                 .data_dir
-                .join("executions")
-                .join(&execution)
+                .execution(&execution)
                 .join(format!("stage-{stage}"))
-                .join("logs");
+                .join(insitu_runtime::datadir::LOGS);
             if !execution.contains('/')
                 && !stage.contains('/')
                 && logs.is_dir()
@@ -617,7 +617,7 @@ impl KubeBackend {
 
     async fn run_stage(&self, job: &StageJob, stop: &StopHandle) -> Result<RunReport, Error> {
         let started = Instant::now();
-        let (pod, policy) = manifests::stage_objects(job, &self.settings, &self.data_dir)?;
+        let (pod, policy) = manifests::stage_objects(job, &self.settings, self.data_dir.root())?;
         let name = manifests::name(job);
         self.create(&self.policies(), &policy, job).await?;
         let result = async {
@@ -765,14 +765,7 @@ impl Backend for KubeBackend {
     fn accepts(&self, code: &StageCode) -> bool {
         match code {
             StageCode::Native => true,
-            StageCode::Wasm(m) => {
-                self.settings.wasm
-                    && self
-                        .data_dir
-                        .join("blobs/sha256")
-                        .join(m.digest.trim_start_matches("sha256:"))
-                        .is_file()
-            }
+            StageCode::Wasm(m) => self.settings.wasm && self.data_dir.blob(&m.digest).is_file(),
         }
     }
 }

@@ -213,9 +213,7 @@ pub fn stage_objects(
                     "wasm stages on the cluster need insitu_image (an image holding the insitu binary, pinned by @sha256:…)".into(),
                 )
             })?;
-            let blob = data_dir
-                .join("blobs/sha256")
-                .join(module.digest.trim_start_matches("sha256:"));
+            let blob = insitu_runtime::datadir::DataDir::new(data_dir).blob(&module.digest);
             mounts.push((
                 in_data(settings, data_dir, &blob)?,
                 "/data/module.wasm".into(),

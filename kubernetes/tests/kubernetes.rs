@@ -9,7 +9,8 @@ use fake::Fake;
 use insitu_kubernetes::manifests::{self, stage_objects, to_yaml};
 use insitu_kubernetes::{KubeBackend, KubeSettings, VolumeSpec};
 use insitu_runtime::backend::{Backend, StageCode, StageJob};
-use insitu_runtime::sandbox::{JobSpec, Limits, StopHandle};
+use insitu_runtime::backend::{JobSpec, Limits, StopHandle};
+use insitu_runtime::datadir::DataDir;
 use insitu_runtime::workflow::Did;
 use insitu_runtime::{Outcome, Status};
 use std::path::{Path, PathBuf};
@@ -183,7 +184,8 @@ async fn world() -> World {
     std::fs::write(dataset.join("a.txt"), "one\n").unwrap();
     std::fs::write(dataset.join("b.txt"), "two\n").unwrap();
     let fake = Fake::start().await;
-    let backend = KubeBackend::new(fake.client(), KubeSettings::default(), data.clone()).unwrap();
+    let backend =
+        KubeBackend::new(fake.client(), KubeSettings::default(), DataDir::new(&data)).unwrap();
     World {
         fake,
         backend,
@@ -466,7 +468,7 @@ async fn real_cluster_runs_a_native_stage() {
     let backend = KubeBackend::new(
         settings.client().await.unwrap(),
         settings.clone(),
-        data.clone(),
+        DataDir::new(&data),
     )
     .unwrap();
     let mut j = job(&data, &dataset, "ok");
@@ -531,7 +533,8 @@ fn native_layout(dir: &Path, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_runs_native_stages_on_the_cluster() {
     use insitu_gateway::client::Consumer;
-    use insitu_gateway::server::{Local, ServeConfig};
+    use insitu_gateway::config::ServeConfig;
+    use insitu_gateway::http::Local;
     use insitu_runtime::receipt::ProviderKey;
     use insitu_runtime::store::Store;
     let tmp = tempfile::tempdir().unwrap();
@@ -662,7 +665,8 @@ async fn wasm_stages_scale_out_as_insitu_run_pods() {
         insitu_image: Some(insitu_image.clone()),
         ..KubeSettings::default()
     };
-    let backend = KubeBackend::new(w.fake.client(), settings.clone(), w.data.clone()).unwrap();
+    let backend =
+        KubeBackend::new(w.fake.client(), settings.clone(), DataDir::new(&w.data)).unwrap();
     let code = StageCode::Wasm(module.clone());
     assert!(
         !backend.accepts(&code),

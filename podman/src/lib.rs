@@ -24,10 +24,10 @@
 //! Podman on a cgroup v1 host is refused ([`PodmanBackend::check`]): it would
 //! ignore the memory and pids limits.
 
+use insitu_runtime::backend::StopHandle;
 use insitu_runtime::backend::{Backend, StageCode, StageJob, bytes_under};
 use insitu_runtime::outcome::{Outcome, RunReport};
 use insitu_runtime::permissions::BoxFuture;
-use insitu_runtime::sandbox::StopHandle;
 use insitu_runtime::{Error, Status};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -213,12 +213,7 @@ impl PodmanBackend {
     /// Pulls `job.image` (`repository@sha256:…`) and checks that what Podman
     /// holds is that digest.
     async fn pull(&self, job: &StageJob) -> Result<(), Error> {
-        if self
-            .pulled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&job.image)
-        {
+        if insitu_runtime::sync::lock(&self.pulled).contains(&job.image) {
             return Ok(());
         }
         let reject = |reason: String| Error::Rejected {
@@ -249,10 +244,7 @@ impl PodmanBackend {
                 job.image, job.checksum
             )));
         }
-        self.pulled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.image.clone());
+        insitu_runtime::sync::lock(&self.pulled).insert(job.image.clone());
         Ok(())
     }
 

@@ -7,12 +7,13 @@
 //! default); `insitu-kubernetes` runs native images — and, if the provider
 //! wants, wasm stages too — as pods with the same contract.
 
-use crate::permissions::BoxFuture;
-use crate::sandbox::{JobSpec, Prepared, Sandbox, StopHandle};
+use crate::sandbox::{Prepared, Sandbox};
 use crate::workflow::Did;
 use crate::{Error, RunReport};
 use std::path::Path;
 use std::sync::Arc;
+
+pub use crate::job::{BoxFuture, Determinism, JobSpec, Limits, StopHandle};
 
 /// What an image turned out to be, once pulled and verified.
 #[derive(Clone)]

@@ -129,6 +129,14 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// The execution queue is full; nothing was created. Retry shortly.
+    #[error("the execution queue is full; retry after the Retry-After delay")]
+    Busy,
+
+    /// The provider is shutting down and takes no new executions.
+    #[error("the provider is shutting down and takes no new executions; retry when it is back")]
+    ShuttingDown,
+
     /// A workflow document is malformed; `path` is a JSON path into it.
     #[error("workflow {path}: {reason}")]
     Workflow { path: String, reason: String },

@@ -35,9 +35,14 @@
 //! ```
 
 pub mod backend;
+pub mod datadir;
+pub mod digest;
 pub mod error;
+pub mod executions;
 pub mod image;
 pub mod jcs;
+pub mod job;
+pub mod metrics;
 pub mod outcome;
 pub mod permissions;
 pub mod pipeline;
@@ -45,6 +50,8 @@ pub mod receipt;
 pub mod resolve;
 pub mod sandbox;
 pub mod store;
+pub mod sync;
+pub mod thread;
 pub mod tls;
 pub mod units;
 pub mod verify;

@@ -5,12 +5,9 @@
 
 use crate::Error;
 use crate::store::{AccessAgreement, Agreement, Store};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-/// A boxed future, so [`Permissions`] can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::job::BoxFuture;
 
 /// Decides whether a consumer may execute a workflow under an agreement.
 pub trait Permissions: Send + Sync + std::fmt::Debug {

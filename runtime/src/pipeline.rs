@@ -17,6 +17,7 @@
 
 use crate::Error;
 use crate::backend::{Backend, LocalWasm, StageCode, StageJob};
+use crate::datadir::DataDir;
 use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, RegistrySource};
 use crate::outcome::{Outcome, Status};
 use crate::receipt::{self, ProviderKey};
@@ -73,8 +74,9 @@ pub struct Pipeline {
     pub store: Arc<Store>,
     pub puller: Puller,
     pub images: ImageResolver,
-    /// Per-execution working directories: `<root>/<execution>/stage-N/{outputs,logs}`.
-    pub root: PathBuf,
+    /// The data dir: executions' working directories
+    /// (`executions/<execution>/stage-N/{outputs,logs}`).
+    pub dir: DataDir,
     pub limits: Limits,
     /// Signs receipts.
     pub key: ProviderKey,
@@ -196,26 +198,16 @@ impl Pipeline {
 
     /// The output directory of stage `index` of execution `id`.
     pub fn outputs(&self, id: &str, index: u32) -> PathBuf {
-        self.root
-            .join(id)
-            .join(format!("stage-{index}"))
-            .join("outputs")
+        self.dir.outputs(id, index)
     }
 
     /// The logs directory of stage `index` of execution `id`.
     pub fn logs(&self, id: &str, index: u32) -> PathBuf {
-        self.root
-            .join(id)
-            .join(format!("stage-{index}"))
-            .join("logs")
+        self.dir.logs(id, index)
     }
 
     async fn configure(&self, stage: &ResolvedStage) -> Result<(StageCode, String), Error> {
-        let known = self
-            .caches
-            .images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let known = crate::sync::lock(&self.caches.images)
             .get(&stage.checksum)
             .cloned();
         if let Some((module, manifest)) = known
@@ -229,14 +221,10 @@ impl Pipeline {
             return Ok((StageCode::Native, pulled.manifest_digest));
         };
         let module = self.sandbox.prepare(&wasm)?;
-        self.caches
-            .images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                stage.checksum.clone(),
-                (module.digest.clone(), pulled.manifest_digest.clone()),
-            );
+        crate::sync::lock(&self.caches.images).insert(
+            stage.checksum.clone(),
+            (module.digest.clone(), pulled.manifest_digest.clone()),
+        );
         Ok((StageCode::Wasm(module), pulled.manifest_digest))
     }
 
@@ -277,7 +265,7 @@ impl Pipeline {
     /// [`fingerprint`].
     fn input_digest(&self, root: &Path) -> Result<String, Error> {
         let (print, newest) = fingerprint(root)?;
-        let memo = self.caches.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        let memo = crate::sync::lock(&self.caches.inputs);
         if let Some((p, digest)) = memo.get(root)
             && *p == print
         {
@@ -286,10 +274,7 @@ impl Pipeline {
         drop(memo);
         let digest = listing_digest(root)?;
         if newest.elapsed().is_ok_and(|age| age > RACY) {
-            self.caches
-                .inputs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            crate::sync::lock(&self.caches.inputs)
                 .insert(root.to_path_buf(), (print, digest.clone()));
         }
         Ok(digest)
@@ -614,9 +599,15 @@ impl Pipeline {
         Ok((result, done))
     }
 
+    /// The directory a federated round's global model is written to, read
+    /// by its training stage.
+    pub fn model_dir(&self, id: &str) -> PathBuf {
+        self.dir.execution(id).join(FederatedRound::MODEL_DIR)
+    }
+
     /// The directory a federated round's update is kept in until it is masked.
     pub fn update_dir(&self, id: &str) -> PathBuf {
-        self.root.join(id).join(FederatedRound::UPDATE_DIR)
+        self.dir.execution(id).join(FederatedRound::UPDATE_DIR)
     }
 
     /// Moves a round's update out of its output directory (which is then
@@ -659,6 +650,19 @@ struct Provenance {
     deterministic: bool,
     /// A federated round's or job's record.
     federated: Option<Value>,
+}
+
+/// Removes updates a crash left behind (`executions/*/fl-update`): their
+/// rounds' secrets died with the process, so they can never be masked.
+/// Returns how many were removed.
+pub fn sweep_updates(dir: &DataDir) -> usize {
+    let Ok(dirs) = std::fs::read_dir(dir.executions()) else {
+        return 0;
+    };
+    dirs.flatten()
+        .map(|d| d.path().join(FederatedRound::UPDATE_DIR))
+        .filter(|p| p.is_dir() && std::fs::remove_dir_all(p).is_ok())
+        .count()
 }
 
 /// What a receipt records of an input dataset: `sha256:` of the JCS form of

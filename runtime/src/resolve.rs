@@ -71,6 +71,9 @@ impl FederatedRound {
     /// Where the update is kept, under the execution's directory, until it
     /// is masked; never served.
     pub const UPDATE_DIR: &'static str = "fl-update";
+    /// Where, in the execution's directory, the round's global model is
+    /// written for its training stage.
+    pub const MODEL_DIR: &'static str = "fl-model";
     /// The files of the update (the guest SDK's `update.f64`, `update.json`).
     pub const UPDATE_FILES: [&'static str; 2] = ["update.f64", "update.json"];
 

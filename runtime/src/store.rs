@@ -23,6 +23,7 @@ use crate::outcome::Status;
 use crate::workflow::{Did, Workflow};
 pub use access::{AccessAgreement, Download};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -283,6 +284,54 @@ pub struct Execution {
     pub updated_at: u64,
 }
 
+impl Execution {
+    /// The per-stage records, typed (what the status, the dashboard and the
+    /// metrics read); records that are not the pipeline's shape are skipped.
+    pub fn stage_records(&self) -> Vec<StageRecord> {
+        self.stages
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| StageRecord::deserialize(s).ok())
+            .collect()
+    }
+
+    /// The index of the stage whose outputs are the results: the last one
+    /// recorded (0 before any).
+    pub fn result_stage(&self) -> u32 {
+        self.stages
+            .as_array()
+            .map_or(0, |a| a.len().saturating_sub(1)) as u32
+    }
+
+    /// The signed receipt's hash (`0x` + 64 hex), once published.
+    pub fn receipt_hash(&self) -> Option<String> {
+        self.receipt
+            .as_ref()?
+            .get("hash")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+/// What the pipeline records of one stage (the fields read back; the
+/// record itself, part of the signed receipt, holds more).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct StageRecord {
+    pub index: u32,
+    pub status: Option<Status>,
+    /// Unix milliseconds.
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+}
+
+impl StageRecord {
+    /// How long the stage took, once it has ended.
+    pub fn seconds(&self) -> Option<f64> {
+        Some(self.finished_at?.saturating_sub(self.started_at?) as f64 / 1e3)
+    }
+}
+
 /// See the module documentation.
 pub struct Store {
     path: PathBuf,
@@ -522,7 +571,7 @@ impl Store {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.conn)
     }
 
     /// Marks every non-terminal execution `failed` with the reason: call it
@@ -1034,7 +1083,7 @@ impl Store {
     /// [`Error::Store`].
     pub fn index_catalog(&self) -> Result<(), Error> {
         let conn = self.conn();
-        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = crate::sync::lock(&self.index);
         self.catch_up(&conn, &mut index)
     }
 
@@ -1070,7 +1119,7 @@ impl Store {
     pub fn search(&self, query: &Search) -> Result<(Vec<Value>, u64), Error> {
         let conn = self.conn();
         let (dids, total) = {
-            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            let mut index = crate::sync::lock(&self.index);
             self.catch_up(&conn, &mut index)?;
             index.search(query)
         };

@@ -14,7 +14,8 @@
 //!    receipt. Then the gateway shuts down gracefully.
 
 use crate::client::Consumer;
-use crate::server::{Local, ServeConfig};
+use crate::config::ServeConfig;
+use crate::http::Local;
 use anyhow::bail;
 use insitu_examples::{ALL, CSV_STATS, REPORT_WASM, Sample};
 use insitu_runtime::Status;

@@ -44,7 +44,7 @@ impl HttpPeer {
 
     /// An execute token (reused for 50 of its 60 minutes).
     async fn token(&self) -> Result<String, String> {
-        if let Some((t, at)) = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        if let Some((t, at)) = insitu_runtime::sync::lock(&self.token).clone()
             && at.elapsed() < Duration::from_secs(3000)
         {
             return Ok(t);
@@ -60,7 +60,7 @@ impl HttpPeer {
             .token(&claims)
             .await
             .map_err(|e| e.to_string())?;
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some((t.clone(), Instant::now()));
+        *insitu_runtime::sync::lock(&self.token) = Some((t.clone(), Instant::now()));
         Ok(t)
     }
 

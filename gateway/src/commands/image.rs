@@ -90,7 +90,7 @@ fn with_progress(mut puller: Puller) -> Puller {
             if t.total < 1 << 20 {
                 return;
             }
-            let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+            let mut bars = insitu_runtime::sync::lock(&bars);
             let bar = bars.entry(t.digest.to_string()).or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(t.total);
                 b.set_style(

@@ -108,7 +108,7 @@ async fn the_dashboard_shows_executions_charts_catalog_and_live_logs_to_the_prov
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (halt, halted) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(insitu_gateway::server::serve(
+    let served = tokio::spawn(insitu_gateway::http::serve(
         listener,
         router,
         gateway,
@@ -127,7 +127,7 @@ async fn the_dashboard_shows_executions_charts_catalog_and_live_logs_to_the_prov
             .contains("insitu admin token"),
         "{body}"
     );
-    let token = insitu_gateway::server::tokens_of(&api.tmp.path().join("data2"))
+    let token = insitu_gateway::provider::tokens_of(&api.tmp.path().join("data2"))
         .unwrap()
         .issue_admin("0x0", now() + 600);
     let r = api
@@ -151,10 +151,10 @@ async fn the_dashboard_shows_executions_charts_catalog_and_live_logs_to_the_prov
         .unwrap();
     assert_eq!(r.status(), 200, "the cookie lets the browser back in");
     // Another provider's admin token, an expired one.
-    let other = insitu_gateway::server::tokens_of(&dir)
+    let other = insitu_gateway::provider::tokens_of(&dir)
         .unwrap()
         .issue_admin("0x0", now() + 600);
-    let expired = insitu_gateway::server::tokens_of(&api.tmp.path().join("data2"))
+    let expired = insitu_gateway::provider::tokens_of(&api.tmp.path().join("data2"))
         .unwrap()
         .issue_admin("0x0", now() - 10);
     for bad in [other, expired] {

@@ -7,7 +7,8 @@ mod sdk;
 mod verify;
 
 use insitu_gateway::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant, make_grant_eip712};
-use insitu_gateway::server::{Gateway, Local, ServeConfig, build};
+use insitu_gateway::config::ServeConfig;
+use insitu_gateway::http::{Gateway, Local, build};
 use insitu_runtime::image::package;
 use insitu_runtime::receipt::{ProviderKey, Receipt, verify};
 use insitu_runtime::workflow::Did;
@@ -507,7 +508,7 @@ async fn refusals_have_precise_statuses_and_messages() {
     // Found by schemathesis (scripts/api-fuzz): every refusal is the
     // documented JSON error, including those of axum's extractors, and its
     // code is one the OpenAPI document lists.
-    let doc: Value = serde_json::from_str(insitu_gateway::server::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(insitu_gateway::http::OPENAPI).unwrap();
     let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"];
     let documented = |body: &Value| codes.as_array().unwrap().contains(&body["error"]);
     let (code, body) = api
@@ -1186,7 +1187,7 @@ async fn the_openapi_document_covers_every_route() {
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    let source = include_str!("../../src/routes/mod.rs");
+    let source = include_str!("../../src/http/mod.rs");
     let mut routes = 0;
     for piece in source.split(".route(").skip(1) {
         let path = piece.trim_start().trim_start_matches('"');
@@ -1489,7 +1490,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 /// idle connections beyond `max_connections` are closed so new clients get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
-    use insitu_gateway::server::HttpLimits;
+    use insitu_gateway::config::HttpLimits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = start_with(|c| {
         c.http = HttpLimits {

@@ -23,7 +23,6 @@ pub use store::BlobStore;
 
 use crate::Error;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// Media types insitu understands.
 pub mod media {
@@ -46,30 +45,7 @@ pub mod media {
     pub const ACCEPTED: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Checks that `digest` is `sha256:` followed by 64 lowercase hex digits.
-///
-/// # Errors
-/// [`Error::Reference`] naming what is wrong.
-pub fn check_digest(digest: &str) -> Result<(), Error> {
-    let ok = digest.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Reference {
-            reference: digest.to_string(),
-            reason: "a checksum is `sha256:` followed by 64 lowercase hex digits".into(),
-        })
-    }
-}
+pub use crate::digest::{check_digest, sha256_digest};
 
 /// What an image is, once classified.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

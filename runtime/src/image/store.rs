@@ -110,7 +110,7 @@ impl BlobStore {
     }
 
     fn slot(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inflight = crate::sync::lock(&self.inflight);
         inflight.entry(digest.to_string()).or_default().clone()
     }
 

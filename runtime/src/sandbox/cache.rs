@@ -67,10 +67,10 @@ impl<T> ModuleCache<T> {
         prepare: impl FnOnce() -> Result<T, Error>,
     ) -> Result<(Arc<T>, bool), Error> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = crate::sync::lock(&self.slots);
             slots.entry(digest.to_string()).or_default().clone()
         };
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::sync::lock(&slot);
         if let Some(ready) = &*slot {
             return Ok((ready.clone(), true));
         }
@@ -81,18 +81,13 @@ impl<T> ModuleCache<T> {
 
     /// The value prepared for `digest`, if it is ready in memory.
     pub fn get(&self, digest: &str) -> Option<Arc<T>> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)?
-            .clone();
+        let slot = crate::sync::lock(&self.slots).get(digest)?.clone();
         slot.try_lock().ok()?.clone()
     }
 
     /// Forgets every prepared module held in memory (the disk cache stays).
     pub fn clear_memory(&self) {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        crate::sync::lock(&self.slots).clear();
     }
 
     /// Path of the artifact for `digest`, if a disk cache is configured.

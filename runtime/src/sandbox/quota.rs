@@ -178,7 +178,7 @@ impl Budget {
 
 /// Locks a budget; a poisoned lock (a panic elsewhere) still yields the data.
 pub fn lock(b: &SharedBudget) -> std::sync::MutexGuard<'_, Budget> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(b)
 }
 
 /// A guest's stdout or stderr: a file in the logs dir, every write charged to

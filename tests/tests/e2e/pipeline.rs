@@ -48,7 +48,7 @@ fn world() -> World {
             layouts: vec![tmp.path().join("layout")],
             ..ImageResolver::default()
         },
-        root: tmp.path().join("executions"),
+        dir: insitu_runtime::datadir::DataDir::new(tmp.path()),
         limits: Limits::default(),
         key: ProviderKey::load_or_create(&tmp.path().join("provider.key")).unwrap(),
         caches: Default::default(),

@@ -22,11 +22,11 @@
 //! signed by this provider. Round secrets live in memory only (a restarted
 //! provider has dropped out of its rounds) and expire after an hour.
 
-use super::bearer;
-use super::compute::start_with;
 use crate::auth::{AUD_EXECUTE, Grant};
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult, integral_json};
-use crate::server::{Gateway, now};
+use crate::http::extract::bearer;
+use crate::http::rounds::Round;
+use crate::http::state::{Gateway, now};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -44,65 +44,14 @@ use insitu_runtime::resolve::{FederatedRound, Resolved};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a round's secrets are kept without the coordinator finishing it.
 const ROUND_TTL: Duration = Duration::from_secs(3600);
 /// How long `masked` waits for the training before answering 202.
 const MASK_WAIT: Duration = Duration::from_secs(15);
-
-/// (agreement, job, round).
-type RoundKey = (String, String, u64);
-
-/// One round this provider takes part in.
-struct Round {
-    consumer: String,
-    execution: String,
-    secrets: Option<RoundSecrets>,
-    created: Instant,
-}
-
-/// The rounds in progress, in memory, and how many times each step was
-/// taken (`/metrics`: `insitu_fl_steps_total{step}`).
-#[derive(Default)]
-pub(crate) struct Rounds {
-    map: Mutex<HashMap<RoundKey, Round>>,
-    /// start, share, masked, unmask.
-    steps: [std::sync::atomic::AtomicU64; 4],
-}
-
-/// The steps counted in [`Rounds`], in order.
-pub(crate) const STEPS: [&str; 4] = ["start", "share", "masked", "unmask"];
-
-impl Rounds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoundKey, Round>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn count(&self, step: usize) {
-        self.steps[step].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How many times each of [`STEPS`] succeeded.
-    pub(crate) fn counts(&self) -> [u64; 4] {
-        std::array::from_fn(|i| self.steps[i].load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-/// Removes updates a crash left behind (`executions/*/fl-update`): their
-/// rounds' secrets died with the process, so they can never be masked.
-pub(crate) fn sweep_updates(root: &Path) -> usize {
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return 0;
-    };
-    dirs.flatten()
-        .map(|d| d.path().join(FederatedRound::UPDATE_DIR))
-        .filter(|p| p.is_dir() && std::fs::remove_dir_all(p).is_ok())
-        .count()
-}
 
 fn valid_id(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -202,16 +151,16 @@ pub(crate) async fn start(
         model: Default::default(),
         model_digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(&model))),
     };
-    let root = g.pipeline.root.clone();
-    let execution = start_with(
-        &g,
+    let pipeline = g.pipeline.clone();
+    let admitted = g.executions.admit(
         &grant.consumer,
         &grant.agreement,
         &workflow,
+        now(),
         |id, resolved: &mut Resolved| {
             let mut fl = fl;
+            let dir = pipeline.model_dir(id);
             let run = || -> std::io::Result<std::path::PathBuf> {
-                let dir = root.join(id).join("fl-model");
                 std::fs::create_dir_all(&dir)?;
                 if !model.is_empty() {
                     std::fs::write(dir.join("model.f64"), &model)?;
@@ -221,15 +170,15 @@ pub(crate) async fn start(
             fl.model = run().map_err(|e| {
                 ApiError::Runtime(insitu_runtime::Error::io(
                     "write the global model",
-                    &root,
+                    pipeline.model_dir(id),
                     e,
                 ))
             })?;
             resolved.federated = Some(fl);
             FederatedRound::check(resolved).map_err(|e| ApiError::Unprocessable(e.to_string()))
         },
-    )
-    .await?;
+    );
+    let execution = admitted.await?;
     let mut gone = Vec::new();
     {
         let mut rounds = g.rounds.lock();
@@ -368,23 +317,12 @@ pub(crate) async fn masked(
         return Err(step(e));
     }
     let deadline = Instant::now() + MASK_WAIT;
-    let e = loop {
-        // Armed before the status is read, so an end in between still wakes it.
-        let ended = g.finished.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        let e = match g.store.execution(&execution) {
-            Ok(e) => e,
-            Err(e) => {
-                put_back(secrets);
-                return Err(e.into());
-            }
-        };
-        let now = Instant::now();
-        if e.status.is_terminal() || now >= deadline {
-            break e;
+    let e = match g.executions.wait(&execution, deadline).await {
+        Ok(e) => e,
+        Err(e) => {
+            put_back(secrets);
+            return Err(e.into());
         }
-        let _ = tokio::time::timeout(deadline - now, ended).await;
     };
     if !e.status.is_terminal() {
         put_back(secrets);
@@ -450,8 +388,7 @@ pub(crate) async fn unmask(
         .store
         .execution(&execution)
         .ok()
-        .and_then(|e| e.receipt)
-        .and_then(|r| r["hash"].as_str().map(str::to_string));
+        .and_then(|e| e.receipt_hash());
     Ok(Json(UnmaskResponse {
         shares,
         execution,

@@ -10,7 +10,9 @@
 
 use crate::auth::AUD_ADMIN;
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::server::{Gateway, now};
+use crate::http::extract::bearer;
+use crate::http::logs;
+use crate::http::state::{Gateway, now};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -51,7 +53,7 @@ fn authorize(
                 .strip_prefix(&format!("{COOKIE}="))
                 .map(str::to_string)
         });
-    let bearer = super::bearer(headers).ok().map(str::to_string);
+    let bearer = bearer(headers).ok().map(str::to_string);
     let offered = query_token.map(str::to_string).or(bearer).or(cookie);
     if let Some(t) = &offered {
         g.tokens.check(t, AUD_ADMIN, now())?;
@@ -178,7 +180,7 @@ pub(crate) async fn logs(
     authorize(&g, peer(&req), req.headers(), None)?;
     let id = crate::ids::execution(&id);
     g.store.execution(&id)?;
-    Ok(super::compute::follow_logs(g, id).into_response())
+    Ok(logs::follow(g, id).into_response())
 }
 
 fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
@@ -187,8 +189,8 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
         .store
         .execution_times(now_ms.saturating_sub(3_600_000), 1_000_000)?;
     let counts = g.store.count_by_status()?;
-    let depth = g.queue.max_capacity() - g.queue.capacity();
-    let active = g.active.load(std::sync::atomic::Ordering::SeqCst);
+    let depth = g.executions.depth();
+    let active = g.executions.active();
     let mut out = String::with_capacity(64 << 10);
     out.push_str(concat!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -261,12 +263,7 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     ));
     // Queue depth: the largest sample of each minute of the last hour.
     let mut depth_per_minute = vec![0.0f64; 60];
-    for (at, d) in g
-        .queue_samples
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
+    for (at, d) in insitu_runtime::sync::lock(&g.queue_samples).iter() {
         let age = now_ms.saturating_sub(*at) / 60_000;
         if age < 60 {
             let slot = &mut depth_per_minute[59 - age as usize];
@@ -391,19 +388,13 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
 
 /// "stage 0 succeeded 0.12 s, stage 1 …" from the stage records.
 fn stage_timings(e: &Execution) -> String {
-    let stages = e.stages.as_array().map_or(&[][..], Vec::as_slice);
-    let parts: Vec<String> = stages
+    let parts: Vec<String> = e
+        .stage_records()
         .iter()
         .map(|s| {
-            let took = match (s["started_at"].as_u64(), s["finished_at"].as_u64()) {
-                (Some(a), Some(b)) => format!(" {:.2} s", b.saturating_sub(a) as f64 / 1e3),
-                _ => String::new(),
-            };
-            format!(
-                "stage {} {}{took}",
-                s["index"],
-                esc(s["status"].as_str().unwrap_or("?"))
-            )
+            let took = s.seconds().map_or(String::new(), |t| format!(" {t:.2} s"));
+            let status = s.status.map_or("?", |s| s.as_str());
+            format!("stage {} {}{took}", s.index, esc(status))
         })
         .collect();
     parts.join(", ")

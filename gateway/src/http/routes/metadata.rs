@@ -13,10 +13,10 @@
 //! or digests of its outputs or logs, nor its stages' arguments: a stranger
 //! could otherwise confirm a guess of a small output by its sha256.
 
-use super::bearer;
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, AUD_PUBLISH};
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult, integral_json};
-use crate::server::{Gateway, now};
+use crate::http::extract::bearer;
+use crate::http::state::{Gateway, now};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;

@@ -1,12 +1,15 @@
 //! Operations: Prometheus metrics and the OpenAPI document.
 
 use crate::error::ApiResult;
-use crate::server::{Gateway, OPENAPI};
+use crate::http::rounds::STEPS;
+use crate::http::state::Gateway;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("../../../openapi.json");
 
 /// The OpenAPI 3.1 document of this API.
 pub(crate) async fn openapi() -> impl IntoResponse {
@@ -25,7 +28,7 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
             status.as_str()
         ));
     }
-    let depth = g.queue.max_capacity() - g.queue.capacity();
+    let depth = g.executions.depth();
     out.push_str(&format!(
         "# HELP insitu_queue_depth Executions waiting for a worker.\n# TYPE insitu_queue_depth gauge\ninsitu_queue_depth {depth}\n"
     ));
@@ -46,7 +49,7 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
     }
     out.push_str(&format!(
         "# HELP insitu_executions_active Executions queued or running in this process.\n# TYPE insitu_executions_active gauge\ninsitu_executions_active {}\n",
-        g.active.load(Ordering::Relaxed)
+        g.executions.active()
     ));
     let w = g.store.write_stats();
     for (name, help, n) in [
@@ -71,10 +74,10 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
         ));
     }
     out.push_str("# HELP insitu_fl_steps_total Federated round steps this provider took as a participant.\n# TYPE insitu_fl_steps_total counter\n");
-    for (step, n) in super::federated::STEPS.iter().zip(g.rounds.counts()) {
+    for (step, n) in STEPS.iter().zip(g.rounds.counts()) {
         out.push_str(&format!("insitu_fl_steps_total{{step=\"{step}\"}} {n}\n"));
     }
-    g.stage_seconds.render(
+    g.executions.stage_seconds().render(
         "insitu_stage_duration_seconds",
         "Stage durations from configuring to the end of running.",
         &mut out,

@@ -3,7 +3,7 @@
 
 use crate::auth::verify_grant;
 use crate::error::{ApiError, ApiResult};
-use crate::server::{Gateway, now};
+use crate::http::state::{Gateway, now};
 use axum::extract::State;
 use axum::extract::rejection::FormRejection;
 use axum::{Form, Json};
