@@ -245,7 +245,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         )
     );
     println!(
-        "anchors: one `wasmtime run` process per job 6.0 ms warm here (insitu-bench cli; ~8 ms in DESIGN §6); Nevermined's published Argo sample workflow 17 s"
+        "anchors: one `wasmtime run` process per job 6.0 ms warm here (insitu-bench cli; ~8 ms in the seed's gathered facts); Nevermined's published Argo sample workflow 17 s"
     );
     drop(gateway);
     local.stop().await?;

@@ -1,5 +1,5 @@
 //! Consumers authenticate with Nevermined JWT grants and get short-lived
-//! access tokens (DESIGN §4).
+//! access tokens (docs/ARCHITECTURE.md, "HTTP"; the grant format is Nevermined's).
 //!
 //! A grant is `base64url(header).base64url(payload).base64url(signature)` with
 //! header `{"alg":"ES256K"}`, claims `iss` (the consumer's address), `aud`,

@@ -3,7 +3,7 @@
 //! An algorithm is a command-line program that insitu runs next to the data.
 //! It receives its datasets as read-only directories and writes its results
 //! into one output directory. This crate turns the arguments insitu passes
-//! (`DESIGN.md` §1) into a typed [`Job`], and gives you helpers to walk inputs,
+//! (docs/ARCHITECTURE.md in the insitu repository, "Guest contract") into a typed [`Job`], and gives you helpers to walk inputs,
 //! write outputs atomically, log, report progress, and turn your `Result` into
 //! an exit code. It has no dependencies and builds for `wasm32-wasip1`,
 //! `wasm32-wasip2` and natively from the same source.

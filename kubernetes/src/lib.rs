@@ -3,7 +3,7 @@
 //! Stages as Kubernetes pods, behind the same [`Backend`] trait as the
 //! in-process sandbox: native (non-wasm) images always, wasm stages too when
 //! the provider scales out ([`KubeSettings::wasm`]). The guest contract is the
-//! same (DESIGN §1): inputs mounted read-only at `/data/inputs/N`, the output
+//! same (docs/ARCHITECTURE.md, "Guest contract"): inputs mounted read-only at `/data/inputs/N`, the output
 //! and logs directories writable, the contract's arguments, no environment.
 //!
 //! - [`manifests`] builds the objects of a stage — a hardened Pod pinned by

@@ -1,7 +1,7 @@
 //! The seam between the pipeline and what runs a stage. The pipeline resolves
 //! and classifies first; a [`Backend`] only ever sees a [`StageJob`]: an
 //! image pinned by digest, host directories for the guest contract's mounts
-//! (DESIGN §1), and limits already capped by the provider's maxima.
+//! (docs/ARCHITECTURE.md, "Guest contract"), and limits already capped by the provider's maxima.
 //!
 //! [`LocalWasm`] runs wasm stages in-process in the shared sandbox (the
 //! default); `insitu-kubernetes` runs native images — and, if the provider

@@ -1,7 +1,7 @@
 //! # insitu-runtime
 //!
 //! The execution core of insitu: everything needed to run one algorithm stage
-//! against local data under the guest contract of `DESIGN.md` §1.
+//! against local data under the guest contract of docs/ARCHITECTURE.md ("Guest contract").
 //!
 //! - [`sandbox`] owns the shared wasmtime engine, the compiled-module cache and
 //!   the per-job store: preopens, limits, quotas and outcome classification.
@@ -9,11 +9,17 @@
 //!   ([`backend::Backend`]: the in-process sandbox, or Kubernetes pods).
 //! - [`image`] pulls checksummed OCI images, verifies every byte, classifies
 //!   them (wasm artifact, compat, native) and packages modules as artifacts.
-//! - [`outcome`] is the one vocabulary of statuses and outcomes (`DESIGN.md` §2).
+//! - [`outcome`] is the one vocabulary of statuses and outcomes (docs/ARCHITECTURE.md, "Statuses and outcomes").
 //! - [`permissions`] decides who may execute what ([`permissions::Permissions`];
 //!   local agreements by default).
 //! - [`pipeline`] runs a resolved execution stage by stage and publishes the
 //!   result asset.
+//! - [`executions`] owns an execution's life: admission into a bounded queue,
+//!   workers, stop, waiting, settlement and shutdown.
+//! - [`job`] is the vocabulary of one stage ([`job::JobSpec`], limits, stop
+//!   handles) shared by the sandbox and every backend; [`datadir`] spells out
+//!   the data directory's layout; [`digest`] computes and checks `sha256:`
+//!   digests; [`sync`], [`thread`] and [`metrics`] are small shared helpers.
 //! - [`receipt`] signs execution receipts with the provider's secp256k1 key.
 //! - [`resolve`] turns an agreement's workflow into digest-pinned, permitted
 //!   stages before any backend sees them.

@@ -1,5 +1,5 @@
 //! Statuses and outcomes: the one vocabulary used by the CLI's JSON, the HTTP
-//! API and the store (`DESIGN.md` §2).
+//! API and the store (docs/ARCHITECTURE.md, "Statuses and outcomes").
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order of an execution's life.
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Configuring,
+        Status::Running,
+        Status::Publishing,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Stopped,
+    ];
+
     /// True for `succeeded`, `failed` and `stopped`.
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::Stopped)

@@ -120,12 +120,7 @@ impl LocalAgreements {
             }
             agreement.workflow = did;
         }
-        if now > agreement.expires_at {
-            return Err(Error::Denied(format!(
-                "agreement {agreement_id} expired {} s ago; ask the provider for a new agreement",
-                now - agreement.expires_at
-            )));
-        }
+        agreement.live_at(now)?;
         Ok(agreement)
     }
 }
@@ -150,12 +145,7 @@ impl LocalAgreements {
                 agreement.dataset
             )));
         }
-        if now > agreement.expires_at {
-            return Err(Error::Denied(format!(
-                "access agreement {agreement_id} expired {} s ago; ask the provider for a new agreement",
-                now - agreement.expires_at
-            )));
-        }
+        agreement.live_at(now)?;
         Ok(agreement)
     }
 }

@@ -106,13 +106,7 @@ impl FederatedRound {
 /// an image a compute service does not allow; [`Error::NotFound`] for unknown
 /// assets; [`Error::InvalidJob`] when a dataset's directory has gone.
 pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolved, Error> {
-    if now > agreement.expires_at {
-        return Err(Error::Denied(format!(
-            "agreement {} expired {} s ago; ask the provider for a new agreement",
-            agreement.id,
-            now - agreement.expires_at
-        )));
-    }
+    agreement.live_at(now)?;
     let workflow = store.workflow(&agreement.workflow)?;
     // A workflow the consumer published runs under any of their agreements
     // for the datasets it reads; a provider's, under agreements for it.

@@ -2,10 +2,14 @@
 //! provider's catalog and local agreements in `<data-dir>/insitu.db`. Each
 //! prints one line whose last word is the new identifier.
 
+use super::print_line;
 use anyhow::Context;
+use clap::Subcommand;
 use insitu_runtime::store::Store;
+use insitu_runtime::units::{parse_duration, parse_size};
 use insitu_runtime::workflow::Did;
 use std::path::Path;
+use std::path::PathBuf;
 
 /// Opens the store in `data_dir`, creating the directory.
 ///
@@ -238,4 +242,362 @@ pub fn downloads(
         }
     }
     Ok(out.trim_end().to_string())
+}
+
+/// `insitu asset`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AssetCommand {
+    /// Register a local dataset directory; prints its DID.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The dataset's directory (stays on this machine; never published).
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// An image its compute service allows: REF@sha256:DIGEST or sha256:DIGEST (repeatable).
+        #[arg(long = "allow-image", value_name = "REF@sha256:D")]
+        allow_images: Vec<String>,
+        /// The compute service's time-out, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+        /// Linear memory a stage reading this dataset may use (its compute
+        /// service's server `memory`; caps the provider's limit).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        memory: Option<u64>,
+        /// Output a stage reading this dataset may write (server `disk`).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        disk: Option<u64>,
+        /// Wall time of a stage reading this dataset (server `maxExecutionTime`).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        max_execution_time: Option<std::time::Duration>,
+        /// Stages reading this dataset run in deterministic mode (fixed
+        /// clocks, seeded random, sorted listings), so their outputs can be
+        /// reproduced and checked with `insitu verify --reproduce`.
+        #[arg(long)]
+        deterministic: bool,
+        /// What the dataset holds, for the catalog's search.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Comma-separated tags, for the catalog's search.
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Who made the data.
+        #[arg(long, value_name = "NAME")]
+        author: Option<String>,
+        /// Also offer the dataset's files for download (an `access` service,
+        /// granted with `insitu agreement grant --service access`). Off by
+        /// default: the data stays in situ and only computations reach it.
+        #[arg(long)]
+        access: bool,
+        /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
+        #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
+        chain_rpc: Option<String>,
+        /// Chain mode: JSON file of contract name → address.
+        #[arg(long, value_name = "ADDRESSES.json", requires = "chain_rpc")]
+        contracts: Option<PathBuf>,
+        /// The price of each service offered, in the smallest unit of the
+        /// currency (wei); required in chain mode, where it is paid into escrow.
+        #[arg(long, value_name = "WEI")]
+        price: Option<String>,
+        /// The ERC-20 token the price is in (its contract address) [default:
+        /// the chain's native currency].
+        #[arg(long, value_name = "ADDRESS", requires = "price")]
+        price_token: Option<String>,
+        /// Chain mode: the provider's key file [default: DATA_DIR/provider.key;
+        /// env INSITU_PROVIDER_KEY wins].
+        #[arg(long, value_name = "FILE", requires = "chain_rpc")]
+        provider_key_file: Option<PathBuf>,
+        /// Chain mode: the provider's encrypted key file; password in env
+        /// INSITU_KEYSTORE_PASSWORD.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "chain_rpc",
+            conflicts_with = "provider_key_file"
+        )]
+        provider_keystore: Option<PathBuf>,
+    },
+}
+
+impl AssetCommand {
+    /// Registers the dataset (and its DID on-chain in chain mode); prints its DID.
+    ///
+    /// # Errors
+    /// As [`add_dataset`] and [`add_dataset_on_chain`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let AssetCommand::Add {
+            data_dir,
+            path,
+            name,
+            allow_images,
+            timeout,
+            memory,
+            disk,
+            max_execution_time,
+            deterministic,
+            description,
+            tags,
+            author,
+            access,
+            chain_rpc,
+            contracts,
+            price,
+            price_token,
+            provider_key_file,
+            provider_keystore,
+        } = self;
+        let offer = super::catalog::Offer {
+            timeout_secs: timeout,
+            server: insitu_runtime::store::Server {
+                memory,
+                disk,
+                max_execution_time: max_execution_time.map(|d| d.as_secs().max(1)),
+            },
+            deterministic,
+            about: insitu_runtime::store::About {
+                description,
+                tags: tags
+                    .into_iter()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                author,
+            },
+            access,
+            price,
+            price_token,
+        };
+        match (chain_rpc, contracts) {
+            (Some(rpc), Some(contracts)) => super::provider_key(
+                &data_dir,
+                provider_key_file.as_deref(),
+                provider_keystore.as_deref(),
+            )
+            .and_then(|key| {
+                print_line(super::catalog::add_dataset_on_chain(
+                    &data_dir,
+                    &path,
+                    &name,
+                    &allow_images,
+                    &offer,
+                    &super::catalog::OnChain {
+                        rpc,
+                        contracts,
+                        key,
+                    },
+                ))
+            }),
+            _ => print_line(super::catalog::add_dataset(
+                &data_dir,
+                &path,
+                &name,
+                &allow_images,
+                &offer,
+            )),
+        }
+    }
+}
+
+/// `insitu workflow`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum WorkflowCommand {
+    /// Register a workflow (its metadata, or a DDO holding it); prints its DID.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_name = "WORKFLOW.json")]
+        file: PathBuf,
+    },
+}
+
+impl WorkflowCommand {
+    /// Registers the workflow; prints its DID.
+    ///
+    /// # Errors
+    /// As [`add_workflow`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let WorkflowCommand::Add { data_dir, file } = self;
+        print_line(add_workflow(&data_dir, &file))
+    }
+}
+
+/// `insitu algorithm`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AlgorithmCommand {
+    /// Register an algorithm asset: an image pinned by digest; prints its
+    /// DID. A workflow stage whose `transformation.id` names it must run
+    /// that image's checksum.
+    Add {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The image, `host/repo[:tag]@sha256:DIGEST`.
+        #[arg(long, value_name = "REF@sha256:DIGEST")]
+        image: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+impl AlgorithmCommand {
+    /// Registers the algorithm asset; prints its DID.
+    ///
+    /// # Errors
+    /// As [`add_algorithm`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let AlgorithmCommand::Add {
+            data_dir,
+            image,
+            name,
+        } = self;
+        print_line(add_algorithm(&data_dir, &image, &name))
+    }
+}
+
+/// `insitu agreement`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AgreementCommand {
+    /// Chain mode, as the consumer: create a compute agreement on-chain and
+    /// lock its payment; prints the agreement id.
+    Create {
+        #[arg(long, value_name = "URL")]
+        chain_rpc: String,
+        #[arg(long, value_name = "ADDRESSES.json")]
+        contracts: PathBuf,
+        /// The consumer's key file (hex).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The dataset's DID (registered on-chain by its provider).
+        #[arg(long)]
+        dataset: String,
+        /// The provider's address (receives the payment).
+        #[arg(long)]
+        provider: String,
+        /// The service's price, in the currency's smallest unit (wei).
+        #[arg(long, value_name = "WEI")]
+        price: String,
+        /// The ERC-20 token the price is in [default: native currency]; the
+        /// consumer approves the lock-payment condition to take it.
+        #[arg(long, value_name = "ADDRESS")]
+        price_token: Option<String>,
+        /// `compute` (run workflows on the data) or `access` (download it).
+        #[arg(long, value_enum, default_value_t = Service::Compute)]
+        service: Service,
+    },
+    /// Grant a consumer a local agreement; prints its id.
+    Grant {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// The consumer's address (0x + 40 hex).
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        dataset: String,
+        /// `compute` (run --workflow on the dataset) or `access` (download
+        /// its files; the dataset must be registered with --access).
+        #[arg(long, value_enum, default_value_t = Service::Compute)]
+        service: Service,
+        /// The workflow the agreement runs (compute agreements).
+        #[arg(long, required_if_eq("service", "compute"))]
+        workflow: Option<String>,
+        /// Seconds the agreement stays valid.
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
+    },
+}
+
+/// The service an agreement is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Compute,
+    Access,
+}
+
+impl AgreementCommand {
+    /// Grants a local agreement, or (chain mode, as the consumer) creates
+    /// and pays one; prints its id.
+    ///
+    /// # Errors
+    /// As [`grant`], [`grant_access`] and [`super::consumer::create_agreement`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        match self {
+            AgreementCommand::Grant {
+                data_dir,
+                consumer,
+                dataset,
+                service,
+                workflow,
+                timeout,
+            } => print_line(match (service, workflow) {
+                (Service::Compute, Some(workflow)) => {
+                    grant(&data_dir, &consumer, &dataset, &workflow, timeout)
+                }
+                (Service::Compute, None) => Err(anyhow::anyhow!(
+                    "a compute agreement names the workflow it runs: add --workflow DID"
+                )),
+                (Service::Access, None) => grant_access(&data_dir, &consumer, &dataset, timeout),
+                (Service::Access, Some(_)) => Err(anyhow::anyhow!(
+                    "an access agreement downloads the dataset's files and runs no workflow: drop --workflow"
+                )),
+            }),
+            AgreementCommand::Create {
+                chain_rpc,
+                contracts,
+                key,
+                dataset,
+                provider,
+                price,
+                price_token,
+                service,
+            } => print_line(super::consumer::create_agreement(
+                &chain_rpc,
+                &contracts,
+                &key,
+                &dataset,
+                &provider,
+                &super::consumer::Payment {
+                    price,
+                    token: price_token,
+                    access: service == Service::Access,
+                },
+            )),
+        }
+    }
+}
+
+/// `insitu downloads`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DownloadsCommand {
+    /// List recorded downloads, newest first: when, who, agreement,
+    /// dataset, file, bytes, whether complete.
+    List {
+        #[arg(long, default_value = "insitu-data")]
+        data_dir: PathBuf,
+        /// Only this dataset's.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl DownloadsCommand {
+    /// Prints the recorded downloads.
+    ///
+    /// # Errors
+    /// As [`downloads`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let DownloadsCommand::List {
+            data_dir,
+            dataset,
+            limit,
+            json,
+        } = self;
+        print_line(downloads(&data_dir, dataset.as_deref(), limit, json))
+    }
 }

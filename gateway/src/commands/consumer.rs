@@ -3,11 +3,12 @@
 //! `insitu sign` (EIP-191 `personal_sign`, e.g. of an agreement id for the
 //! seed spec's `exec` form).
 
+use super::print_line;
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
 use anyhow::{Context, bail};
 use insitu_runtime::receipt::ProviderKey;
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Creates a secp256k1 key file (mode 0600): hex, or with `keystore` an
@@ -194,4 +195,130 @@ pub fn create_agreement(
     };
     let id = super::runtime()?.block_on(chain.create_and_pay(seed.into(), did, &price, service))?;
     Ok(format!("agreement created and paid: {id:#x}"))
+}
+
+/// `insitu key`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum KeyCommand {
+    /// Create a key file (mode 0600); prints its address.
+    New {
+        file: PathBuf,
+        /// Write an encrypted keystore (Web3 Secret Storage, scrypt) with the
+        /// password in env INSITU_KEYSTORE_PASSWORD, instead of hex.
+        #[arg(long)]
+        keystore: bool,
+        /// With --keystore: encrypt the existing key in this file (hex)
+        /// instead of generating one.
+        #[arg(long, value_name = "HEX_FILE", requires = "keystore")]
+        from: Option<PathBuf>,
+    },
+    /// Print the address of a key file (hex, or a keystore opened with
+    /// INSITU_KEYSTORE_PASSWORD).
+    Address { file: PathBuf },
+}
+
+impl KeyCommand {
+    /// Creates a key file, or prints a key file's address.
+    ///
+    /// # Errors
+    /// As [`new_key`] and [`address`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        match self {
+            KeyCommand::New {
+                file,
+                keystore,
+                from,
+            } => print_line(new_key(&file, keystore, from.as_deref())),
+            KeyCommand::Address { file } => print_line(address(&file)),
+        }
+    }
+}
+
+/// `insitu grant`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GrantCommand {
+    /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The agreement id (0x + 64 hex).
+    #[arg(long, required_unless_present = "publish")]
+    pub agreement: Option<String>,
+    /// Grant to execute this workflow DID.
+    #[arg(
+        long,
+        conflicts_with_all = ["execution", "dataset", "publish"],
+        required_unless_present_any = ["execution", "dataset", "publish"]
+    )]
+    pub workflow: Option<String>,
+    /// Grant to publish own workflows and algorithms
+    /// (POST /api/v1/metadata/assets/ddo); needs no agreement.
+    #[arg(long, conflicts_with_all = ["execution", "dataset", "agreement"])]
+    pub publish: bool,
+    /// Grant to download this dataset's files (an access agreement).
+    #[arg(long, conflicts_with = "execution")]
+    pub dataset: Option<String>,
+    /// Grant to watch, stop and download this execution.
+    #[arg(long)]
+    pub execution: Option<String>,
+    /// Seconds the grant is valid.
+    #[arg(long, default_value_t = 300)]
+    pub ttl: u64,
+}
+
+impl GrantCommand {
+    /// Prints the signed grant.
+    ///
+    /// # Errors
+    /// As [`grant`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let target = match (&self.workflow, &self.execution, &self.dataset) {
+            _ if self.publish => GrantFor::Publish,
+            (Some(w), _, _) => GrantFor::Execute(w),
+            (_, Some(e), _) => GrantFor::Execution(e),
+            (_, _, Some(d)) => GrantFor::Access(d),
+            _ => unreachable!("clap requires one of --workflow, --execution, --dataset, --publish"),
+        };
+        print_line(grant(
+            &self.key,
+            self.agreement.as_deref().unwrap_or_default(),
+            target,
+            self.ttl,
+        ))
+    }
+}
+
+/// Print the personal_sign (EIP-191) signature of a text; with --exec,
+/// a signed exec form (agreement, workflow, fresh nonce, timestamp) for
+/// POST /api/v1/gateway/services/exec.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignCommand {
+    /// The key file (hex).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The text to sign.
+    #[arg(required_unless_present = "exec")]
+    pub message: Option<String>,
+    /// Print the exec form body for this agreement and workflow instead.
+    #[arg(long, num_args = 2, value_names = ["AGREEMENT", "WORKFLOW"], conflicts_with = "message")]
+    pub exec: Option<Vec<String>>,
+}
+
+impl SignCommand {
+    /// Prints the signature, or the signed exec form.
+    ///
+    /// # Errors
+    /// As [`sign`] and [`exec_form`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        match (self.exec, self.message) {
+            (Some(e), _) => print_line(exec_form(
+                &self.key,
+                &e[0],
+                &e[1],
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )),
+            (None, m) => print_line(sign(&self.key, &m.unwrap_or_default())),
+        }
+    }
 }

@@ -19,23 +19,34 @@ use std::io::{IsTerminal, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-/// What `insitu exec` does.
-#[derive(Debug, Clone)]
-pub struct ExecArgs {
-    /// The gateway's base URL (`http://host:port`).
+/// `insitu exec`: as a consumer, execute a workflow at a gateway, show its
+/// progress, download and verify the results.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecCommand {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL")]
     pub gateway: String,
     /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
+    /// The agreement id (0x + 64 hex).
+    #[arg(long)]
     pub agreement: String,
+    /// The workflow DID to execute.
+    #[arg(long)]
     pub workflow: String,
-    /// Stream the guest's logs while it runs.
+    /// Stream the guest's logs to stdout while it runs.
+    #[arg(long)]
     pub follow: bool,
-    /// Download the result files here, and the receipt (the results
-    /// answer) beside it as [`receipt_path`]`(dir)`.
+    /// Download the result files into DIR (resumable, each file's sha256
+    /// checked against the receipt) and the receipt to DIR.receipt.json.
+    #[arg(long, value_name = "DIR")]
     pub download: Option<PathBuf>,
-    /// Verify the receipt (and the downloaded files).
+    /// Verify the receipt (and the downloaded files), as insitu verify does.
+    #[arg(long)]
     pub verify: bool,
-    /// With `--verify`: the provider's address the receipt must be signed by.
+    /// With --verify: the provider's address the receipt must be signed by.
+    #[arg(long, value_name = "ADDRESS", requires = "verify")]
     pub provider: Option<String>,
 }
 
@@ -132,7 +143,7 @@ impl Display {
 ///
 /// # Errors
 /// Usage, auth and connection errors (exit code 2).
-pub fn run(args: &ExecArgs) -> anyhow::Result<bool> {
+pub fn run(args: &ExecCommand) -> anyhow::Result<bool> {
     let c = consumer(&args.gateway, &args.key)?;
     let results = super::runtime()?.block_on(async {
         let t = c
@@ -186,12 +197,13 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<bool> {
                 f
             }
         };
-        let report = super::verify::run(&super::verify::VerifyArgs {
+        let report = super::verify::VerifyCommand {
             receipt: file,
             provider: args.provider.clone(),
             files: args.download.clone(),
             ..Default::default()
-        })?;
+        }
+        .report(None)?;
         for check in &report.checks {
             println!("{check}");
         }
@@ -377,20 +389,47 @@ async fn download(
     Ok(())
 }
 
-/// `insitu executions …`: one call with a grant under `agreement`.
-#[derive(Debug, Clone)]
-pub enum ExecutionsCmd {
-    /// The caller's executions (a grant for `workflow` lists them).
+/// What every `insitu executions` verb needs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecutionsAt {
+    /// The gateway's base URL.
+    #[arg(long, value_name = "URL")]
+    pub gateway: String,
+    /// The consumer's key file (hex).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The agreement the executions run under.
+    #[arg(long)]
+    pub agreement: String,
+}
+
+/// `insitu executions`: one call with a grant under the agreement.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ExecutionsCommand {
+    /// The consumer's executions at the gateway.
     List {
+        #[command(flatten)]
+        at: ExecutionsAt,
+        /// A workflow of the agreement (the grant to list is an execute grant).
+        #[arg(long)]
         workflow: String,
     },
+    /// One execution's status, stages, progress and receipt (JSON).
     Status {
+        #[command(flatten)]
+        at: ExecutionsAt,
         id: String,
     },
+    /// One execution's logs so far.
     Logs {
+        #[command(flatten)]
+        at: ExecutionsAt,
         id: String,
     },
+    /// Stop one execution.
     Stop {
+        #[command(flatten)]
+        at: ExecutionsAt,
         id: String,
     },
 }
@@ -400,40 +439,40 @@ pub enum ExecutionsCmd {
 ///
 /// # Errors
 /// Usage, auth and connection errors.
-pub fn executions(
-    gateway: &str,
-    key: &Path,
-    agreement: &str,
-    cmd: &ExecutionsCmd,
-) -> anyhow::Result<bool> {
-    let c = consumer(gateway, key)?;
+pub fn executions(cmd: &ExecutionsCommand) -> anyhow::Result<bool> {
+    let (ExecutionsCommand::List { at, .. }
+    | ExecutionsCommand::Status { at, .. }
+    | ExecutionsCommand::Logs { at, .. }
+    | ExecutionsCommand::Stop { at, .. }) = cmd;
+    let (gateway, agreement) = (at.gateway.as_str(), at.agreement.as_str());
+    let c = consumer(gateway, &at.key)?;
     super::runtime()?.block_on(async {
         let (workflow, id) = match cmd {
-            ExecutionsCmd::List { workflow } => (workflow.as_str(), None),
-            ExecutionsCmd::Status { id }
-            | ExecutionsCmd::Logs { id }
-            | ExecutionsCmd::Stop { id } => ("", Some(id.as_str())),
+            ExecutionsCommand::List { workflow, .. } => (workflow.as_str(), None),
+            ExecutionsCommand::Status { id, .. }
+            | ExecutionsCommand::Logs { id, .. }
+            | ExecutionsCommand::Stop { id, .. } => ("", Some(id.as_str())),
         };
         let t = c
             .token(&c.claims(agreement, workflow, id))
             .await
             .map_err(explain)?;
         match cmd {
-            ExecutionsCmd::List { .. } => {
+            ExecutionsCommand::List { .. } => {
                 let v = c.get(&t, "list").await.map_err(explain)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
-            ExecutionsCmd::Status { id } => {
+            ExecutionsCommand::Status { id, .. } => {
                 let v = c.get(&t, &format!("status/{id}")).await.map_err(explain)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
-            ExecutionsCmd::Logs { id } => {
+            ExecutionsCommand::Logs { id, .. } => {
                 let v = c.get(&t, &format!("logs/{id}")).await.map_err(explain)?;
                 for stage in v["logs"].as_array().into_iter().flatten() {
                     print!("{}", stage["content"].as_str().unwrap_or_default());
                 }
             }
-            ExecutionsCmd::Stop { id } => {
+            ExecutionsCommand::Stop { id, .. } => {
                 let r = c
                     .http
                     .delete(format!("{}/api/v1/node/services/compute/stop/{id}", c.base))

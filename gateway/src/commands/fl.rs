@@ -17,7 +17,7 @@ use insitu_federated::wire::{
 };
 use insitu_runtime::receipt::ProviderKey;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -167,29 +167,56 @@ impl Peer for HttpPeer {
     }
 }
 
-/// What `insitu fl run` was given.
-#[derive(Debug, Clone)]
-pub struct FlArgs<'a> {
-    pub plan: &'a Path,
-    pub key: &'a Path,
-    pub out: &'a Path,
+/// `insitu fl`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum FlCommand {
+    /// Coordinate a federated job: every round, each participant trains on
+    /// its data with the global model and returns only a masked update; the
+    /// sum is unmasked and averaged (FedAvg). One JSON line per round, a
+    /// final line with the model's path, digest and published result; exit
+    /// 0 iff the job completed, 1 when a round aborted (run again to
+    /// resume), 2 on a bad plan, key or directory.
+    Run {
+        /// The plan: rounds, min_participants, threshold, parameters,
+        /// round_timeout_secs, participants [{gateway, agreement, workflow}],
+        /// per_round, publish.
+        #[arg(long, value_name = "PLAN.json")]
+        plan: PathBuf,
+        /// The consumer's key file (hex, or a keystore with INSITU_KEYSTORE_PASSWORD).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where the job's state and global model are kept (resumes from it).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+impl FlCommand {
+    /// Runs the job; `Ok(true)` iff it completed.
+    ///
+    /// # Errors
+    /// As [`run`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let FlCommand::Run { plan, key, out } = self;
+        run(&plan, &key, &out)
+    }
 }
 
 /// Runs the job; prints its lines; `Ok(true)` iff it completed.
 ///
 /// # Errors
 /// A plan, key or directory that cannot be used (exit 2).
-pub fn run(args: &FlArgs<'_>) -> anyhow::Result<bool> {
-    let text = std::fs::read(args.plan)
-        .map_err(|e| anyhow::anyhow!("cannot read the plan {}: {e}", args.plan.display()))?;
+pub fn run(plan_file: &Path, key: &Path, out: &Path) -> anyhow::Result<bool> {
+    let text = std::fs::read(plan_file)
+        .map_err(|e| anyhow::anyhow!("cannot read the plan {}: {e}", plan_file.display()))?;
     let plan: Plan = serde_json::from_slice(&text).map_err(|e| {
         anyhow::anyhow!(
             "the plan {} is not a federated plan: {e} (see the README's federated section)",
-            args.plan.display()
+            plan_file.display()
         )
     })?;
     plan.check()?;
-    let key = ProviderKey::open(args.key, super::keystore_password().as_deref())?;
+    let key = ProviderKey::open(key, super::keystore_password().as_deref())?;
     insitu_runtime::tls::install();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -203,7 +230,7 @@ pub fn run(args: &FlArgs<'_>) -> anyhow::Result<bool> {
         let coordinator = Coordinator {
             plan: &plan,
             peers: &peers,
-            out: args.out,
+            out,
         };
         let finished = match coordinator
             .run(|r| println!("{}", serde_json::to_string(r).unwrap_or_default()))
@@ -211,7 +238,7 @@ pub fn run(args: &FlArgs<'_>) -> anyhow::Result<bool> {
         {
             Ok(f) => f,
             Err(e @ FlError::Aborted { .. }) => {
-                eprintln!("error: {e}; the rounds done are kept in {}: run the same command again to resume", args.out.display());
+                eprintln!("error: {e}; the rounds done are kept in {}: run the same command again to resume", out.display());
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),

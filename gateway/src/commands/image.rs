@@ -20,6 +20,21 @@ pub enum ImageArg {
 }
 
 impl ImageArg {
+    /// A layout when `layout` is given, else the registry `reference`.
+    pub fn of(
+        reference: Option<String>,
+        layout: Option<String>,
+        insecure: Vec<String>,
+    ) -> ImageArg {
+        match layout {
+            Some(l) => ImageArg::Layout(l),
+            None => ImageArg::Registry {
+                reference: reference.unwrap_or_default(),
+                insecure,
+            },
+        }
+    }
+
     /// A name for argv\[0\]: the repository's last segment, or the layout's tag or dir name.
     pub fn algorithm_name(&self) -> String {
         match self {
@@ -198,4 +213,60 @@ pub async fn inspect(
         out["module_size"] = json!(wasm.len());
     }
     Ok(out)
+}
+
+/// `insitu push`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PushCommand {
+    /// The module to package (wasm32-wasip1 module or wasm32-wasip2 component).
+    pub module: PathBuf,
+    /// Registry reference to push to: host[:port]/name:tag.
+    #[arg(required_unless_present = "layout", conflicts_with = "layout")]
+    pub reference: Option<String>,
+    /// Write an OCI image layout instead: DIR[:TAG] (tag defaults to latest).
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub layout: Option<String>,
+    /// Use plain HTTP for this registry host (loopback test registries); repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+}
+
+impl PushCommand {
+    /// Pushes (or writes the layout) and prints the manifest digest.
+    ///
+    /// # Errors
+    /// As [`push`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let target = ImageArg::of(self.reference, self.layout, self.insecure_registry);
+        let digest = super::runtime()?.block_on(push(&self.module, &target))?;
+        println!("{digest}");
+        Ok(true)
+    }
+}
+
+/// `insitu inspect`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InspectCommand {
+    /// Registry reference: host[:port]/name[:tag][@sha256:…] (tags are resolved).
+    #[arg(required_unless_present = "layout", conflicts_with = "layout")]
+    pub reference: Option<String>,
+    /// Inspect an OCI image layout: DIR[:TAG].
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub layout: Option<String>,
+    /// Use plain HTTP for this registry host; repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+}
+
+impl InspectCommand {
+    /// Prints what the image is, as pretty JSON.
+    ///
+    /// # Errors
+    /// As [`inspect`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        let arg = ImageArg::of(self.reference, self.layout, self.insecure_registry);
+        let info = super::runtime()?.block_on(inspect(&arg, super::default_cache_dir()))?;
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        Ok(true)
+    }
 }

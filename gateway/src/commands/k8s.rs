@@ -10,6 +10,57 @@ use insitu_runtime::sandbox::{JobSpec, Limits};
 use insitu_runtime::workflow::{Input, Workflow};
 use std::path::{Path, PathBuf};
 
+/// `insitu k8s`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum K8sCommand {
+    /// Print the NetworkPolicy and Pod (YAML) stage N of a workflow would
+    /// create, for review or `kubectl apply --dry-run=server -f -`.
+    Manifests {
+        /// The workflow (its metadata, or a DDO holding it).
+        #[arg(long, value_name = "WORKFLOW.json")]
+        workflow: PathBuf,
+        #[arg(long, value_name = "N")]
+        stage: u32,
+        /// Resolve datasets in this data dir's catalog; without it they are
+        /// placeholder volumes named `unresolved-dataset-N`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The config file holding `[kubernetes]` and `[limits]`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+impl K8sCommand {
+    /// Prints the manifests.
+    ///
+    /// # Errors
+    /// An unreadable config file; as [`manifests`].
+    pub fn execute(self) -> anyhow::Result<bool> {
+        use crate::config::{Layer, Settings};
+        let K8sCommand::Manifests {
+            workflow,
+            stage,
+            data_dir,
+            config,
+        } = self;
+        let layers = match &config {
+            Some(f) => vec![Layer::from_file(f)?],
+            None => Vec::new(),
+        };
+        let settings = Settings::resolve(&layers)?;
+        let yaml = manifests(
+            &workflow,
+            stage,
+            data_dir.as_deref(),
+            &settings.serve.kubernetes.unwrap_or_default(),
+            settings.serve.limits,
+        )?;
+        print!("{yaml}");
+        Ok(true)
+    }
+}
+
 /// Placeholder execution and agreement ids (the real ones exist only once a
 /// consumer executes).
 const EXECUTION: &str = "nv-00000000000000000000000000000000";

@@ -1,6 +1,6 @@
 //! The wasmtime sandbox: one shared engine, a compiled-module cache, and a
-//! fresh store per job that enforces the guest contract (`DESIGN.md` §1) and
-//! the limits, and classifies how the job ended (`DESIGN.md` §2).
+//! fresh store per job that enforces the guest contract (docs/ARCHITECTURE.md, "Guest contract") and
+//! the limits, and classifies how the job ended (docs/ARCHITECTURE.md, "Statuses and outcomes").
 //!
 //! # Mechanisms
 //! - **Wall time**: epoch interruption (a ticker thread advances the engine's

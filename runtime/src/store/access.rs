@@ -109,6 +109,23 @@ pub(super) fn offers_access(ddo: &Value) -> bool {
         .is_some_and(|s| s.iter().any(|s| s["type"] == "access"))
 }
 
+impl AccessAgreement {
+    /// Whether it still holds at `now` (unix seconds).
+    ///
+    /// # Errors
+    /// [`Error::Denied`] saying how long ago it expired.
+    pub fn live_at(&self, now: u64) -> Result<(), Error> {
+        if now > self.expires_at {
+            return Err(Error::Denied(format!(
+                "access agreement {} expired {} s ago; ask the provider for a new agreement",
+                self.id,
+                now - self.expires_at
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// Grants `consumer` the right to download the files of `dataset` for
     /// `timeout_secs` from now; returns the agreement id (`0x` + 64 hex).
