@@ -226,10 +226,7 @@ impl ChainAgreements {
         match release.state {
             ConditionState::Fulfilled => Ok(price),
             ConditionState::Unfulfilled => {
-                let sent = match service {
-                    Service::Compute => self.chain.fulfill_compute(id, did, consumer).await,
-                    Service::Access => self.chain.fulfill_access(id, did, consumer).await,
-                };
+                let sent = self.chain.fulfill(service, id, did, consumer).await;
                 match sent {
                     Ok(tx) => {
                         tracing::info!(agreement = agreement_id, tx = %tx, "{kind} granted on-chain");

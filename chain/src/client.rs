@@ -389,44 +389,33 @@ impl Chain {
         Ok(receipt.transaction_hash)
     }
 
-    /// The provider grants compute (`ComputeExecutionCondition.fulfill`);
-    /// returns the transaction hash once mined.
-    ///
-    /// # Errors
-    /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`].
-    pub async fn fulfill_compute(
-        &self,
-        agreement: B256,
-        did: B256,
-        consumer: Address,
-    ) -> Result<B256, ChainError> {
-        let c = IComputeExecutionCondition::new(self.addresses.compute, &self.provider);
-        self.transact(
-            "ComputeExecutionCondition.fulfill",
-            c.fulfill(agreement, did, consumer),
-        )
-        .await
-    }
-
-    /// Grants access on-chain for `agreement` (`AccessCondition.fulfill`);
-    /// returns the transaction hash once mined.
+    /// Grants `service` on-chain for `agreement` (`ComputeExecutionCondition`
+    /// or `AccessCondition.fulfill`); returns the transaction hash once mined.
     ///
     /// # Errors
     /// [`ChainError::Reverted`] with the revert reason; [`ChainError::Rpc`];
-    /// [`ChainError::Addresses`] without the access contracts.
-    pub async fn fulfill_access(
+    /// [`ChainError::Addresses`] for access without its contracts.
+    pub async fn fulfill(
         &self,
+        service: Service,
         agreement: B256,
         did: B256,
         consumer: Address,
     ) -> Result<B256, ChainError> {
-        let (_, condition) = self.addresses.of(Service::Access)?;
-        let c = IAccessCondition::new(condition, &self.provider);
-        self.transact(
-            "AccessCondition.fulfill",
-            c.fulfill(agreement, did, consumer),
-        )
-        .await
+        let (_, condition) = self.addresses.of(service)?;
+        match service {
+            Service::Compute => {
+                let c = IComputeExecutionCondition::new(condition, &self.provider);
+                let call = c.fulfill(agreement, did, consumer);
+                self.transact("ComputeExecutionCondition.fulfill", call)
+                    .await
+            }
+            Service::Access => {
+                let c = IAccessCondition::new(condition, &self.provider);
+                let call = c.fulfill(agreement, did, consumer);
+                self.transact("AccessCondition.fulfill", call).await
+            }
+        }
     }
 
     /// Releases the escrowed payment of `agreement` to the price's receivers

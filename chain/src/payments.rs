@@ -22,17 +22,7 @@ impl Chain {
         from: u64,
         to: u64,
     ) -> Result<Vec<(B256, B256)>, ChainError> {
-        use alloy::sol_types::SolEvent;
-        let filter = alloy::rpc::types::Filter::new()
-            .address(self.addresses.lock_payment)
-            .event_signature(ILockPaymentCondition::Fulfilled::SIGNATURE_HASH)
-            .from_block(from)
-            .to_block(to);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| self.rpc(e))?;
+        let logs = self.lock_events(None, from, to).await?;
         Ok(logs
             .iter()
             .filter_map(|l| {
@@ -41,28 +31,41 @@ impl Chain {
             })
             .collect())
     }
+
     /// The agreements whose payment was locked for `did` between blocks
     /// `from` and `to`, oldest first.
     ///
     /// # Errors
     /// [`ChainError::Rpc`].
     pub async fn locked_for(&self, did: B256, from: u64, to: u64) -> Result<Vec<B256>, ChainError> {
-        use alloy::sol_types::SolEvent;
-        let filter = alloy::rpc::types::Filter::new()
-            .address(self.addresses.lock_payment)
-            .event_signature(ILockPaymentCondition::Fulfilled::SIGNATURE_HASH)
-            .topic2(did)
-            .from_block(from)
-            .to_block(to);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| self.rpc(e))?;
+        let logs = self.lock_events(Some(did), from, to).await?;
         Ok(logs
             .iter()
             .filter_map(|l| l.topics().get(1).copied())
             .collect())
+    }
+
+    /// `LockPaymentCondition.Fulfilled` events in blocks `from..=to` (of
+    /// `did` only, when given).
+    async fn lock_events(
+        &self,
+        did: Option<B256>,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<alloy::rpc::types::Log>, ChainError> {
+        use alloy::sol_types::SolEvent;
+        let mut filter = alloy::rpc::types::Filter::new()
+            .address(self.addresses.lock_payment)
+            .event_signature(ILockPaymentCondition::Fulfilled::SIGNATURE_HASH)
+            .from_block(from)
+            .to_block(to);
+        if let Some(did) = did {
+            filter = filter.topic2(did);
+        }
+        self.provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| self.rpc(e))
     }
 }
 
@@ -133,7 +136,9 @@ async fn grant_if_ours(
     {
         return Ok(());
     }
-    let tx = chain.fulfill_compute(agreement, did, consumer).await?;
+    let tx = chain
+        .fulfill(Service::Compute, agreement, did, consumer)
+        .await?;
     tracing::info!(agreement = %agreement, tx = %tx, "payment locked; compute granted on-chain");
     Ok(())
 }

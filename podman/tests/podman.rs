@@ -8,8 +8,8 @@
 use insitu_podman::{PodmanBackend, Settings};
 use insitu_runtime::Status;
 use insitu_runtime::backend::{Backend, StageCode, StageJob};
+use insitu_runtime::backend::{JobSpec, Limits, StopHandle};
 use insitu_runtime::outcome::Outcome;
-use insitu_runtime::sandbox::{JobSpec, Limits, StopHandle};
 use insitu_tests::native::{containers_conf, probe_image, run};
 use insitu_tests::registry::Registry;
 use std::path::{Path, PathBuf};

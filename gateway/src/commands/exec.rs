@@ -23,15 +23,8 @@ use std::time::Duration;
 /// progress, download and verify the results.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExecCommand {
-    /// The gateway's base URL.
-    #[arg(long, value_name = "URL")]
-    pub gateway: String,
-    /// The consumer's key file (hex).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
-    /// The agreement id (0x + 64 hex).
-    #[arg(long)]
-    pub agreement: String,
+    #[command(flatten)]
+    pub at: ExecutionsAt,
     /// The workflow DID to execute.
     #[arg(long)]
     pub workflow: String,
@@ -144,19 +137,22 @@ impl Display {
 /// # Errors
 /// Usage, auth and connection errors (exit code 2).
 pub fn run(args: &ExecCommand) -> anyhow::Result<bool> {
-    let c = consumer(&args.gateway, &args.key)?;
+    let (agreement, c) = (
+        &args.at.agreement,
+        consumer(&args.at.gateway, &args.at.key)?,
+    );
     let results = super::runtime()?.block_on(async {
         let t = c
-            .token(&c.claims(&args.agreement, &args.workflow, None))
+            .token(&c.claims(agreement, &args.workflow, None))
             .await
             .map_err(explain)?;
         let id = c
-            .execute(&t, &args.agreement, &args.workflow)
+            .execute(&t, agreement, &args.workflow)
             .await
             .map_err(explain)?;
         eprintln!("execution {id} queued at {}", c.base);
         let t = c
-            .token(&c.claims(&args.agreement, &args.workflow, Some(&id)))
+            .token(&c.claims(agreement, &args.workflow, Some(&id)))
             .await
             .map_err(explain)?;
         let mut display = Display::new();
@@ -389,7 +385,8 @@ async fn download(
     Ok(())
 }
 
-/// What every `insitu executions` verb needs.
+/// Which gateway, as which consumer, under which agreement: what `insitu
+/// exec` and every `insitu executions` verb need.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ExecutionsAt {
     /// The gateway's base URL.
@@ -398,7 +395,7 @@ pub struct ExecutionsAt {
     /// The consumer's key file (hex).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
-    /// The agreement the executions run under.
+    /// The agreement id (0x + 64 hex) the executions run under.
     #[arg(long)]
     pub agreement: String,
 }

@@ -215,20 +215,33 @@ pub async fn inspect(
     Ok(out)
 }
 
-/// `insitu push`.
+/// Where an image is: a registry reference or an OCI layout on disk.
 #[derive(clap::Args, Debug, Clone)]
-pub struct PushCommand {
-    /// The module to package (wasm32-wasip1 module or wasm32-wasip2 component).
-    pub module: PathBuf,
-    /// Registry reference to push to: host[:port]/name:tag.
+pub struct ImageLocation {
+    /// Registry reference: host[:port]/name[:tag][@sha256:…].
     #[arg(required_unless_present = "layout", conflicts_with = "layout")]
     pub reference: Option<String>,
-    /// Write an OCI image layout instead: DIR[:TAG] (tag defaults to latest).
+    /// An OCI image layout instead: DIR[:TAG] (tag defaults to latest).
     #[arg(long, value_name = "DIR[:TAG]")]
     pub layout: Option<String>,
     /// Use plain HTTP for this registry host (loopback test registries); repeatable.
     #[arg(long, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
+}
+
+impl From<ImageLocation> for ImageArg {
+    fn from(l: ImageLocation) -> ImageArg {
+        ImageArg::of(l.reference, l.layout, l.insecure_registry)
+    }
+}
+
+/// `insitu push`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PushCommand {
+    /// The module to package (wasm32-wasip1 module or wasm32-wasip2 component).
+    pub module: PathBuf,
+    #[command(flatten)]
+    pub to: ImageLocation,
 }
 
 impl PushCommand {
@@ -237,8 +250,7 @@ impl PushCommand {
     /// # Errors
     /// As [`push`].
     pub fn execute(self) -> anyhow::Result<bool> {
-        let target = ImageArg::of(self.reference, self.layout, self.insecure_registry);
-        let digest = super::runtime()?.block_on(push(&self.module, &target))?;
+        let digest = super::runtime()?.block_on(push(&self.module, &self.to.into()))?;
         println!("{digest}");
         Ok(true)
     }
@@ -247,15 +259,8 @@ impl PushCommand {
 /// `insitu inspect`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct InspectCommand {
-    /// Registry reference: host[:port]/name[:tag][@sha256:…] (tags are resolved).
-    #[arg(required_unless_present = "layout", conflicts_with = "layout")]
-    pub reference: Option<String>,
-    /// Inspect an OCI image layout: DIR[:TAG].
-    #[arg(long, value_name = "DIR[:TAG]")]
-    pub layout: Option<String>,
-    /// Use plain HTTP for this registry host; repeatable.
-    #[arg(long, value_name = "HOST")]
-    pub insecure_registry: Vec<String>,
+    #[command(flatten)]
+    pub image: ImageLocation,
 }
 
 impl InspectCommand {
@@ -264,7 +269,7 @@ impl InspectCommand {
     /// # Errors
     /// As [`inspect`].
     pub fn execute(self) -> anyhow::Result<bool> {
-        let arg = ImageArg::of(self.reference, self.layout, self.insecure_registry);
+        let arg = self.image.into();
         let info = super::runtime()?.block_on(inspect(&arg, super::default_cache_dir()))?;
         println!("{}", serde_json::to_string_pretty(&info)?);
         Ok(true)

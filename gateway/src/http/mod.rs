@@ -54,7 +54,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         provider: p.services.provider.clone(),
         services: p.services,
         dashboard: config.dashboard,
-        queue_samples: Default::default(),
+        depth_samples: Default::default(),
     });
     if let Some(chain) = p.chain {
         let (store, g) = (gateway.store.clone(), Arc::downgrade(&gateway));

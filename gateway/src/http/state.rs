@@ -35,7 +35,7 @@ pub struct Gateway {
     pub(crate) provider: String,
     /// Queue depth sampled every [`QUEUE_SAMPLE`], the last hour's (unix
     /// ms, depth), for the dashboard.
-    pub(crate) queue_samples: Mutex<VecDeque<(u64, usize)>>,
+    pub(crate) depth_samples: Mutex<VecDeque<(u64, usize)>>,
 }
 
 /// How often the dashboard's queue-depth chart is sampled.
@@ -52,7 +52,7 @@ impl Gateway {
     /// Records the queue's depth now, keeping the last hour's samples.
     pub(crate) fn sample_queue(&self) {
         let keep = (3600 / QUEUE_SAMPLE.as_secs()) as usize;
-        let mut s = insitu_runtime::sync::lock(&self.queue_samples);
+        let mut s = insitu_runtime::sync::lock(&self.depth_samples);
         s.push_back((now() * 1000, self.executions.depth()));
         while s.len() > keep {
             s.pop_front();

@@ -115,14 +115,7 @@ impl AccessAgreement {
     /// # Errors
     /// [`Error::Denied`] saying how long ago it expired.
     pub fn live_at(&self, now: u64) -> Result<(), Error> {
-        if now > self.expires_at {
-            return Err(Error::Denied(format!(
-                "access agreement {} expired {} s ago; ask the provider for a new agreement",
-                self.id,
-                now - self.expires_at
-            )));
-        }
-        Ok(())
+        super::live("access agreement", &self.id, self.expires_at, now)
     }
 }
 

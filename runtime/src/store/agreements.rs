@@ -21,14 +21,7 @@ impl Agreement {
     /// # Errors
     /// [`Error::Denied`] saying how long ago it expired.
     pub fn live_at(&self, now: u64) -> Result<(), Error> {
-        if now > self.expires_at {
-            return Err(Error::Denied(format!(
-                "agreement {} expired {} s ago; ask the provider for a new agreement",
-                self.id,
-                now - self.expires_at
-            )));
-        }
-        Ok(())
+        live("agreement", &self.id, self.expires_at, now)
     }
 }
 

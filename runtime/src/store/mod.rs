@@ -55,6 +55,18 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// `Ok` while agreement `id` (`what`: "agreement", "access agreement")
+/// holds at `now`; else [`Error::Denied`] saying how long ago it expired.
+fn live(what: &str, id: &str, expires_at: u64, now: u64) -> Result<(), Error> {
+    if now > expires_at {
+        return Err(Error::Denied(format!(
+            "{what} {id} expired {} s ago; ask the provider for a new agreement",
+            now - expires_at
+        )));
+    }
+    Ok(())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -263,7 +263,7 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     ));
     // Queue depth: the largest sample of each minute of the last hour.
     let mut depth_per_minute = vec![0.0f64; 60];
-    for (at, d) in insitu_runtime::sync::lock(&g.queue_samples).iter() {
+    for (at, d) in insitu_runtime::sync::lock(&g.depth_samples).iter() {
         let age = now_ms.saturating_sub(*at) / 60_000;
         if age < 60 {
             let slot = &mut depth_per_minute[59 - age as usize];
