@@ -442,20 +442,8 @@ impl PodmanBackend {
                 }
             }
         };
-        let out = copy(
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
-            "stdout.log",
-        );
-        let err = copy(
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
-            "stderr.log",
-        );
+        let out = copy(boxed(child.stdout.take()), "stdout.log");
+        let err = copy(boxed(child.stderr.take()), "stderr.log");
         let logs = async {
             let (a, b) = tokio::join!(out, err);
             Ok::<_, Error>(a? && b?)
@@ -534,6 +522,13 @@ fn report(
         fuel_consumed: None,
         error,
     }
+}
+
+/// A child's output pipe as the one type its log copier reads.
+fn boxed<R: AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> Option<Box<dyn AsyncRead + Unpin + Send>> {
+    pipe.map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>)
 }
 
 impl Backend for PodmanBackend {

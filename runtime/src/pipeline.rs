@@ -454,8 +454,7 @@ impl Pipeline {
             self.store
                 .advance_ack(id, Status::Publishing, None, fresh.take().as_ref()),
         );
-        let last = resolved.stages.last().map_or(0, |s| s.index);
-        let results = self.outputs(id, last);
+        let results = self.outputs(id, resolved.result_stage());
         let federated = match &resolved.federated {
             Some(fl) => Some(self.set_aside_update(id, &results, fl)?),
             None => None,

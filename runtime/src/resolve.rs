@@ -67,6 +67,14 @@ pub struct FederatedRound {
     pub model_digest: String,
 }
 
+impl Resolved {
+    /// The index of the stage whose outputs are the results: the last one
+    /// (as [`crate::store::Execution::result_stage`] reads it back).
+    pub fn result_stage(&self) -> u32 {
+        self.stages.last().map_or(0, |s| s.index)
+    }
+}
+
 impl FederatedRound {
     /// Where the update is kept, under the execution's directory, until it
     /// is masked; never served.

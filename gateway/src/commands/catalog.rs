@@ -5,7 +5,7 @@
 use super::print_line;
 use anyhow::Context;
 use clap::Subcommand;
-use insitu_runtime::store::Store;
+use insitu_runtime::store::{DatasetSpec, Store};
 use insitu_runtime::units::{parse_duration, parse_size};
 use insitu_runtime::workflow::Did;
 use std::path::Path;
@@ -45,6 +45,32 @@ pub struct Offer {
     pub price_token: Option<String>,
 }
 
+impl Offer {
+    /// The dataset `name` at `path` offered so, allowing the `allowed`
+    /// checksums, under `did` (`None`: a fresh one).
+    fn spec<'a>(
+        &'a self,
+        name: &'a str,
+        path: &'a Path,
+        allowed: &'a [String],
+        did: Option<Did>,
+    ) -> DatasetSpec<'a> {
+        DatasetSpec {
+            name,
+            path,
+            allowed_images: allowed,
+            timeout_secs: self.timeout_secs,
+            server: self.server,
+            price: self.price.clone(),
+            price_token: self.price_token.clone(),
+            access: self.access,
+            did,
+            deterministic: self.deterministic,
+            about: self.about.clone(),
+        }
+    }
+}
+
 /// Registers a dataset; returns the line to print.
 ///
 /// # Errors
@@ -57,19 +83,7 @@ pub fn add_dataset(
     offer: &Offer,
 ) -> anyhow::Result<String> {
     let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
-    let did = open(data_dir)?.register_dataset(&insitu_runtime::store::DatasetSpec {
-        name,
-        path,
-        allowed_images: &allowed,
-        timeout_secs: offer.timeout_secs,
-        server: offer.server,
-        price: offer.price.clone(),
-        price_token: offer.price_token.clone(),
-        access: offer.access,
-        did: None,
-        deterministic: offer.deterministic,
-        about: offer.about.clone(),
-    })?;
+    let did = open(data_dir)?.register_dataset(&offer.spec(name, path, &allowed, None))?;
     Ok(format!("dataset `{name}` registered as {did}"))
 }
 
@@ -96,7 +110,6 @@ pub fn add_dataset_on_chain(
     offer: &Offer,
     chain: &OnChain,
 ) -> anyhow::Result<String> {
-    use insitu_runtime::store::DatasetSpec;
     let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
     for c in &allowed {
         insitu_runtime::image::check_digest(c)?;
@@ -123,19 +136,7 @@ pub fn add_dataset_on_chain(
     let (did, tx) =
         super::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
     let did = insitu_chain::did_of(did);
-    store.register_dataset(&DatasetSpec {
-        name,
-        path,
-        allowed_images: &allowed,
-        timeout_secs: offer.timeout_secs,
-        server: offer.server,
-        price: offer.price.clone(),
-        price_token: offer.price_token.clone(),
-        access: offer.access,
-        did: Some(did.clone()),
-        deterministic: offer.deterministic,
-        about: offer.about.clone(),
-    })?;
+    store.register_dataset(&offer.spec(name, path, &allowed, Some(did.clone())))?;
     Ok(format!(
         "dataset `{name}` registered on-chain (tx {tx:#x}) as {did}"
     ))

@@ -38,11 +38,10 @@ impl Execution {
     }
 
     /// The index of the stage whose outputs are the results: the last one
-    /// recorded (0 before any).
+    /// recorded (0 before any), as [`crate::resolve::Resolved::result_stage`]
+    /// chose it.
     pub fn result_stage(&self) -> u32 {
-        self.stages
-            .as_array()
-            .map_or(0, |a| a.len().saturating_sub(1)) as u32
+        self.stage_records().last().map_or(0, |s| s.index)
     }
 
     /// The signed receipt's hash (`0x` + 64 hex), once published.
