@@ -51,7 +51,13 @@ pub enum Stopped {
     BeforeStart,
     /// It is running and was asked to stop; it ends `stopped` shortly.
     Stopping,
+    /// Its results were held for review; it is `stopped` and they are not
+    /// released.
+    WhileHeld,
 }
+
+/// How often decisions on held results are looked for.
+const DECISIONS: Duration = Duration::from_millis(200);
 
 /// A queued execution.
 struct Job {
@@ -119,6 +125,19 @@ impl Executions {
             on_thread("insitu-settle".into(), async move {
                 if let Some(inner) = weak.upgrade() {
                     inner.settle_pending().await;
+                }
+            })
+            .map_err(thread_err)?;
+        }
+        {
+            // Reviewers decide from another process (`insitu review`) or
+            // the dashboard; decisions are applied here, in order.
+            let weak = Arc::downgrade(&inner);
+            on_thread("insitu-reviews".into(), async move {
+                while let Some(inner) = weak.upgrade() {
+                    inner.apply_decisions().await;
+                    drop(inner);
+                    tokio::time::sleep(DECISIONS).await;
                 }
             })
             .map_err(thread_err)?;
@@ -216,6 +235,15 @@ impl Executions {
         let e = g.store.execution(id)?;
         if e.status.is_terminal() {
             return Ok(Stopped::Ended(e.status));
+        }
+        if e.status == Status::Held {
+            g.store.set_status(
+                id,
+                Status::Stopped,
+                Some("stopped on request while its results were held for review; they were not released"),
+            )?;
+            g.finished.notify_waiters();
+            return Ok(Stopped::WhileHeld);
         }
         if let Some(s) = lock(&g.stops).get(id) {
             s.stop();
@@ -434,6 +462,50 @@ impl Inner {
                     return;
                 }
             }
+        }
+    }
+
+    /// Applies reviewers' decisions not yet applied: a release publishes
+    /// the held results (then settles, in chain mode), a rejection fails
+    /// the execution with the reviewer's reason.
+    async fn apply_decisions(&self) {
+        let Ok(decided) = self.store.undone_decisions() else {
+            return;
+        };
+        for review in decided {
+            let id = review.execution.clone();
+            let who = review.reviewer.clone().unwrap_or_default();
+            match review.decision {
+                Some(crate::store::Decision::Release) => {
+                    match self.pipeline.release_held(&review).await {
+                        Ok(()) => {
+                            tracing::info!(execution = %id, reviewer = %who, "held results released");
+                            if let Ok(e) = self.store.execution(&id)
+                                && let Ok(agreement) = self.store.agreement(&e.agreement)
+                            {
+                                self.settle(&id, &agreement).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(execution = %id, error = %e, "cannot release held results");
+                            let _ = self.store.set_status(
+                                &id,
+                                Status::Failed,
+                                Some(&format!("releasing the held results failed: {e}")),
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    let why = format!(
+                        "the results were rejected by reviewer {who}: {}",
+                        review.reason.as_deref().unwrap_or("no reason given")
+                    );
+                    let _ = self.store.set_status(&id, Status::Failed, Some(&why));
+                }
+            }
+            let _ = self.store.applied(&id);
+            self.finished.notify_waiters();
         }
     }
 

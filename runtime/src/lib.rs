@@ -3,6 +3,8 @@
 //! The execution core of insitu: everything needed to run one algorithm stage
 //! against local data under the guest contract of docs/ARCHITECTURE.md ("Guest contract").
 //!
+//! - [`airlock`] decides what of a run's results may leave: the datasets'
+//!   output policies and their automatic checks.
 //! - [`sandbox`] owns the shared wasmtime engine, the compiled-module cache and
 //!   the per-job store: preopens, limits, quotas and outcome classification.
 //! - [`backend`] is the seam between the pipeline and what runs a stage
@@ -40,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod airlock;
 pub mod backend;
 pub mod datadir;
 pub mod digest;

@@ -11,6 +11,9 @@ pub enum Status {
     Configuring,
     Running,
     Publishing,
+    /// Results held for review under a dataset's output policy: not
+    /// terminal, nothing released until a reviewer decides.
+    Held,
     Succeeded,
     Failed,
     Stopped,
@@ -18,11 +21,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of an execution's life.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Pending,
         Status::Configuring,
         Status::Running,
         Status::Publishing,
+        Status::Held,
         Status::Succeeded,
         Status::Failed,
         Status::Stopped,
@@ -33,10 +37,21 @@ impl Status {
         matches!(self, Status::Succeeded | Status::Failed | Status::Stopped)
     }
 
+    /// True while a worker has it (queued, configuring, running,
+    /// publishing): what a crash cuts short. `held` is not: it waits for a
+    /// reviewer and survives restarts.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Status::Pending | Status::Configuring | Status::Running | Status::Publishing
+        )
+    }
+
     /// The one place that knows which status changes are allowed:
     /// `pending → configuring → running → (configuring → running)* → publishing
-    /// → succeeded`, `failed` from any non-terminal status, `stopped` from any
-    /// non-terminal status. Terminal statuses never change.
+    /// → succeeded`, `publishing → held → publishing` (results held for
+    /// review, then released), `failed` from any non-terminal status,
+    /// `stopped` from any non-terminal status. Terminal statuses never change.
     ///
     /// # Errors
     /// [`crate::Error::Transition`] naming both statuses.
@@ -49,7 +64,8 @@ impl Status {
             (Configuring, Running) => true,
             // The next stage, or publishing the last one's results.
             (Running, Configuring | Publishing) => true,
-            (Publishing, Succeeded) => true,
+            (Publishing, Succeeded | Held) => true,
+            (Held, Publishing) => true,
             _ => false,
         };
         if allowed {
@@ -66,6 +82,7 @@ impl Status {
             Status::Configuring => "configuring",
             Status::Running => "running",
             Status::Publishing => "publishing",
+            Status::Held => "held",
             Status::Succeeded => "succeeded",
             Status::Failed => "failed",
             Status::Stopped => "stopped",

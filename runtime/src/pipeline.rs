@@ -174,6 +174,8 @@ pub struct Caches {
     /// dataset is hashed again only when a file's path, size, mtime or inode
     /// changed (as git's index does).
     inputs: Mutex<HashMap<PathBuf, ([u8; 32], String)>>,
+    /// The inputs' fingerprints for the output checks, per dataset version.
+    indexes: crate::airlock::Indexes,
 }
 
 /// Files modified this recently are not memoized: a write within the
@@ -472,19 +474,21 @@ impl Pipeline {
                 }
             }
         }
-        let (_, done) = self.publish_result(
-            id,
-            &resolved.agreement,
-            &format!("{} result", resolved.workflow.name),
-            &results,
-            Provenance {
-                datasets: json!(resolved.workflow.datasets()),
-                inputs,
-                stages: Value::Array(records),
-                deterministic: resolved.deterministic,
-                federated,
-            },
-        )?;
+        let name = format!("{} result", resolved.workflow.name);
+        let mut provenance = Provenance {
+            datasets: json!(resolved.workflow.datasets()),
+            inputs,
+            stages: Value::Array(records),
+            deterministic: resolved.deterministic,
+            federated,
+            output_control: None,
+        };
+        if let Some(end) = self.control_outputs(id, resolved, &name, &mut provenance)? {
+            queued.push(self.store.advance_ack(id, end.0, Some(&end.1), None));
+            return Ok(Finish::queued(queued, None, end.0));
+        }
+        let (_, done) =
+            self.publish_result(id, &resolved.agreement, &name, &results, provenance)?;
         // Intermediate outputs were workspaces: only the result (the last
         // stage's outputs) and every stage's logs stay.
         for stage in &resolved.stages[..resolved.stages.len().saturating_sub(1)] {
@@ -498,6 +502,122 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Output control before publishing execution `id` (see
+    /// [`crate::airlock`]): under the strictest output policy of the
+    /// datasets it read, checks its results and logs. `None`: publish (the
+    /// report and the automatic release go into `provenance`); otherwise the
+    /// status it ends the run in — `held` for review (what publishing needs
+    /// is kept for the reviewer's release), or `failed` when checks failed
+    /// and nobody reviews — with the reason.
+    ///
+    /// # Errors
+    /// [`Error::Io`] reading results or inputs; store errors.
+    fn control_outputs(
+        &self,
+        id: &str,
+        resolved: &Resolved,
+        name: &str,
+        provenance: &mut Provenance,
+    ) -> Result<Option<(Status, String)>, Error> {
+        let policy = resolved.output_policy.clone();
+        if policy.is_open() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let index = match policy.max_copied_share {
+            Some(_) => {
+                let dirs: Vec<&Path> = resolved
+                    .stages
+                    .iter()
+                    .flat_map(|s| &s.inputs)
+                    .filter_map(|i| match i {
+                        ResolvedInput::Dataset { path, .. } => Some(path.as_path()),
+                        ResolvedInput::PreviousStage(_) => None,
+                    })
+                    .collect();
+                Some(self.caches.indexes.union(&dirs)?)
+            }
+            None => None,
+        };
+        let results = crate::airlock::Results {
+            outputs: self.outputs(id, resolved.result_stage()),
+            logs: resolved
+                .stages
+                .iter()
+                .map(|s| (s.index, self.logs(id, s.index)))
+                .collect(),
+        };
+        let report = crate::airlock::check(&policy, &results, index.as_deref())?;
+        tracing::info!(
+            execution = id,
+            passed = report.passed,
+            bytes = report.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "outputs checked"
+        );
+        let review = policy.release == crate::airlock::Release::Review
+            || (!report.passed && !policy.reviewers.is_empty());
+        if review {
+            let held = json!({"name": name, "provenance": provenance.to_json()});
+            self.store.record_review(id, &report, Some(&held))?;
+            let why = if report.passed {
+                format!(
+                    "held for review by {} (the dataset's output policy); every output check passed",
+                    policy.reviewers.join(", ")
+                )
+            } else {
+                format!(
+                    "held for review by {}: {}",
+                    policy.reviewers.join(", "),
+                    report.summary()
+                )
+            };
+            return Ok(Some((Status::Held, why)));
+        }
+        self.store.record_review(id, &report, None)?;
+        if !report.passed {
+            return Ok(Some((
+                Status::Failed,
+                format!(
+                    "the results did not pass the output checks of the datasets read and were withheld (insitu review show {id}): {}",
+                    report.summary()
+                ),
+            )));
+        }
+        provenance.output_control = Some(
+            json!({"checks": report, "decision": "released", "reviewer": null, "reason": "every output check passed", "decided_at": now_ms()}),
+        );
+        Ok(None)
+    }
+
+    /// Publishes execution `id`'s held results as a reviewer released them
+    /// (`review`: its record in the store): the result asset and a receipt
+    /// that records the checks and the decision. The execution is `held`;
+    /// it ends `succeeded`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when nothing is held for it; store errors.
+    pub async fn release_held(&self, review: &crate::store::Review) -> Result<(), Error> {
+        let id = &review.execution;
+        let held = review.held.as_ref().ok_or_else(|| Error::NotFound {
+            what: "held results of execution",
+            id: id.clone(),
+            hint: "",
+        })?;
+        let e = self.store.execution(id)?;
+        let agreement = self.store.agreement(&e.agreement)?;
+        let mut provenance = Provenance::from_json(&held["provenance"]);
+        provenance.output_control = Some(review.record());
+        let name = held["name"].as_str().unwrap_or("result").to_string();
+        let results = self.outputs(id, e.result_stage());
+        self.store
+            .advance_ack(id, Status::Publishing, None, None)
+            .done()
+            .await?;
+        let (_, done) = self.publish_result(id, &agreement, &name, &results, provenance)?;
+        done.done().await
+    }
+
     /// Publishes files the provider received rather than computed (a
     /// federated job's final model) as the result of execution `id`
     /// (`pending`, created under `agreement`): writes them to the
@@ -537,6 +657,7 @@ impl Pipeline {
                 stages: json!([]),
                 deterministic: false,
                 federated: Some(provenance),
+                output_control: None,
             },
         )?;
         queued.settle().await?;
@@ -591,6 +712,10 @@ impl Pipeline {
             main["provenance"]["federated"] = fl.clone();
             body["federated"] = fl;
         }
+        if let Some(review) = provenance.output_control {
+            main["provenance"]["output_control"] = review.clone();
+            body["output_control"] = review;
+        }
         let receipt = receipt::sign(&self.key, body)?;
         let done = self
             .store
@@ -639,6 +764,7 @@ impl Pipeline {
 }
 
 /// What a result's DDO and receipt record besides its files.
+#[derive(Default)]
 struct Provenance {
     /// The datasets the workflow read (the DDO's `provenance.inputs`).
     datasets: Value,
@@ -649,6 +775,27 @@ struct Provenance {
     deterministic: bool,
     /// A federated round's or job's record.
     federated: Option<Value>,
+    /// The output checks and the release decision, under an output policy.
+    output_control: Option<Value>,
+}
+
+impl Provenance {
+    /// As kept while results are held.
+    fn to_json(&self) -> Value {
+        json!({"datasets": self.datasets, "inputs": self.inputs, "stages": self.stages,
+               "deterministic": self.deterministic, "federated": self.federated})
+    }
+
+    fn from_json(v: &Value) -> Provenance {
+        Provenance {
+            datasets: v["datasets"].clone(),
+            inputs: v["inputs"].as_array().cloned().unwrap_or_default(),
+            stages: v["stages"].clone(),
+            deterministic: v["deterministic"].as_bool().unwrap_or(false),
+            federated: (!v["federated"].is_null()).then(|| v["federated"].clone()),
+            output_control: None,
+        }
+    }
 }
 
 /// Removes updates a crash left behind (`executions/*/fl-update`): their

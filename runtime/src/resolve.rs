@@ -47,6 +47,9 @@ pub struct Resolved {
     /// Datasets the workflow reads that the agreement does not cover, and the
     /// other agreement of the same consumer (for the same workflow) that does.
     pub covering: std::collections::BTreeMap<Did, String>,
+    /// The strictest output policy of the datasets read: what the results
+    /// must pass before they leave (open for datasets without one).
+    pub output_policy: crate::airlock::OutputPolicy,
 }
 
 /// A federated round (see `insitu_guest::fl`): the workflow's one stage runs
@@ -210,7 +213,12 @@ pub fn resolve(store: &Store, agreement: &Agreement, now: u64) -> Result<Resolve
             arguments: stage.arguments.clone(),
         });
     }
+    let policies = datasets
+        .iter()
+        .map(|d| store.output_policy(&d.did))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Resolved {
+        output_policy: crate::airlock::OutputPolicy::strictest(&policies),
         agreement: agreement.clone(),
         deterministic: workflow.deterministic || datasets.iter().any(|d| d.deterministic),
         workflow,

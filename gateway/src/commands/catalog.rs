@@ -39,6 +39,8 @@ pub struct Offer {
     pub about: insitu_runtime::store::About,
     /// Also offer the files for download.
     pub access: bool,
+    /// How results computed from it may leave (validated by the caller).
+    pub output: insitu_runtime::airlock::OutputPolicy,
     /// The price of each service, in the currency's smallest unit.
     pub price: Option<String>,
     /// The ERC-20 token of the price (`None`: native currency).
@@ -83,7 +85,11 @@ pub fn add_dataset(
     offer: &Offer,
 ) -> anyhow::Result<String> {
     let allowed: Vec<String> = allow.iter().map(|a| checksum(a).to_string()).collect();
-    let did = open(data_dir)?.register_dataset(&offer.spec(name, path, &allowed, None))?;
+    let store = open(data_dir)?;
+    let did = store.register_dataset(&offer.spec(name, path, &allowed, None))?;
+    if !offer.output.is_open() {
+        store.set_output_policy(&did, &offer.output)?;
+    }
     Ok(format!("dataset `{name}` registered as {did}"))
 }
 
@@ -137,6 +143,9 @@ pub fn add_dataset_on_chain(
         super::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
     let did = insitu_chain::did_of(did);
     store.register_dataset(&offer.spec(name, path, &allowed, Some(did.clone())))?;
+    if !offer.output.is_open() {
+        store.set_output_policy(&did, &offer.output)?;
+    }
     Ok(format!(
         "dataset `{name}` registered on-chain (tx {tx:#x}) as {did}"
     ))
@@ -292,6 +301,34 @@ pub enum AssetCommand {
         /// default: the data stays in situ and only computations reach it.
         #[arg(long)]
         access: bool,
+        /// Output policy: `auto` releases results that pass the checks at
+        /// once; `review` holds every result for a --reviewer [default: auto,
+        /// or the --output-policy file's].
+        #[arg(long, value_name = "auto|review")]
+        release: Option<String>,
+        /// Output policy: the most bytes results and logs may hold.
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        max_result_bytes: Option<u64>,
+        /// Output policy: the only file types results may have (extensions,
+        /// comma-separated, e.g. csv,json).
+        #[arg(long, value_name = "EXT,EXT", value_delimiter = ',')]
+        result_types: Vec<String>,
+        /// Output policy: integer cells 0 < v < K in CSV or JSON results fail.
+        #[arg(long, value_name = "K")]
+        min_count: Option<u64>,
+        /// Output policy: the largest share (0 to 1) of the results' and
+        /// logs' bytes that may be copied from the inputs.
+        #[arg(long, value_name = "SHARE")]
+        max_copied_share: Option<f64>,
+        /// Output policy: who may release or reject held results
+        /// (repeatable); results failing a check are held for them.
+        #[arg(long = "reviewer", value_name = "NAME")]
+        reviewers: Vec<String>,
+        /// Output policy from a TOML file (`release`, `max_result_bytes`,
+        /// `file_types`, `min_count`, `max_copied_share`, `reviewers`); the
+        /// flags above override it.
+        #[arg(long, value_name = "FILE.toml")]
+        output_policy: Option<PathBuf>,
         /// Chain mode: register the DID on-chain through this JSON-RPC endpoint.
         #[arg(long, value_name = "URL", requires_all = ["contracts", "price"])]
         chain_rpc: Option<String>,
@@ -342,6 +379,13 @@ impl AssetCommand {
             tags,
             author,
             access,
+            release,
+            max_result_bytes,
+            result_types,
+            min_count,
+            max_copied_share,
+            reviewers,
+            output_policy,
             chain_rpc,
             contracts,
             price,
@@ -349,6 +393,15 @@ impl AssetCommand {
             provider_key_file,
             provider_keystore,
         } = self;
+        let output = output_policy_of(
+            output_policy.as_deref(),
+            release.as_deref(),
+            max_result_bytes,
+            result_types,
+            min_count,
+            max_copied_share,
+            reviewers,
+        )?;
         let offer = super::catalog::Offer {
             timeout_secs: timeout,
             server: insitu_runtime::store::Server {
@@ -369,6 +422,7 @@ impl AssetCommand {
             access,
             price,
             price_token,
+            output,
         };
         match (chain_rpc, contracts) {
             (Some(rpc), Some(contracts)) => super::provider_key(
@@ -601,4 +655,50 @@ impl DownloadsCommand {
         } = self;
         print_line(downloads(&data_dir, dataset.as_deref(), limit, json))
     }
+}
+
+/// The output policy `insitu asset add` was given: the file's, then the
+/// flags over it; validated.
+///
+/// # Errors
+/// An unreadable or malformed file; a bad value (what and how to fix it).
+fn output_policy_of(
+    file: Option<&Path>,
+    release: Option<&str>,
+    max_result_bytes: Option<u64>,
+    result_types: Vec<String>,
+    min_count: Option<u64>,
+    max_copied_share: Option<f64>,
+    reviewers: Vec<String>,
+) -> anyhow::Result<insitu_runtime::airlock::OutputPolicy> {
+    use insitu_runtime::airlock::{OutputPolicy, Release};
+    let mut p = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the output policy {}", f.display()))?;
+            toml::from_str::<OutputPolicy>(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "the output policy {} is not valid: {e}; keys: release, max_result_bytes, file_types, min_count, max_copied_share, reviewers",
+                    f.display()
+                )
+            })?
+        }
+        None => OutputPolicy::default(),
+    };
+    match release {
+        None => {}
+        Some("auto") => p.release = Release::Auto,
+        Some("review") => p.release = Release::Review,
+        Some(other) => anyhow::bail!("--release must be `auto` or `review`, not `{other}`"),
+    }
+    p.max_result_bytes = max_result_bytes.or(p.max_result_bytes);
+    if !result_types.is_empty() {
+        p.file_types = result_types;
+    }
+    p.min_count = min_count.or(p.min_count);
+    p.max_copied_share = max_copied_share.or(p.max_copied_share);
+    if !reviewers.is_empty() {
+        p.reviewers = reviewers;
+    }
+    Ok(p.validated()?)
 }

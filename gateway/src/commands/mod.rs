@@ -8,6 +8,7 @@ pub mod exec;
 pub mod fl;
 pub mod image;
 pub mod k8s;
+pub mod review;
 pub mod run;
 pub mod serve;
 pub mod verify;
@@ -66,6 +67,10 @@ pub enum Command {
     /// commitment, and (--reproduce) a local re-run; one line per check,
     /// exit 0 iff all hold.
     Verify(verify::VerifyCommand),
+    /// Held results: list them, read their output checks, release or reject
+    /// them.
+    #[command(subcommand)]
+    Review(review::ReviewCommand),
     /// Federated learning: train one model across several providers with
     /// secure aggregation.
     #[command(subcommand)]
@@ -101,6 +106,7 @@ impl Command {
             Command::K8s(c) => c.execute(),
             Command::Verify(c) => c.execute(),
             Command::Fl(c) => c.execute(),
+            Command::Review(c) => c.execute(),
             Command::Sign(c) => c.execute(),
         }
     }

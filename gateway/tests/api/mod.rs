@@ -1,6 +1,7 @@
 //! The HTTP gateway over real loopback HTTP with a real signing client.
 
 mod access;
+mod airlock;
 mod dashboard;
 mod publish;
 mod sdk;

@@ -333,6 +333,14 @@ impl Store {
         self.executions_where("consumer = ?1", &consumer.to_ascii_lowercase())
     }
 
+    /// Executions whose results are held for review, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn held_executions(&self) -> Result<Vec<Execution>, Error> {
+        self.executions_where("status = ?1", Status::Held.as_str())
+    }
+
     /// The newest `limit` executions created at or after `since_ms` (unix
     /// milliseconds), oldest first (the provider's dashboard).
     ///

@@ -21,6 +21,7 @@ mod agreements;
 mod catalog;
 mod executions;
 mod index;
+mod reviews;
 mod writer;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use access::{AccessAgreement, Download};
 pub use agreements::Agreement;
 pub use catalog::{About, AssetKind, Dataset, DatasetSpec, Search, Server, Sort};
 pub use executions::{Execution, StageRecord};
+pub use reviews::{Decision, Review};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -183,6 +185,21 @@ CREATE TABLE IF NOT EXISTS downloads (
     started_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS downloads_by_dataset ON downloads(dataset, id);
+CREATE TABLE IF NOT EXISTS output_policies (
+    dataset TEXT PRIMARY KEY REFERENCES assets(did),
+    policy TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    execution TEXT PRIMARY KEY REFERENCES executions(id),
+    report TEXT NOT NULL,
+    held TEXT,
+    decision TEXT,
+    reviewer TEXT,
+    reason TEXT,
+    decided_at INTEGER,
+    applied INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS used_signatures (
     digest TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL
@@ -293,8 +310,9 @@ impl Store {
         crate::sync::lock(&self.conn)
     }
 
-    /// Marks every non-terminal execution `failed` with the reason: call it
-    /// once, when the process that runs executions starts (holding the data
+    /// Marks every active execution (see [`Status::is_active`]; `held` ones wait
+    /// for their reviewer) `failed` with the reason: call it once, when the process
+    /// that runs executions starts (holding the data
     /// dir's lock), since nothing can still be running then. Returns how many
     /// there were.
     ///
@@ -303,7 +321,7 @@ impl Store {
     pub fn recover(&self) -> Result<usize, Error> {
         let unfinished: Vec<String> = Status::ALL
             .iter()
-            .filter(|s| !s.is_terminal())
+            .filter(|s| s.is_active())
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
         let conn = self.conn();

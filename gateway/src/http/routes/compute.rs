@@ -203,7 +203,7 @@ pub(crate) async fn status(
     let finished = e.status.is_terminal().then_some(e.updated_at);
     Ok(Json(json!({
         "workflowStatus": {"status": e.status, "startedAt": e.created_at, "finishedAt": finished, "did": e.result, "pods": pods},
-        "progress": logs::latest_progress(&g, &id),
+        "progress": if logs_released(&g, &e)? { logs::latest_progress(&g, &id) } else { Value::Null },
         "execution": e,
     })))
 }
@@ -221,11 +221,26 @@ pub(crate) async fn logs(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = crate::ids::execution(&id);
-    owned(&g, &headers, &id)?;
+    let e = owned(&g, &headers, &id)?;
+    if !logs_released(&g, &e)? {
+        return Err(ApiError::Conflict(format!(
+            "the logs of execution {id} are results under the output policy of the datasets it reads: they are released with its results, once it has succeeded (it is {})",
+            e.status.as_str()
+        )));
+    }
     if q.follow {
         return Ok(logs::follow(g, id).into_response());
     }
     Ok(Json(json!({"logs": logs::read(&g, &id)})).into_response())
+}
+
+/// Whether execution `e`'s logs (and progress messages) may reach its
+/// consumer: always, unless its datasets have an output policy — then only
+/// once its results were released (logs are results and pass the same
+/// checks).
+fn logs_released(g: &Gateway, e: &insitu_runtime::store::Execution) -> ApiResult<bool> {
+    Ok(e.status == insitu_runtime::Status::Succeeded
+        || g.store.workflow_policy(&e.workflow)?.is_open())
 }
 
 pub(crate) async fn stop(
@@ -244,6 +259,9 @@ pub(crate) async fn stop(
         }
         Stopped::Stopping => {
             json!({"status": "stopping", "text": format!("execution {id} is being stopped")})
+        }
+        Stopped::WhileHeld => {
+            json!({"status": "stopped", "text": format!("execution {id} was held for review and is stopped; its results were not released")})
         }
     }))
 }

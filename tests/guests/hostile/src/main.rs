@@ -69,6 +69,12 @@ fn main() -> ExitCode {
             args.iter().map(|a| a.len()).sum::<usize>()
         ),
         "env" => println!("{}", std::env::vars().count()),
+        // Leaks its input: copies it to a result and prints it to the logs.
+        "leak" => {
+            let data = fs::read("/data/inputs/1/data.txt").expect("read input");
+            fs::write("/data/outputs/rows.csv", &data).expect("write output");
+            std::io::stdout().write_all(&data).expect("print");
+        }
         "write-ok" => {
             let data = fs::read("/data/inputs/1/data.txt").expect("read input");
             fs::write("/data/outputs/copy.txt", &data).expect("write output");

@@ -1,0 +1,430 @@
+//! Copied-input detection: fingerprints of the inputs, and how much of a
+//! result they cover.
+//!
+//! Two kinds of fingerprint:
+//! - **lines**: the hash of every line of at least [`MIN_LINE`] bytes (a
+//!   copied CSV row, a printed record);
+//! - **64-byte runs**: a gear hash (as in FastCDC: `h = (h << 1) + G[b]`,
+//!   which depends on exactly the last 64 bytes) at every byte, *winnowed*
+//!   as in MOSS — Schleimer, Wilkerson, Aiken, "Winnowing: Local Algorithms
+//!   for Document Fingerprinting", SIGMOD 2003: of every [`WINDOW`]
+//!   consecutive hashes the smallest is kept, which guarantees that any run
+//!   of `WINDOW + 63` bytes shared with a result is found while keeping
+//!   about `2 / (WINDOW + 1)` of the hashes.
+//!
+//! An [`Index`] of the inputs is built once per dataset version (callers
+//! cache it); a result is then scanned at every byte: each 64-byte run whose
+//! hash the index holds, and each indexed line, counts as copied bytes.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::io::Read;
+use std::path::Path;
+
+/// Bytes a run fingerprint covers (the gear hash's reach).
+pub const RUN: usize = 64;
+/// Hashes per winnowing window.
+pub const WINDOW: usize = 32;
+/// The shortest line (without its line ending) fingerprinted.
+pub const MIN_LINE: usize = 8;
+/// Bytes read at a time.
+const CHUNK: usize = 1 << 20;
+
+/// The gear table: 256 pseudo-random words (SplitMix64 of 0..256, fixed so
+/// indexes are comparable across processes).
+const GEAR: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut z = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        t[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    t
+};
+
+/// Hashes that are already uniformly distributed need no more hashing.
+#[derive(Default, Clone, Copy)]
+pub struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Set = HashSet<u64, BuildHasherDefault<Identity>>;
+
+/// The hash of one line (foldhash, fixed seed).
+fn line_hash(line: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x0001_a517_u64).hash_one(line)
+}
+
+/// A line without its `\r\n` / `\n` ending and surrounding spaces.
+fn trim(line: &[u8]) -> &[u8] {
+    line.trim_ascii()
+}
+
+/// The fingerprints of some inputs.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    lines: Set,
+    runs: Set,
+    /// Bytes indexed.
+    pub bytes: u64,
+}
+
+impl Index {
+    /// Fingerprints of every regular file under `dirs` (links are not
+    /// followed).
+    ///
+    /// # Errors
+    /// When a directory cannot be listed or a file read.
+    pub fn build(dirs: &[&Path]) -> std::io::Result<Index> {
+        let mut index = Index::default();
+        let mut buf = vec![0u8; CHUNK];
+        let mut hashes = Vec::with_capacity(CHUNK + WINDOW);
+        for dir in dirs {
+            for file in files_under(dir)? {
+                index.add_file(&file, &mut buf, &mut hashes)?;
+            }
+        }
+        Ok(index)
+    }
+
+    /// Fingerprints `bytes` as one file (tests, benchmarks).
+    pub fn add_bytes(&mut self, bytes: &[u8]) {
+        let mut hashes = Vec::new();
+        let mut state = Scan::default();
+        state.feed(bytes, &mut hashes, self);
+        state.end(self);
+    }
+
+    fn add_file(
+        &mut self,
+        path: &Path,
+        buf: &mut [u8],
+        hashes: &mut Vec<u64>,
+    ) -> std::io::Result<()> {
+        let mut f = std::fs::File::open(path)?;
+        let mut state = Scan::default();
+        loop {
+            let n = f.read(buf)?;
+            if n == 0 {
+                break;
+            }
+            state.feed(&buf[..n], hashes, self);
+        }
+        state.end(self);
+        Ok(())
+    }
+
+    /// Adds `other`'s fingerprints.
+    pub fn merge(&mut self, other: &Index) {
+        self.lines.extend(other.lines.iter().copied());
+        self.runs.extend(other.runs.iter().copied());
+        self.bytes += other.bytes;
+    }
+
+    /// How many fingerprints it holds (lines, runs).
+    pub fn len(&self) -> (usize, usize) {
+        (self.lines.len(), self.runs.len())
+    }
+
+    /// Whether it holds no fingerprint.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.runs.is_empty()
+    }
+
+    /// How much of `data` (one result file) is copied: the bytes covered by
+    /// an indexed line or 64-byte run, and the 1-based numbers of up to
+    /// `keep` lines holding copied bytes.
+    pub fn covered(&self, data: &[u8], keep: usize) -> Coverage {
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Runs: every position whose last 64 bytes hash to an indexed run.
+        let mut h = 0u64;
+        for (i, b) in data.iter().enumerate() {
+            h = (h << 1).wrapping_add(GEAR[*b as usize]);
+            if i + 1 >= RUN && self.runs.contains(&h) {
+                push_span(&mut spans, (i + 1 - RUN, i + 1));
+            }
+        }
+        let mut line_spans = Vec::new();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
+            let line = trim(&data[start..end]);
+            if line.len() >= MIN_LINE && self.lines.contains(&line_hash(line)) {
+                line_spans.push((start, end));
+            }
+            start = end + 1;
+        }
+        for s in line_spans {
+            push_span(&mut spans, s);
+        }
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for s in spans {
+            match merged.last_mut() {
+                Some(last) if s.0 <= last.1 => last.1 = last.1.max(s.1),
+                _ => merged.push(s),
+            }
+        }
+        let bytes = merged.iter().map(|(a, b)| (b - a) as u64).sum();
+        let newlines = |d: &[u8]| memchr::memchr_iter(b'\n', d).count() as u64;
+        let mut lines: Vec<u64> = Vec::new();
+        let (mut line, mut pos) = (1u64, 0usize);
+        'spans: for (a, b) in &merged {
+            if lines.len() >= keep {
+                break;
+            }
+            // `pos` is where `line` was counted up to; b - 1 is the span's last byte.
+            line += newlines(&data[pos..*a]);
+            let last = line + newlines(&data[*a..b - 1]);
+            for l in line..=last {
+                if lines.last() != Some(&l) {
+                    lines.push(l);
+                    if lines.len() >= keep {
+                        break 'spans;
+                    }
+                }
+            }
+            (line, pos) = (last, b - 1);
+        }
+        Coverage { bytes, lines }
+    }
+}
+
+/// How much of one result is copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Bytes in copied lines or runs.
+    pub bytes: u64,
+    /// 1-based numbers of the first lines holding copied bytes.
+    pub lines: Vec<u64>,
+}
+
+/// Adds `s` to `spans`, merging with the last one when they touch (runs come
+/// in order).
+fn push_span(spans: &mut Vec<(usize, usize)>, s: (usize, usize)) {
+    if let Some(last) = spans.last_mut()
+        && s.0 >= last.0
+        && s.0 <= last.1
+    {
+        last.1 = last.1.max(s.1);
+        return;
+    }
+    spans.push(s);
+}
+
+/// The state of fingerprinting one file, fed in chunks.
+#[derive(Default)]
+struct Scan {
+    /// The gear hash of the last 64 bytes.
+    h: u64,
+    /// Bytes seen.
+    seen: u64,
+    /// The last [`WINDOW`]` - 1` full-run hashes of the previous chunk.
+    carry: Vec<u64>,
+    /// The part of a line the previous chunk ended in.
+    partial: Vec<u8>,
+    /// The last run hash kept (consecutive windows often share their minimum).
+    last: Option<u64>,
+}
+
+impl Scan {
+    fn feed(&mut self, bytes: &[u8], hashes: &mut Vec<u64>, index: &mut Index) {
+        index.bytes += bytes.len() as u64;
+        // Runs: hashes of full 64-byte runs, then the minimum of every window.
+        hashes.clear();
+        hashes.extend_from_slice(&self.carry);
+        let mut h = self.h;
+        let full_from = (RUN as u64 - 1).saturating_sub(self.seen) as usize;
+        for (i, b) in bytes.iter().enumerate() {
+            h = (h << 1).wrapping_add(GEAR[*b as usize]);
+            if i >= full_from {
+                hashes.push(h);
+            }
+        }
+        self.h = h;
+        self.seen += bytes.len() as u64;
+        sliding_minima(hashes, WINDOW, |m| {
+            if self.last != Some(m) {
+                index.runs.insert(m);
+                self.last = Some(m);
+            }
+        });
+        let keep = hashes.len().min(WINDOW - 1);
+        self.carry.clear();
+        self.carry.extend_from_slice(&hashes[hashes.len() - keep..]);
+        // Lines.
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            if self.partial.is_empty() {
+                add_line(&bytes[start..end], index);
+            } else {
+                self.partial.extend_from_slice(&bytes[start..end]);
+                let line = std::mem::take(&mut self.partial);
+                add_line(&line, index);
+            }
+            start = end + 1;
+        }
+        // A "line" longer than a chunk is no row: only its runs count.
+        if self.partial.len() < CHUNK {
+            self.partial.extend_from_slice(&bytes[start..]);
+        }
+    }
+
+    fn end(&mut self, index: &mut Index) {
+        // Shorter than one window: its smallest hash still counts.
+        if self.seen < (RUN + WINDOW - 1) as u64
+            && let Some(m) = self.carry.iter().min()
+        {
+            index.runs.insert(*m);
+        }
+        let line = std::mem::take(&mut self.partial);
+        add_line(&line, index);
+    }
+}
+
+fn add_line(line: &[u8], index: &mut Index) {
+    let line = trim(line);
+    if line.len() >= MIN_LINE {
+        index.lines.insert(line_hash(line));
+    }
+}
+
+/// Calls `f` with the minimum of every `w` consecutive values of `v`
+/// (van Herk / Gil–Werman: a prefix and a suffix minimum per block of `w`,
+/// three comparisons per value whatever `w`).
+fn sliding_minima(v: &[u64], w: usize, mut f: impl FnMut(u64)) {
+    let n = v.len();
+    if n < w || w == 0 {
+        return;
+    }
+    let mut prefix = vec![0u64; n];
+    let mut suffix = vec![0u64; n];
+    for i in 0..n {
+        prefix[i] = if i % w == 0 {
+            v[i]
+        } else {
+            prefix[i - 1].min(v[i])
+        };
+    }
+    for i in (0..n).rev() {
+        suffix[i] = if i % w == w - 1 || i == n - 1 {
+            v[i]
+        } else {
+            suffix[i + 1].min(v[i])
+        };
+    }
+    for i in 0..=n - w {
+        f(suffix[i].min(prefix[i + w - 1]));
+    }
+}
+
+/// Every regular file under `dir`, sorted (links are not followed).
+///
+/// # Errors
+/// When a directory cannot be listed.
+pub fn files_under(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let t = entry.file_type()?;
+            if t.is_dir() {
+                stack.push(entry.path());
+            } else if t.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random text: `n` lines of CSV.
+    fn rows(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        let mut out = Vec::new();
+        for i in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.extend_from_slice(format!("{i},person-{:x},{}\n", x >> 20, x % 97).as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn sliding_minima_match_the_naive_ones() {
+        let v: Vec<u64> = (0..200u64).map(|i| (i * 7919) % 101).collect();
+        for w in [1, 2, 5, 32, 200] {
+            let mut got = Vec::new();
+            sliding_minima(&v, w, |m| got.push(m));
+            let want: Vec<u64> = v.windows(w).map(|s| *s.iter().min().unwrap()).collect();
+            assert_eq!(got, want, "w = {w}");
+        }
+    }
+
+    #[test]
+    fn copied_rows_and_runs_are_found_fresh_text_is_not() {
+        let input = rows(1, 2000);
+        let mut index = Index::default();
+        index.add_bytes(&input);
+        // Rows copied verbatim, in another order.
+        let mut copied = Vec::new();
+        for line in input.split(|b| *b == b'\n').rev().take(50) {
+            copied.extend_from_slice(line);
+            copied.push(b'\n');
+        }
+        let c = index.covered(&copied, 5);
+        assert!(c.bytes as f64 >= 0.95 * copied.len() as f64, "{c:?}");
+        assert_eq!(c.lines.len(), 5);
+        // A long run copied from the middle of a line, reflowed.
+        let run = &input[1000..1400];
+        let c = index.covered(run, 0);
+        assert!(c.bytes >= 300, "{c:?}");
+        // Other text of the same shape.
+        let fresh = rows(2, 200);
+        let c = index.covered(&fresh, 3);
+        assert!(c.bytes < fresh.len() as u64 / 50, "{c:?}");
+    }
+
+    #[test]
+    fn chunking_does_not_change_the_index() {
+        let input = rows(3, 80_000);
+        let mut whole = Index::default();
+        whole.add_bytes(&input);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), &input).unwrap();
+        let built = Index::build(&[dir.path()]).unwrap();
+        assert!(input.len() > CHUNK, "the file spans chunks");
+        assert_eq!(built.len(), whole.len());
+        assert_eq!(built.runs, whole.runs);
+    }
+
+    #[test]
+    fn small_files_still_have_a_run_fingerprint() {
+        let mut index = Index::default();
+        index.add_bytes(&[b'x'; 70]);
+        assert_eq!(index.len().1, 1);
+        index.add_bytes(b"short");
+        assert!(index.covered(b"short", 1).bytes == 0);
+    }
+}
