@@ -877,6 +877,33 @@ fn the_readme_exec_walkthrough_runs_as_written() {
     );
 }
 
+/// The README's output-control walkthrough, run as written: results held
+/// for a reviewer, released with `insitu review`, downloaded and verified by
+/// the consumer's `insitu exec`, which waited through the review.
+#[test]
+fn the_readme_airlock_walkthrough_runs_as_written() {
+    let e = Env::new();
+    let release = e.tmp.path().join("target/wasm32-wasip1/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::write(release.join("word-count.wasm"), insitu_tests::WORD_COUNT_P1).unwrap();
+    let out = run_block(
+        readme_block("airlock walkthrough"),
+        e.tmp.path(),
+        &[("INSITU_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for want in [
+        "\"passed\": true",
+        "released by ann",
+        "succeeded: result did:nv:",
+        "ok   signature: ",
+        "\"words\": 6",
+    ] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+}
+
 /// The README's data-sharing walkthrough, run as written: a download under
 /// an access agreement, a consumer's own workflow executed, the provider's
 /// record of the download.
