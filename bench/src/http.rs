@@ -105,6 +105,20 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     if deterministic {
         println!("deterministic mode on");
     }
+    // INSITU_BENCH_OUTPUT_POLICY=1: the dataset has an output policy whose
+    // checks the result passes (size, type, copied input; released at once).
+    if std::env::var_os("INSITU_BENCH_OUTPUT_POLICY").is_some() {
+        gateway.store.set_output_policy(
+            &ds,
+            &insitu_runtime::airlock::OutputPolicy {
+                max_result_bytes: Some(1 << 20),
+                file_types: vec!["json".into()],
+                max_copied_share: Some(0.5),
+                ..Default::default()
+            },
+        )?;
+        println!("output policy on: size, type and copied-input checks, automatic release");
+    }
     let wf = gateway.store.add_workflow(&json!({"main": {"type": "workflow", "name": "count", "workflow": {"stages": [
         {"index": 0, "requirements": {"container": {"image": "local/wc", "tag": "1", "checksum": artifact.manifest_digest}},
          "input": [{"index": 0, "id": ds}]}]}}}))?;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! scripts/bench            # builds everything in release, then runs all
-//! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|verify|secagg|fl|access|search|all]
+//! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|verify|secagg|fl|access|search|airlock|all]
 //! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
 //! insitu-bench scale      # not in `all`: csv-stats 1 MB … 1 GB, 100 executions at once
 //! ```
@@ -12,6 +12,7 @@
 //! -p csv-stats -p linreg-train`).
 
 mod access;
+mod airlock;
 mod chain;
 mod fl;
 mod http;
@@ -86,6 +87,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "search" {
         search::search()?;
+    }
+    if all || what == "airlock" {
+        airlock::airlock()?;
     }
     Ok(())
 }

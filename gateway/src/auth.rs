@@ -244,6 +244,23 @@ impl Tokens {
         m.finalize().into_bytes().to_vec()
     }
 
+    /// A form token for `scope` (e.g. `review:EXECUTION`): what only this
+    /// provider's own pages can put in a form (cross-site request forgery).
+    pub fn csrf(&self, scope: &str) -> String {
+        hex::encode(self.mac(format!("csrf\0{scope}").as_bytes()))
+    }
+
+    /// Whether `token` is [`Tokens::csrf`] of `scope` (constant time).
+    pub fn check_csrf(&self, scope: &str, token: &str) -> bool {
+        let Ok(mac) = hex::decode(token) else {
+            return false;
+        };
+        let mut m =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        m.update(format!("csrf\0{scope}").as_bytes());
+        m.verify_slice(&mac).is_ok()
+    }
+
     /// A token for `grant`, valid [`TOKEN_TTL`] from `now` (never past the grant's own expiry + TTL).
     pub fn issue(&self, grant: &Grant, now: u64) -> String {
         let mut claims = grant.clone();

@@ -1,12 +1,13 @@
 //! The HTTP layer: the shared state routes read ([`Gateway`]), the router,
 //! serving ([`serve`]) and the plumbing routes share — who a request is
-//! ([`extract`]), logs ([`logs`]), file responses ([`files`]), federated
-//! rounds ([`rounds`]). The routes themselves live in [`routes`], one module
+//! ([`extract`]), who may use the provider's pages ([`admin`]), logs
+//! ([`logs`]), file responses ([`files`]), federated rounds ([`rounds`]). The routes themselves live in [`routes`], one module
 //! per API area; they call [`insitu_runtime::executions::Executions`] for
 //! anything about an execution's life and never import each other.
 //!
 //! [`build`] is the composition: [`Provider::open`] plus this layer.
 
+pub(crate) mod admin;
 pub(crate) mod extract;
 pub(crate) mod files;
 pub(crate) mod logs;
@@ -26,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use insitu_runtime::thread::on_thread;
-use routes::{access, compute, dashboard, federated, metadata, oauth, ops};
+use routes::{access, compute, dashboard, federated, metadata, oauth, ops, review};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/logs/{id}", get(dashboard::logs))
+        .route("/review", get(review::page))
+        .route("/review/{execution}", post(review::decide))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/openapi.json", get(ops::openapi))

@@ -401,3 +401,116 @@ async fn held_results_are_released_or_rejected_by_a_reviewer_across_a_restart() 
     assert_eq!(r.status(), 200);
     p.until("count", &c, "stopped").await;
 }
+
+/// The review page (issue #26) in headless Chromium: the held executions
+/// listed, one's report, text result and logs shown, released with a reason
+/// and another rejected through the page's form; a forged form (no token,
+/// another execution's token, a cross-site fetch) decides nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_releases_and_rejects_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists()
+            && Path::new("/usr/bin/chromium").exists()
+            && Path::new("/usr/bin/chromedriver").exists(),
+        "the browser test needs .venv (selenium), /usr/bin/chromium and /usr/bin/chromedriver: run scripts/setup"
+    );
+    let p = Provider::new(&["--release", "review", "--reviewer", "ann"]);
+    let (a, b) = (p.execute("count").await, p.execute("count").await);
+    p.until("count", &a, "held").await;
+    p.until("count", &b, "held").await;
+    let base = p.server.as_ref().unwrap().1.clone();
+    // Forged decisions: refused, and nothing decided.
+    let http = insitu_runtime::tls::http_client();
+    let page = http
+        .get(format!("{base}/review?execution={a}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token_of = |html: &str| {
+        html.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string()
+    };
+    let token_a = token_of(&page);
+    for (form, site, why) in [
+        (
+            vec![("decision", "release"), ("reviewer", "ann"), ("csrf", "00")],
+            None,
+            "a made-up token",
+        ),
+        (
+            vec![
+                ("decision", "release"),
+                ("reviewer", "ann"),
+                ("csrf", token_a.as_str()),
+            ],
+            Some("cross-site"),
+            "a cross-site request",
+        ),
+    ] {
+        let mut req = http
+            .post(format!("{base}/review/{a}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode(&form));
+        if let Some(s) = site {
+            req = req.header("sec-fetch-site", s);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{why}");
+    }
+    let r = http
+        .post(format!("{base}/review/{b}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encode(&[
+            ("decision", "release"),
+            ("reviewer", "ann"),
+            ("csrf", token_a.as_str()),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a token of another execution");
+    p.until("count", &a, "held").await;
+    p.until("count", &b, "held").await;
+    // The reviewer in the browser.
+    let shots = root.join("target/screenshots");
+    let out = Command::new(&python)
+        .arg(root.join("tests/browser/review.py"))
+        .args([&base, &a, &b])
+        .arg(&shots)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("review page ok"), "{text}");
+    p.until("count", &a, "succeeded").await;
+    let s = p.until("count", &b, "failed").await;
+    assert_eq!(
+        s["execution"]["reason"],
+        "the results were rejected by reviewer ann: too fine-grained"
+    );
+    for shot in ["review.png", "decided.png"] {
+        let png = std::fs::read(shots.join(shot)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 2_000, "{shot}");
+    }
+}
+
+/// A form body of plain fields (letters, digits, hex: nothing to escape).
+fn encode(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}

@@ -9,7 +9,7 @@
 //!   as in MOSS — Schleimer, Wilkerson, Aiken, "Winnowing: Local Algorithms
 //!   for Document Fingerprinting", SIGMOD 2003: of every [`WINDOW`]
 //!   consecutive hashes the smallest is kept, which guarantees that any run
-//!   of `WINDOW + 63` bytes shared with a result is found while keeping
+//!   of `WINDOW + 63` (127) bytes shared with a result is found while keeping
 //!   about `2 / (WINDOW + 1)` of the hashes.
 //!
 //! An [`Index`] of the inputs is built once per dataset version (callers
@@ -24,7 +24,7 @@ use std::path::Path;
 /// Bytes a run fingerprint covers (the gear hash's reach).
 pub const RUN: usize = 64;
 /// Hashes per winnowing window.
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = 64;
 /// The shortest line (without its line ending) fingerprinted.
 pub const MIN_LINE: usize = 8;
 /// Bytes read at a time.
@@ -45,11 +45,20 @@ const GEAR: [u64; 256] = {
     t
 };
 
-/// Hashes that are already uniformly distributed need no more hashing.
+/// Fingerprints are hashes already, but a gear hash's low bits depend only
+/// on the last few bytes: one multiply-xorshift spreads them over the bits a
+/// hash table indexes by.
 #[derive(Default, Clone, Copy)]
-pub struct Identity(u64);
+pub struct Mix(u64);
 
-impl Hasher for Identity {
+impl Mix {
+    fn mixed(self, v: u64) -> u64 {
+        let x = (v ^ (v >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^ (x >> 29)
+    }
+}
+
+impl Hasher for Mix {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -59,11 +68,64 @@ impl Hasher for Identity {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        self.0 = self.mixed(v);
     }
 }
 
-type Set = HashSet<u64, BuildHasherDefault<Identity>>;
+type Set = HashSet<u64, BuildHasherDefault<Mix>>;
+
+/// Partitions of a fingerprint set (by the top bits of the mixed value).
+const PARTS: usize = 256;
+
+/// A set of fingerprints built in two steps, so that building touches
+/// memory in order: values are appended to one buffer per partition, then
+/// each partition (small enough for the caches) becomes a hash set.
+#[derive(Debug, Clone)]
+struct Parts {
+    pending: Vec<Vec<u64>>,
+    sets: Vec<Set>,
+}
+
+impl Default for Parts {
+    fn default() -> Parts {
+        Parts {
+            pending: vec![Vec::new(); PARTS],
+            sets: vec![Set::default(); PARTS],
+        }
+    }
+}
+
+impl Parts {
+    fn part(v: u64) -> usize {
+        (Mix::default().mixed(v) >> 56) as usize
+    }
+
+    fn push(&mut self, v: u64) {
+        self.pending[Self::part(v)].push(v);
+    }
+
+    /// Moves what was pushed into the sets.
+    fn seal(&mut self) {
+        for (set, pending) in self.sets.iter_mut().zip(&mut self.pending) {
+            set.extend(pending.drain(..));
+            pending.shrink_to_fit();
+        }
+    }
+
+    fn contains(&self, v: u64) -> bool {
+        self.sets[Self::part(v)].contains(&v)
+    }
+
+    fn len(&self) -> usize {
+        self.sets.iter().map(HashSet::len).sum()
+    }
+
+    fn merge(&mut self, other: &Parts) {
+        for (a, b) in self.sets.iter_mut().zip(&other.sets) {
+            a.extend(b.iter().copied());
+        }
+    }
+}
 
 /// The hash of one line (foldhash, fixed seed).
 fn line_hash(line: &[u8]) -> u64 {
@@ -78,8 +140,8 @@ fn trim(line: &[u8]) -> &[u8] {
 /// The fingerprints of some inputs.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    lines: Set,
-    runs: Set,
+    lines: Parts,
+    runs: Parts,
     /// Bytes indexed.
     pub bytes: u64,
 }
@@ -93,29 +155,24 @@ impl Index {
     pub fn build(dirs: &[&Path]) -> std::io::Result<Index> {
         let mut index = Index::default();
         let mut buf = vec![0u8; CHUNK];
-        let mut hashes = Vec::with_capacity(CHUNK + WINDOW);
         for dir in dirs {
             for file in files_under(dir)? {
-                index.add_file(&file, &mut buf, &mut hashes)?;
+                index.add_file(&file, &mut buf)?;
             }
         }
+        index.seal();
         Ok(index)
     }
 
     /// Fingerprints `bytes` as one file (tests, benchmarks).
     pub fn add_bytes(&mut self, bytes: &[u8]) {
-        let mut hashes = Vec::new();
         let mut state = Scan::default();
-        state.feed(bytes, &mut hashes, self);
+        state.feed(bytes, self);
         state.end(self);
+        self.seal();
     }
 
-    fn add_file(
-        &mut self,
-        path: &Path,
-        buf: &mut [u8],
-        hashes: &mut Vec<u64>,
-    ) -> std::io::Result<()> {
+    fn add_file(&mut self, path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
         let mut f = std::fs::File::open(path)?;
         let mut state = Scan::default();
         loop {
@@ -123,16 +180,21 @@ impl Index {
             if n == 0 {
                 break;
             }
-            state.feed(&buf[..n], hashes, self);
+            state.feed(&buf[..n], self);
         }
         state.end(self);
         Ok(())
     }
 
+    fn seal(&mut self) {
+        self.lines.seal();
+        self.runs.seal();
+    }
+
     /// Adds `other`'s fingerprints.
     pub fn merge(&mut self, other: &Index) {
-        self.lines.extend(other.lines.iter().copied());
-        self.runs.extend(other.runs.iter().copied());
+        self.lines.merge(&other.lines);
+        self.runs.merge(&other.runs);
         self.bytes += other.bytes;
     }
 
@@ -143,7 +205,7 @@ impl Index {
 
     /// Whether it holds no fingerprint.
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty() && self.runs.is_empty()
+        self.lines.len() == 0 && self.runs.len() == 0
     }
 
     /// How much of `data` (one result file) is copied: the bytes covered by
@@ -155,7 +217,7 @@ impl Index {
         let mut h = 0u64;
         for (i, b) in data.iter().enumerate() {
             h = (h << 1).wrapping_add(GEAR[*b as usize]);
-            if i + 1 >= RUN && self.runs.contains(&h) {
+            if i + 1 >= RUN && self.runs.contains(h) {
                 push_span(&mut spans, (i + 1 - RUN, i + 1));
             }
         }
@@ -163,7 +225,7 @@ impl Index {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
             let line = trim(&data[start..end]);
-            if line.len() >= MIN_LINE && self.lines.contains(&line_hash(line)) {
+            if line.len() >= MIN_LINE && self.lines.contains(line_hash(line)) {
                 line_spans.push((start, end));
             }
             start = end + 1;
@@ -233,39 +295,26 @@ struct Scan {
     h: u64,
     /// Bytes seen.
     seen: u64,
-    /// The last [`WINDOW`]` - 1` full-run hashes of the previous chunk.
-    carry: Vec<u64>,
+    winnow: Winnower,
     /// The part of a line the previous chunk ended in.
     partial: Vec<u8>,
-    /// The last run hash kept (consecutive windows often share their minimum).
-    last: Option<u64>,
 }
 
 impl Scan {
-    fn feed(&mut self, bytes: &[u8], hashes: &mut Vec<u64>, index: &mut Index) {
+    fn feed(&mut self, bytes: &[u8], index: &mut Index) {
         index.bytes += bytes.len() as u64;
-        // Runs: hashes of full 64-byte runs, then the minimum of every window.
-        hashes.clear();
-        hashes.extend_from_slice(&self.carry);
+        // Runs: the hash of every full 64-byte run, winnowed.
         let mut h = self.h;
         let full_from = (RUN as u64 - 1).saturating_sub(self.seen) as usize;
+        let runs = &mut index.runs;
         for (i, b) in bytes.iter().enumerate() {
             h = (h << 1).wrapping_add(GEAR[*b as usize]);
             if i >= full_from {
-                hashes.push(h);
+                self.winnow.push(h, runs);
             }
         }
         self.h = h;
         self.seen += bytes.len() as u64;
-        sliding_minima(hashes, WINDOW, |m| {
-            if self.last != Some(m) {
-                index.runs.insert(m);
-                self.last = Some(m);
-            }
-        });
-        let keep = hashes.len().min(WINDOW - 1);
-        self.carry.clear();
-        self.carry.extend_from_slice(&hashes[hashes.len() - keep..]);
         // Lines.
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', bytes) {
@@ -285,12 +334,7 @@ impl Scan {
     }
 
     fn end(&mut self, index: &mut Index) {
-        // Shorter than one window: its smallest hash still counts.
-        if self.seen < (RUN + WINDOW - 1) as u64
-            && let Some(m) = self.carry.iter().min()
-        {
-            index.runs.insert(*m);
-        }
+        self.winnow.finish(&mut index.runs);
         let line = std::mem::take(&mut self.partial);
         add_line(&line, index);
     }
@@ -299,36 +343,107 @@ impl Scan {
 fn add_line(line: &[u8], index: &mut Index) {
     let line = trim(line);
     if line.len() >= MIN_LINE {
-        index.lines.insert(line_hash(line));
+        index.lines.push(line_hash(line));
     }
 }
 
-/// Calls `f` with the minimum of every `w` consecutive values of `v`
-/// (van Herk / Gil–Werman: a prefix and a suffix minimum per block of `w`,
-/// three comparisons per value whatever `w`).
-fn sliding_minima(v: &[u64], w: usize, mut f: impl FnMut(u64)) {
-    let n = v.len();
-    if n < w || w == 0 {
-        return;
+/// Where winnowed fingerprints go.
+trait Sink {
+    fn put(&mut self, v: u64);
+}
+
+impl Sink for Parts {
+    fn put(&mut self, v: u64) {
+        self.push(v);
     }
-    let mut prefix = vec![0u64; n];
-    let mut suffix = vec![0u64; n];
-    for i in 0..n {
-        prefix[i] = if i % w == 0 {
-            v[i]
-        } else {
-            prefix[i - 1].min(v[i])
-        };
+}
+
+impl Sink for Vec<u64> {
+    fn put(&mut self, v: u64) {
+        self.push(v);
     }
-    for i in (0..n).rev() {
-        suffix[i] = if i % w == w - 1 || i == n - 1 {
-            v[i]
-        } else {
-            suffix[i + 1].min(v[i])
-        };
+}
+
+/// Streaming winnowing: the minimum of every [`WINDOW`] consecutive
+/// hashes, in order, consecutive repeats dropped (van Herk / Gil–Werman:
+/// per block of `WINDOW` hashes a suffix minimum, and a running prefix
+/// minimum of the next block; a few comparisons per hash, all in L1).
+struct Winnower {
+    /// The block being filled.
+    block: [u64; WINDOW],
+    len: usize,
+    /// Suffix minima of the previous complete block.
+    prev: [u64; WINDOW],
+    has_prev: bool,
+    last: Option<u64>,
+}
+
+impl Default for Winnower {
+    fn default() -> Winnower {
+        Winnower {
+            block: [0; WINDOW],
+            len: 0,
+            prev: [0; WINDOW],
+            has_prev: false,
+            last: None,
+        }
     }
-    for i in 0..=n - w {
-        f(suffix[i].min(prefix[i + w - 1]));
+}
+
+impl Winnower {
+    fn push(&mut self, h: u64, out: &mut impl Sink) {
+        self.block[self.len] = h;
+        self.len += 1;
+        if self.len == WINDOW {
+            self.complete(out);
+        }
+    }
+
+    fn emit(&mut self, m: u64, out: &mut impl Sink) {
+        if self.last != Some(m) {
+            out.put(m);
+            self.last = Some(m);
+        }
+    }
+
+    /// The windows starting in the previous block, now that this one is
+    /// complete; then this block's suffix minima.
+    fn complete(&mut self, out: &mut impl Sink) {
+        self.windows_from_prev(WINDOW - 1, out);
+        let mut m = u64::MAX;
+        for i in (0..WINDOW).rev() {
+            m = m.min(self.block[i]);
+            self.prev[i] = m;
+        }
+        self.has_prev = true;
+        self.len = 0;
+    }
+
+    /// The windows starting at offsets `0..=upto` of the previous block
+    /// (the one at offset `s > 0` ends in this block at offset `s - 1`).
+    fn windows_from_prev(&mut self, upto: usize, out: &mut impl Sink) {
+        if !self.has_prev {
+            return;
+        }
+        self.emit(self.prev[0], out);
+        let mut p = u64::MAX;
+        for s in 1..=upto {
+            p = p.min(self.block[s - 1]);
+            let m = self.prev[s].min(p);
+            self.emit(m, out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut impl Sink) {
+        if self.has_prev {
+            self.windows_from_prev(self.len, out);
+        } else if let Some(m) = self.block[..self.len].iter().min() {
+            // Fewer hashes than one window: their minimum still counts.
+            let m = *m;
+            self.emit(m, out);
+        }
+        self.has_prev = false;
+        self.len = 0;
     }
 }
 
@@ -372,13 +487,25 @@ mod tests {
     }
 
     #[test]
-    fn sliding_minima_match_the_naive_ones() {
-        let v: Vec<u64> = (0..200u64).map(|i| (i * 7919) % 101).collect();
-        for w in [1, 2, 5, 32, 200] {
+    fn winnowing_keeps_the_minimum_of_every_window() {
+        let v: Vec<u64> = (0..1000u64).map(|i| (i * 7919 + 13) % 1009).collect();
+        for n in [0, 1, WINDOW - 1, WINDOW, WINDOW + 1, 2 * WINDOW, 1000] {
+            let mut w = Winnower::default();
             let mut got = Vec::new();
-            sliding_minima(&v, w, |m| got.push(m));
-            let want: Vec<u64> = v.windows(w).map(|s| *s.iter().min().unwrap()).collect();
-            assert_eq!(got, want, "w = {w}");
+            for h in &v[..n] {
+                w.push(*h, &mut got);
+            }
+            w.finish(&mut got);
+            let mut want: Vec<u64> = if n < WINDOW {
+                v[..n].iter().min().copied().into_iter().collect()
+            } else {
+                v[..n]
+                    .windows(WINDOW)
+                    .map(|s| *s.iter().min().unwrap())
+                    .collect()
+            };
+            want.dedup();
+            assert_eq!(got, want, "n = {n}");
         }
     }
 
@@ -416,7 +543,7 @@ mod tests {
         let built = Index::build(&[dir.path()]).unwrap();
         assert!(input.len() > CHUNK, "the file spans chunks");
         assert_eq!(built.len(), whole.len());
-        assert_eq!(built.runs, whole.runs);
+        assert_eq!(built.runs.sets, whole.runs.sets);
     }
 
     #[test]

@@ -3,90 +3,17 @@
 //! `GET /dashboard/logs/{id}` (an execution's live logs as server-sent
 //! events, read by the page's few lines of script).
 //!
-//! Who may look: a client on a loopback address, or anyone with an admin
-//! token (`insitu admin token`, audience [`AUD_ADMIN`]) as a bearer, or once
-//! as `?token=`, which sets an HttpOnly, SameSite=Strict cookie. Off with
-//! `dashboard = false` (404).
+//! Who may look: see [`crate::http::admin`].
 
-use crate::auth::AUD_ADMIN;
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::http::extract::bearer;
+use crate::http::admin::{authorize, esc, page as html_page, peer, time};
 use crate::http::logs;
 use crate::http::state::{Gateway, now};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
 use insitu_runtime::store::{Execution, Search};
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-const COOKIE: &str = "insitu_admin";
-
-/// The client's address (set by the server for every connection).
-fn peer(req: &Request) -> Option<SocketAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-}
-
-/// Checks who is asking; returns the token to set as a cookie, if one came
-/// in the query.
-fn authorize(
-    g: &Gateway,
-    peer: Option<SocketAddr>,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> ApiResult<Option<String>> {
-    if !g.dashboard {
-        return Err(ApiError::NotFound(
-            "the dashboard is off on this provider (dashboard = false)".into(),
-        ));
-    }
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        });
-    let bearer = bearer(headers).ok().map(str::to_string);
-    let offered = query_token.map(str::to_string).or(bearer).or(cookie);
-    if let Some(t) = &offered {
-        g.tokens.check(t, AUD_ADMIN, now())?;
-        return Ok(query_token.map(str::to_string));
-    }
-    if peer.is_some_and(|p| p.ip().is_loopback()) {
-        return Ok(None);
-    }
-    Err(ApiError::Unauthorized(
-        "the dashboard is served to loopback clients, or with an admin token: run insitu admin token --data-dir DIR on the provider and open /?token=TOKEN".into(),
-    ))
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn time(ms: u64) -> String {
-    insitu_runtime::store::rfc3339(ms / 1000)
-        .trim_end_matches('Z')
-        .replace('T', " ")
-}
 
 /// A bar chart as inline SVG: one bar per value, labelled below.
 fn bars(id: &str, title: &str, values: &[(String, f64)], unit: &str) -> String {
@@ -152,22 +79,7 @@ pub(crate) async fn page(
     let html = tokio::task::spawn_blocking(move || render(&g2, q.execution.as_deref()))
         .await
         .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))??;
-    let mut response = Html(html).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-        ),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(t) = set_cookie
-        && let Ok(v) =
-            HeaderValue::from_str(&format!("{COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/"))
-    {
-        h.insert(header::SET_COOKIE, v);
-    }
-    Ok(response)
+    Ok(html_page(html, set_cookie))
 }
 
 /// `GET /dashboard/logs/{id}`: an execution's logs as server-sent events

@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per API area: [`compute`] (execute, status,
 //! logs, stop, list, results), [`oauth`] (grants for access tokens),
-//! [`dashboard`] (the provider's page), [`metadata`] (DDOs and catalog
+//! [`dashboard`] (the provider's page), [`review`] (held results),
+//! [`metadata`] (DDOs and catalog
 //! search), [`access`] (dataset downloads under access agreements),
 //! [`federated`] (a participant's steps in federated rounds, the final
 //! model's publication) and [`ops`] (health, metrics, the OpenAPI document).
@@ -17,3 +18,4 @@ pub(crate) mod federated;
 pub(crate) mod metadata;
 pub(crate) mod oauth;
 pub(crate) mod ops;
+pub(crate) mod review;
