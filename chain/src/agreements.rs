@@ -3,9 +3,7 @@
 //! lookup), conditions fulfilled on demand, settlement after a run.
 
 use crate::ids;
-use crate::{
-    Chain, ChainError, ConditionState, Price, Service, did_bytes, did_of, price_of, service_price,
-};
+use crate::{Chain, ChainError, ConditionState, Price, Service, did_bytes, did_of, service_price};
 use alloy::primitives::{Address, B256};
 use insitu_runtime::permissions::{BoxFuture, Permissions};
 use insitu_runtime::store::{AccessAgreement, Agreement, Store};
@@ -145,8 +143,19 @@ impl ChainAgreements {
             reason: "expected did:nv: followed by 64 hex digits",
         })?;
         let wf = self.store.workflow(&workflow_did)?;
-        self.paid(id, agreement_id, did, on_chain_consumer, Service::Compute)
-            .await?;
+        // Under an output policy the compute condition is fulfilled only
+        // when the results are released (settling), so a rejection leaves
+        // the escrow to time out to the consumer.
+        let grant = self.store.workflow_policy(&workflow_did)?.is_open();
+        self.paid(
+            id,
+            agreement_id,
+            did,
+            on_chain_consumer,
+            Service::Compute,
+            grant,
+        )
+        .await?;
         // Every other dataset the workflow reads needs a paid agreement of
         // the same consumer too (a result is checked when resolving: its
         // owner's only).
@@ -177,8 +186,9 @@ impl ChainAgreements {
 
     /// Checks that agreement `id` (of `service`) on `did` is paid as the
     /// dataset's service prices it and its release condition (compute or
-    /// access) has not timed out, and fulfils that condition on-chain if it
-    /// is not yet; returns the price (what a release pays out).
+    /// access) has not timed out, and (`grant`) fulfils that condition
+    /// on-chain if it is not yet; returns the price (what a release pays
+    /// out).
     async fn paid(
         &self,
         id: B256,
@@ -186,6 +196,7 @@ impl ChainAgreements {
         did: B256,
         consumer: Address,
         service: Service,
+        grant: bool,
     ) -> Result<Price, insitu_runtime::Error> {
         let kind = match service {
             Service::Compute => "compute",
@@ -225,6 +236,7 @@ impl ChainAgreements {
         }
         match release.state {
             ConditionState::Fulfilled => Ok(price),
+            ConditionState::Unfulfilled if !grant => Ok(price),
             ConditionState::Unfulfilled => {
                 let sent = self.chain.fulfill(service, id, did, consumer).await;
                 match sent {
@@ -279,8 +291,13 @@ impl ChainAgreements {
                 _ => continue,
             }
             let id_text = format!("{id:#x}");
+            let grant = self
+                .store
+                .workflow_policy(workflow)
+                .map_err(|e| format!(" ({e})"))?
+                .is_open();
             match self
-                .paid(id, &id_text, did, consumer, Service::Compute)
+                .paid(id, &id_text, did, consumer, Service::Compute, grant)
                 .await
             {
                 Ok(_) => {
@@ -328,7 +345,14 @@ impl ChainAgreements {
             )));
         }
         let price = self
-            .paid(id, agreement_id, did, on_chain_consumer, Service::Access)
+            .paid(
+                id,
+                agreement_id,
+                did,
+                on_chain_consumer,
+                Service::Access,
+                true,
+            )
             .await?;
         match self
             .chain
@@ -380,8 +404,11 @@ impl ChainAgreements {
                     value: agreement.consumer.clone(),
                     reason: "expected 0x followed by 40 hex digits",
                 })?;
-        let price = price_of(&self.store, &agreement.dataset, self.chain.provider_address)
-            .ok_or_else(|| denied(format!("dataset {} has no price", agreement.dataset)))?;
+        // Granted now if output control held it back until the release
+        // (the lock and the time-outs are checked again).
+        let price = self
+            .paid(id, &agreement.id, did, consumer, Service::Compute, true)
+            .await?;
         let release = self.chain.release(id, did, consumer, &price).await?;
         let commit = self.chain.commit_receipt(hash, did).await?;
         tracing::info!(agreement = %agreement.id, release = ?release, receipt = ?commit, "settled on-chain");

@@ -118,6 +118,11 @@ async fn grant_if_ours(
     let Some(price) = price_of(store, &dataset, chain.provider_address) else {
         return Ok(()); // not ours, or not priced
     };
+    // Under an output policy, compute is granted when results are released
+    // (settling), not when the payment is locked.
+    if store.output_policy(&dataset).is_ok_and(|p| !p.is_open()) {
+        return Ok(());
+    }
     let Some((consumer, on_chain_did)) = chain.agreement_data(agreement).await? else {
         return Ok(());
     };

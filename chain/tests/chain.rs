@@ -1366,3 +1366,129 @@ async fn compute_paid_in_an_erc20_token_is_granted_and_released() {
     assert_eq!(balance(address(PROVIDER)).await, U256::from(300));
     assert_eq!(balance(w.addresses.escrow_payment).await, U256::ZERO);
 }
+
+/// Output control in chain mode (issue #26): for a dataset whose results are
+/// held for review, the compute condition is not fulfilled when the payment
+/// is locked nor when the execution is admitted; a release fulfils it,
+/// releases the escrow to the provider and commits the receipt; a rejection
+/// leaves the condition unfulfilled (the escrow times out to the consumer as
+/// the contracts allow) and pays the provider nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_results_fulfil_compute_only_when_released() {
+    use insitu_gateway::client::Consumer;
+    use insitu_gateway::config::{ChainConfig, ServeConfig};
+    use insitu_gateway::http::Local;
+    use insitu_runtime::airlock::{OutputPolicy, Release};
+    use insitu_runtime::store::Decision;
+    let w = world().await;
+    let dataset = insitu_chain::did_of(w.did);
+    w.store
+        .set_output_policy(
+            &dataset,
+            &OutputPolicy {
+                release: Release::Review,
+                reviewers: vec!["ann".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut config = ServeConfig::new(w.data.clone());
+    config.layouts = vec![w.layout.clone()];
+    config.workers = 1;
+    config.provider_key = Some(ProviderKey::from_hex(PROVIDER).unwrap());
+    config.chain = Some(ChainConfig::new(
+        w.anvil.url.clone(),
+        fixture("out/addresses.json"),
+    ));
+    let local = Local::start(&config, Duration::from_secs(5)).await.unwrap();
+    let (released, released_compute) = w.agreement(41, true).await;
+    let (rejected, rejected_compute) = w.agreement(42, true).await;
+    let chain = &w.agreements.chain;
+    let client = Consumer::new(local.base.clone(), ProviderKey::from_hex(CONSUMER).unwrap());
+    let mut ids = Vec::new();
+    for id in [released, rejected] {
+        let agreement = format!("{id:#x}");
+        let t = client
+            .token(&client.claims(&agreement, &w.workflow, None))
+            .await
+            .unwrap();
+        let exec = client.execute(&t, &agreement, &w.workflow).await.unwrap();
+        let t = client
+            .token(&client.claims(&agreement, &w.workflow, Some(&exec)))
+            .await
+            .unwrap();
+        ids.push((exec, t));
+    }
+    let status = |i: usize| {
+        let (exec, t) = ids[i].clone();
+        let client = client.clone();
+        async move { client.get(&t, &format!("status/{exec}")).await.unwrap() }
+    };
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(i).await["workflowStatus"]["status"] != "held" {
+            assert!(Instant::now() < deadline, "{}", status(i).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Paid and admitted, yet not granted (the payment watcher runs too).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for c in [released_compute, rejected_compute] {
+        assert_eq!(
+            chain.condition(c).await.unwrap().state,
+            ConditionState::Unfulfilled
+        );
+    }
+    let provider = address(PROVIDER);
+    let rpc = w.anvil.wallet(CONSUMER);
+    let balance_before = rpc.get_balance(provider).await.unwrap();
+    w.store
+        .decide(
+            &ids[1].0,
+            Decision::Reject,
+            "ann",
+            Some("not aggregate enough"),
+        )
+        .unwrap();
+    w.store
+        .decide(&ids[0].0, Decision::Release, "ann", Some("fine"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = status(0).await;
+        let settlement = &s["execution"]["settlement"];
+        if settlement.get("release_tx").is_some() || settlement.get("error").is_some() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["workflowStatus"]["status"], "succeeded", "{s}");
+    assert!(
+        s["execution"]["settlement"]["release_tx"].is_string(),
+        "{s}"
+    );
+    assert_eq!(
+        s["execution"]["receipt"]["body"]["output_control"]["decision"],
+        "released"
+    );
+    assert_eq!(
+        chain.condition(released_compute).await.unwrap().state,
+        ConditionState::Fulfilled
+    );
+    let r = status(1).await;
+    assert_eq!(r["workflowStatus"]["status"], "failed", "{r}");
+    assert_eq!(
+        chain.condition(rejected_compute).await.unwrap().state,
+        ConditionState::Unfulfilled,
+        "a rejection grants nothing"
+    );
+    // Paid once (the released one), less its own gas.
+    let after = rpc.get_balance(provider).await.unwrap();
+    assert!(after > balance_before, "the release paid the provider");
+    assert!(
+        after < balance_before + U256::from(2 * PRICE_WEI),
+        "the rejected one paid nothing"
+    );
+    local.stop().await.unwrap();
+}

@@ -74,7 +74,7 @@ impl Hasher for Mix {
 
 type Set = HashSet<u64, BuildHasherDefault<Mix>>;
 
-/// Partitions of a fingerprint set (by the top bits of the mixed value).
+/// Partitions of a fingerprint set.
 const PARTS: usize = 256;
 
 /// A set of fingerprints built in two steps, so that building touches
@@ -96,8 +96,11 @@ impl Default for Parts {
 }
 
 impl Parts {
+    /// Bits 48–55 of the mixed value: not the low bits a table indexes by,
+    /// nor the top 7 it tags entries with (a partition sharing those would
+    /// make every probe a match).
     fn part(v: u64) -> usize {
-        (Mix::default().mixed(v) >> 56) as usize
+        ((Mix::default().mixed(v) >> 48) & 0xff) as usize
     }
 
     fn push(&mut self, v: u64) {
