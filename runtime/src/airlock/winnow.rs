@@ -18,7 +18,6 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::io::Read;
 use std::path::Path;
 
 /// Bytes a run fingerprint covers (the gear hash's reach).
@@ -29,6 +28,8 @@ pub const WINDOW: usize = 64;
 pub const MIN_LINE: usize = 8;
 /// Bytes read at a time.
 const CHUNK: usize = 1 << 20;
+/// Files are fingerprinted in segments of this size, in parallel.
+const SEGMENT: u64 = 16 << 20;
 
 /// The gear table: 256 pseudo-random words (SplitMix64 of 0..256, fixed so
 /// indexes are comparable across processes).
@@ -156,15 +157,150 @@ impl Index {
     /// # Errors
     /// When a directory cannot be listed or a file read.
     pub fn build(dirs: &[&Path]) -> std::io::Result<Index> {
-        let mut index = Index::default();
-        let mut buf = vec![0u8; CHUNK];
+        Index::build_in(dirs, SEGMENT)
+    }
+
+    /// [`Index::build`] with files cut into `segment`-byte segments,
+    /// fingerprinted on every core.
+    fn build_in(dirs: &[&Path], segment: u64) -> std::io::Result<Index> {
+        let mut jobs = Vec::new();
         for dir in dirs {
             for file in files_under(dir)? {
-                index.add_file(&file, &mut buf)?;
+                let len = file.metadata()?.len();
+                let mut start = 0;
+                loop {
+                    let end = (start + segment).min(len);
+                    jobs.push((file.clone(), start, end, len));
+                    if end >= len {
+                        break;
+                    }
+                    start = end;
+                }
             }
         }
-        index.seal();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len())
+            .max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let parts: Vec<std::io::Result<Index>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut index = Index::default();
+                        let mut buf = vec![0u8; CHUNK];
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((file, start, end, len)) = jobs.get(i) else {
+                                return Ok(index);
+                            };
+                            index.add_segment(file, *start, *end, *len, &mut buf)?;
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other("a fingerprinting thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        let mut index = Index::default();
+        for part in parts {
+            let part = part?;
+            index.bytes += part.bytes;
+            for (mine, theirs) in [(&mut index.lines, part.lines), (&mut index.runs, part.runs)] {
+                for (a, b) in mine.pending.iter_mut().zip(theirs.pending) {
+                    if a.is_empty() {
+                        *a = b;
+                    } else {
+                        a.extend(b);
+                    }
+                }
+            }
+        }
+        index.seal_parallel(threads);
         Ok(index)
+    }
+
+    /// Fingerprints bytes `start..end` of `file` (`len` bytes long): its runs
+    /// (reading the 126 bytes before `start` too, so the windows that cross
+    /// into the segment are kept) and the lines that begin in it (reading
+    /// past `end` to finish the last one).
+    fn add_segment(
+        &mut self,
+        file: &Path,
+        start: u64,
+        end: u64,
+        len: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(file)?;
+        let read = |at: u64, upto: u64, buf: &mut [u8]| -> std::io::Result<usize> {
+            let want = (upto - at).min(buf.len() as u64) as usize;
+            let n = f.read_at(&mut buf[..want], at)?;
+            if n == 0 && want > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while it was fingerprinted", file.display()),
+                ));
+            }
+            Ok(n)
+        };
+        let mut state = Scan::default();
+        let mut at = start.saturating_sub((RUN - 1 + WINDOW - 1) as u64);
+        // The lead-in: runs only; a line it ends inside belongs to the
+        // segment before.
+        while at < start {
+            let n = read(at, start, buf)?;
+            state.runs(&buf[..n], &mut self.runs);
+            state.skip_line = buf[n - 1] != b'\n';
+            at += n as u64;
+        }
+        while at < end {
+            let n = read(at, end, buf)?;
+            self.bytes += n as u64;
+            state.runs(&buf[..n], &mut self.runs);
+            state.lines(&buf[..n], &mut self.lines);
+            at += n as u64;
+        }
+        state.winnow.finish(&mut self.runs);
+        // The line the segment ends in, read to its end (lines only).
+        let open_line = !state.partial.is_empty() || state.skip_line;
+        if end < len && open_line {
+            while at < len {
+                let n = read(at, len, buf)?;
+                let upto = memchr::memchr(b'\n', &buf[..n]).map_or(n, |i| i + 1);
+                at += n as u64;
+                if state.lines(&buf[..upto], &mut self.lines) {
+                    break;
+                }
+            }
+        }
+        let line = std::mem::take(&mut state.partial);
+        add_line(&line, &mut self.lines);
+        Ok(())
+    }
+
+    /// [`Index::seal`], the partitions shared among `threads`.
+    fn seal_parallel(&mut self, threads: usize) {
+        let per = PARTS.div_ceil(threads.max(1));
+        for set in [&mut self.lines, &mut self.runs] {
+            std::thread::scope(|scope| {
+                for (sets, pending) in set.sets.chunks_mut(per).zip(set.pending.chunks_mut(per)) {
+                    scope.spawn(move || {
+                        for (s, p) in sets.iter_mut().zip(pending) {
+                            s.extend(p.drain(..));
+                            p.shrink_to_fit();
+                        }
+                    });
+                }
+            });
+        }
     }
 
     /// Fingerprints `bytes` as one file (tests, benchmarks).
@@ -173,20 +309,6 @@ impl Index {
         state.feed(bytes, self);
         state.end(self);
         self.seal();
-    }
-
-    fn add_file(&mut self, path: &Path, buf: &mut [u8]) -> std::io::Result<()> {
-        let mut f = std::fs::File::open(path)?;
-        let mut state = Scan::default();
-        loop {
-            let n = f.read(buf)?;
-            if n == 0 {
-                break;
-            }
-            state.feed(&buf[..n], self);
-        }
-        state.end(self);
-        Ok(())
     }
 
     fn seal(&mut self) {
@@ -301,52 +423,77 @@ struct Scan {
     winnow: Winnower,
     /// The part of a line the previous chunk ended in.
     partial: Vec<u8>,
+    /// The current line began in the previous segment (its owner).
+    skip_line: bool,
 }
 
 impl Scan {
     fn feed(&mut self, bytes: &[u8], index: &mut Index) {
         index.bytes += bytes.len() as u64;
-        // Runs: the hash of every full 64-byte run, winnowed.
+        self.runs(bytes, &mut index.runs);
+        self.lines(bytes, &mut index.lines);
+    }
+
+    /// Runs: the hash of every full 64-byte run, winnowed.
+    fn runs(&mut self, bytes: &[u8], runs: &mut Parts) {
         let mut h = self.h;
-        let full_from = (RUN as u64 - 1).saturating_sub(self.seen) as usize;
-        let runs = &mut index.runs;
-        for (i, b) in bytes.iter().enumerate() {
+        let full_from = ((RUN as u64 - 1).saturating_sub(self.seen) as usize).min(bytes.len());
+        for b in &bytes[..full_from] {
             h = (h << 1).wrapping_add(GEAR[*b as usize]);
-            if i >= full_from {
-                self.winnow.push(h, runs);
+        }
+        // From here every byte ends a full run: hashes go straight into the
+        // winnower's block, a block at a time.
+        let w = &mut self.winnow;
+        let mut rest = &bytes[full_from..];
+        while !rest.is_empty() {
+            let take = (WINDOW - w.len).min(rest.len());
+            for (slot, b) in w.block[w.len..w.len + take].iter_mut().zip(&rest[..take]) {
+                h = (h << 1).wrapping_add(GEAR[*b as usize]);
+                *slot = h;
+            }
+            w.len += take;
+            rest = &rest[take..];
+            if w.len == WINDOW {
+                w.complete(runs);
             }
         }
         self.h = h;
         self.seen += bytes.len() as u64;
-        // Lines.
+    }
+
+    /// Lines; returns whether `bytes` ends a line.
+    fn lines(&mut self, bytes: &[u8], lines: &mut Parts) -> bool {
         let mut start = 0;
         for end in memchr::memchr_iter(b'\n', bytes) {
-            if self.partial.is_empty() {
-                add_line(&bytes[start..end], index);
+            if self.skip_line {
+                self.skip_line = false;
+            } else if self.partial.is_empty() {
+                add_line(&bytes[start..end], lines);
             } else {
                 self.partial.extend_from_slice(&bytes[start..end]);
                 let line = std::mem::take(&mut self.partial);
-                add_line(&line, index);
+                add_line(&line, lines);
             }
             start = end + 1;
         }
         // A "line" longer than a chunk is no row: only its runs count.
-        if self.partial.len() < CHUNK {
+        if !self.skip_line && self.partial.len() < CHUNK {
             self.partial.extend_from_slice(&bytes[start..]);
         }
+        start == bytes.len()
     }
 
     fn end(&mut self, index: &mut Index) {
         self.winnow.finish(&mut index.runs);
         let line = std::mem::take(&mut self.partial);
-        add_line(&line, index);
+        add_line(&line, &mut index.lines);
     }
 }
 
-fn add_line(line: &[u8], index: &mut Index) {
+fn add_line(line: &[u8], lines: &mut Parts) {
     let line = trim(line);
     if line.len() >= MIN_LINE {
-        index.lines.push(line_hash(line));
+        lines.push(line_hash(line));
     }
 }
 
@@ -394,6 +541,7 @@ impl Default for Winnower {
 }
 
 impl Winnower {
+    #[cfg(test)]
     fn push(&mut self, h: u64, out: &mut impl Sink) {
         self.block[self.len] = h;
         self.len += 1;
@@ -429,12 +577,19 @@ impl Winnower {
             return;
         }
         self.emit(self.prev[0], out);
+        // Locals, so the loop runs in registers; `m` rarely changes.
+        let (block, prev) = (&self.block, &self.prev);
+        let mut last = self.last.unwrap_or(u64::MAX);
         let mut p = u64::MAX;
         for s in 1..=upto {
-            p = p.min(self.block[s - 1]);
-            let m = self.prev[s].min(p);
-            self.emit(m, out);
+            p = p.min(block[s - 1]);
+            let m = prev[s].min(p);
+            if m != last {
+                out.put(m);
+                last = m;
+            }
         }
+        self.last = Some(last);
     }
 
     fn finish(&mut self, out: &mut impl Sink) {
@@ -547,6 +702,42 @@ mod tests {
         assert!(input.len() > CHUNK, "the file spans chunks");
         assert_eq!(built.len(), whole.len());
         assert_eq!(built.runs.sets, whole.runs.sets);
+    }
+
+    /// `cargo test --release -p insitu-runtime --lib index_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn index_speed() {
+        let input = rows(9, 12_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), &input).unwrap();
+        let t = std::time::Instant::now();
+        let index = Index::build(&[dir.path()]).unwrap();
+        let s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{} MB in {s:.3} s: {:.0} MB/s; {:?}",
+            input.len() / 1_000_000,
+            input.len() as f64 / s / 1e6,
+            index.len()
+        );
+    }
+
+    #[test]
+    fn segments_fingerprint_as_the_whole_file_does() {
+        let mut input = rows(4, 40_000);
+        // A line longer than a segment, and no line end at the end.
+        input.extend_from_slice(&[b'y'; 300_000]);
+        input.extend_from_slice(b"\nlast line, unterminated");
+        let mut whole = Index::default();
+        whole.add_bytes(&input);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.csv"), &input).unwrap();
+        for segment in [100_000, 4096, 1 << 30] {
+            let built = Index::build_in(&[dir.path()], segment).unwrap();
+            assert_eq!(built.lines.sets, whole.lines.sets, "segment {segment}");
+            assert_eq!(built.runs.sets, whole.runs.sets, "segment {segment}");
+            assert_eq!(built.bytes, input.len() as u64);
+        }
     }
 
     #[test]
