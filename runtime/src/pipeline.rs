@@ -526,15 +526,20 @@ impl Pipeline {
         let started = std::time::Instant::now();
         let index = match policy.max_copied_share {
             Some(_) => {
-                let dirs: Vec<&Path> = resolved
+                // Versions as the inputs' digests just read them.
+                let known = crate::sync::lock(&self.caches.inputs);
+                let dirs: Vec<(&Path, Option<[u8; 32]>)> = resolved
                     .stages
                     .iter()
                     .flat_map(|s| &s.inputs)
                     .filter_map(|i| match i {
-                        ResolvedInput::Dataset { path, .. } => Some(path.as_path()),
+                        ResolvedInput::Dataset { path, .. } => {
+                            Some((path.as_path(), known.get(path).map(|(v, _)| *v)))
+                        }
                         ResolvedInput::PreviousStage(_) => None,
                     })
                     .collect();
+                drop(known);
                 Some(self.caches.indexes.union(&dirs)?)
             }
             None => None,
@@ -574,8 +579,8 @@ impl Pipeline {
             };
             return Ok(Some((Status::Held, why)));
         }
-        self.store.record_review(id, &report, None)?;
         if !report.passed {
+            self.store.record_review(id, &report, None)?;
             return Ok(Some((
                 Status::Failed,
                 format!(
@@ -713,7 +718,6 @@ impl Pipeline {
             body["federated"] = fl;
         }
         if let Some(review) = provenance.output_control {
-            main["provenance"]["output_control"] = review.clone();
             body["output_control"] = review;
         }
         let receipt = receipt::sign(&self.key, body)?;

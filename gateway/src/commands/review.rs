@@ -84,17 +84,29 @@ impl ReviewCommand {
                 let store = super::catalog::open(&data_dir)?;
                 let id = crate::ids::execution(&id);
                 let e = store.execution(&id)?;
-                let review = store.review(&id)?.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "execution {id} has no output checks: its datasets have no output policy"
-                    )
-                })?;
-                let mut out = review.record();
+                // Held, withheld or decided: the store's record; released at
+                // once: the receipt's.
+                let mut out = match store.review(&id)? {
+                    Some(review) => {
+                        let mut out = review.record();
+                        out["held"] = review.held.is_some().into();
+                        out["applied"] = review.applied.into();
+                        out
+                    }
+                    None => e
+                        .receipt
+                        .as_ref()
+                        .map(|r| r["body"]["output_control"].clone())
+                        .filter(|c| !c.is_null())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "execution {id} has no output checks: its datasets have no output policy"
+                            )
+                        })?,
+                };
                 out["execution"] = e.id.into();
                 out["status"] = e.status.as_str().into();
                 out["reason"] = e.reason.into();
-                out["held"] = review.held.is_some().into();
-                out["applied"] = review.applied.into();
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 Ok(true)
             }

@@ -56,6 +56,7 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
         services: p.services,
         dashboard: config.dashboard,
         depth_samples: Default::default(),
+        controlled: Default::default(),
     });
     if let Some(chain) = p.chain {
         let (store, g) = (gateway.store.clone(), Arc::downgrade(&gateway));

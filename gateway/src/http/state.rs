@@ -8,9 +8,10 @@ use insitu_runtime::executions::Executions;
 use insitu_runtime::permissions::Permissions;
 use insitu_runtime::pipeline::Pipeline;
 use insitu_runtime::store::Store;
-use std::collections::VecDeque;
+use insitu_runtime::workflow::Did;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -36,7 +37,13 @@ pub struct Gateway {
     /// Queue depth sampled every [`QUEUE_SAMPLE`], the last hour's (unix
     /// ms, depth), for the dashboard.
     pub(crate) depth_samples: Mutex<VecDeque<(u64, usize)>>,
+    /// Workflow → whether its datasets have an output policy, as last read
+    /// (kept [`POLICY_TTL`]: status polls would otherwise read it each time).
+    pub(crate) controlled: Mutex<HashMap<Did, (Instant, bool)>>,
 }
+
+/// How long [`Gateway::controlled`] answers are reused.
+pub(crate) const POLICY_TTL: Duration = Duration::from_secs(1);
 
 /// How often the dashboard's queue-depth chart is sampled.
 pub(crate) const QUEUE_SAMPLE: Duration = Duration::from_secs(5);
@@ -47,6 +54,22 @@ impl Gateway {
     /// waits for them to end. Returns how many had to be stopped.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.executions.shutdown(grace).await
+    }
+
+    /// Whether workflow `did`'s results are under an output policy (then its
+    /// logs and progress are results too, released with them).
+    ///
+    /// # Errors
+    /// As [`Store::workflow_policy`].
+    pub(crate) fn controlled(&self, did: &Did) -> Result<bool, insitu_runtime::Error> {
+        if let Some((at, c)) = insitu_runtime::sync::lock(&self.controlled).get(did)
+            && at.elapsed() < POLICY_TTL
+        {
+            return Ok(*c);
+        }
+        let c = !self.store.workflow_policy(did)?.is_open();
+        insitu_runtime::sync::lock(&self.controlled).insert(did.clone(), (Instant::now(), c));
+        Ok(c)
     }
 
     /// Records the queue's depth now, keeping the last hour's samples.

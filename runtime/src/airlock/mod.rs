@@ -40,12 +40,17 @@ pub struct Indexes {
 type Version = ([u8; 32], Arc<Index>);
 
 impl Indexes {
-    /// The index of the dataset at `dir`, built now if it changed since.
+    /// The index of the dataset at `dir`, built now if it changed since;
+    /// `version` is its [`crate::pipeline::fingerprint`] when the caller
+    /// has just computed it.
     ///
     /// # Errors
     /// [`crate::Error::Io`] when the dataset cannot be listed or read.
-    pub fn of(&self, dir: &Path) -> Result<Arc<Index>, crate::Error> {
-        let (version, _) = crate::pipeline::fingerprint(dir)?;
+    pub fn of(&self, dir: &Path, version: Option<[u8; 32]>) -> Result<Arc<Index>, crate::Error> {
+        let version = match version {
+            Some(v) => v,
+            None => crate::pipeline::fingerprint(dir)?.0,
+        };
         if let Some((v, index)) = crate::sync::lock(&self.built).get(dir)
             && *v == version
         {
@@ -69,13 +74,13 @@ impl Indexes {
     ///
     /// # Errors
     /// As [`Indexes::of`].
-    pub fn union(&self, dirs: &[&Path]) -> Result<Arc<Index>, crate::Error> {
+    pub fn union(&self, dirs: &[(&Path, Option<[u8; 32]>)]) -> Result<Arc<Index>, crate::Error> {
         match dirs {
-            [one] => self.of(one),
+            [(one, v)] => self.of(one, *v),
             _ => {
                 let mut all = Index::default();
-                for d in dirs {
-                    all.merge(self.of(d)?.as_ref());
+                for (d, v) in dirs {
+                    all.merge(self.of(d, *v)?.as_ref());
                 }
                 Ok(Arc::new(all))
             }

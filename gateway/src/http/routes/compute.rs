@@ -239,8 +239,7 @@ pub(crate) async fn logs(
 /// once its results were released (logs are results and pass the same
 /// checks).
 fn logs_released(g: &Gateway, e: &insitu_runtime::store::Execution) -> ApiResult<bool> {
-    Ok(e.status == insitu_runtime::Status::Succeeded
-        || g.store.workflow_policy(&e.workflow)?.is_open())
+    Ok(e.status == insitu_runtime::Status::Succeeded || !g.controlled(&e.workflow)?)
 }
 
 pub(crate) async fn stop(
