@@ -2234,13 +2234,7 @@ echo "ID=$ID"
 #[test]
 fn the_dashboard_works_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists()
-            && Path::new("/usr/bin/chromium").exists()
-            && Path::new("/usr/bin/chromedriver").exists(),
-        "the browser test needs .venv (selenium), /usr/bin/chromium and /usr/bin/chromedriver: run scripts/setup"
-    );
+    let python = insitu_tests::browser_python();
     let lan = {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         s.connect("192.0.2.255:9")

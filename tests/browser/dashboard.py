@@ -13,27 +13,15 @@ when anything is missing; saves dashboard.png, execution.png, refused.png.
 import pathlib
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from chromium import checker, start
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 base, execution, shots, refusing = sys.argv[1:5]
 shots = pathlib.Path(shots)
 shots.mkdir(parents=True, exist_ok=True)
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1400"):
-    options.add_argument(arg)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-driver.set_page_load_timeout(30)
-wait = WebDriverWait(driver, 30)
-
-
-def check(ok, what):
-    if not ok:
-        raise SystemExit(f"dashboard: {what}")
+driver, wait = start()
+check = checker("dashboard")
 
 
 try:

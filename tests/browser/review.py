@@ -15,27 +15,15 @@ import pathlib
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from chromium import checker, start
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 base, release_id, reject_id, shots = sys.argv[1:5]
 shots = pathlib.Path(shots)
 shots.mkdir(parents=True, exist_ok=True)
 
-options = webdriver.ChromeOptions()
-options.binary_location = "/usr/bin/chromium"
-for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1400"):
-    options.add_argument(arg)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-driver.set_page_load_timeout(30)
-wait = WebDriverWait(driver, 30)
-
-
-def check(ok, what):
-    if not ok:
-        raise SystemExit(f"review page: {what}")
+driver, wait = start()
+check = checker("review page")
 
 
 def decide(execution, decision, reason):
@@ -56,7 +44,11 @@ def decide(execution, decision, reason):
 
 
 try:
-    driver.get(base + "/review")
+    # From the dashboard's link to the review page.
+    driver.get(base + "/")
+    link = wait.until(lambda d: d.find_element(By.ID, "review"))
+    check("held for review: 2" in link.text, f"the dashboard's link says {link.text!r}")
+    link.click()
     for execution in (release_id, reject_id):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{execution}"]'))
     driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{release_id}"] a').click()

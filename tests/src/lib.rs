@@ -90,6 +90,20 @@ pub fn spinner() -> Vec<u8> {
     wat::parse_str(SPINNER_WAT).expect("valid WAT")
 }
 
+/// The Python with Selenium that drives the browser tests (`.venv/`), once
+/// Debian's Chromium and chromedriver are there; a missing one fails the
+/// test with how to install it (browser tests are never skipped).
+pub fn browser_python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists()
+            && Path::new("/usr/bin/chromium").exists()
+            && Path::new("/usr/bin/chromedriver").exists(),
+        "the browser test needs .venv (selenium), /usr/bin/chromium and /usr/bin/chromedriver: run scripts/setup"
+    );
+    python
+}
+
 /// `BIN serve --listen 127.0.0.1:0 ARGS…` as a child process; returns it and
 /// its URL once it listens. Its stderr is drained so it never blocks.
 pub fn serve<I, A>(bin: &Path, args: I) -> (std::process::Child, String)

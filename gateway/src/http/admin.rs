@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The admin token's cookie.
 pub(crate) const COOKIE: &str = "insitu_admin";
@@ -61,6 +62,31 @@ pub(crate) fn authorize(
     Err(ApiError::Unauthorized(
         "the dashboard is served to loopback clients, or with an admin token: run insitu admin token --data-dir DIR on the provider and open /?token=TOKEN".into(),
     ))
+}
+
+/// The query of the provider's pages: an admin token (set as a cookie),
+/// and the execution to show.
+#[derive(serde::Deserialize)]
+pub(crate) struct PageQuery {
+    pub(crate) token: Option<String>,
+    pub(crate) execution: Option<String>,
+}
+
+/// A provider's page: `render` (given the execution to show) runs off the
+/// async threads; `set_cookie` as [`authorize`] answered.
+///
+/// # Errors
+/// `render`'s.
+pub(crate) async fn render_page(
+    g: Arc<Gateway>,
+    execution: Option<String>,
+    set_cookie: Option<String>,
+    render: fn(&Gateway, Option<&str>) -> ApiResult<String>,
+) -> ApiResult<Response> {
+    let html = tokio::task::spawn_blocking(move || render(&g, execution.as_deref()))
+        .await
+        .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))??;
+    Ok(page(html, set_cookie))
 }
 
 /// `html` as a page: no caching, a strict content security policy, and the

@@ -409,13 +409,7 @@ async fn held_results_are_released_or_rejected_by_a_reviewer_across_a_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_releases_and_rejects_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists()
-            && Path::new("/usr/bin/chromium").exists()
-            && Path::new("/usr/bin/chromedriver").exists(),
-        "the browser test needs .venv (selenium), /usr/bin/chromium and /usr/bin/chromedriver: run scripts/setup"
-    );
+    let python = insitu_tests::browser_python();
     let p = Provider::new(&["--release", "review", "--reviewer", "ann"]);
     let (a, b) = (p.execute("count").await, p.execute("count").await);
     p.until("count", &a, "held").await;

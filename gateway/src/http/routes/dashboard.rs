@@ -5,8 +5,8 @@
 //!
 //! Who may look: see [`crate::http::admin`].
 
-use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::http::admin::{authorize, esc, page as html_page, peer, time};
+use crate::error::{ApiPath, ApiQuery, ApiResult};
+use crate::http::admin::{PageQuery, authorize, esc, peer, render_page, time};
 use crate::http::logs;
 use crate::http::state::{Gateway, now};
 use axum::extract::{Request, State};
@@ -62,12 +62,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[derive(serde::Deserialize)]
-pub(crate) struct PageQuery {
-    token: Option<String>,
-    execution: Option<String>,
-}
-
 /// `GET /`: the dashboard.
 pub(crate) async fn page(
     State(g): State<Arc<Gateway>>,
@@ -75,11 +69,7 @@ pub(crate) async fn page(
     req: Request,
 ) -> ApiResult<Response> {
     let set_cookie = authorize(&g, peer(&req), req.headers(), q.token.as_deref())?;
-    let g2 = g.clone();
-    let html = tokio::task::spawn_blocking(move || render(&g2, q.execution.as_deref()))
-        .await
-        .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))??;
-    Ok(html_page(html, set_cookie))
+    render_page(g, q.execution, set_cookie, render).await
 }
 
 /// `GET /dashboard/logs/{id}`: an execution's logs as server-sent events
@@ -121,8 +111,12 @@ fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     out.push_str("</head><body>");
     let _ = write!(
         out,
-        "<h1>insitu provider <code>{}</code></h1><div class=\"cards\">",
-        esc(&g.provider)
+        "<h1>insitu provider <code>{}</code></h1><p><a id=\"review\" href=\"/review\">results held for review: {}</a></p><div class=\"cards\">",
+        esc(&g.provider),
+        counts
+            .iter()
+            .find(|(s, _)| *s == insitu_runtime::Status::Held)
+            .map_or(0, |(_, n)| *n)
     );
     for (status, n) in &counts {
         let _ = write!(

@@ -11,7 +11,7 @@
 //! carries, and by refusing browsers' cross-site fetches (`Sec-Fetch-Site`).
 
 use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::http::admin::{authorize, esc, page as html_page, peer, time};
+use crate::http::admin::{PageQuery, authorize, esc, peer, render_page, time};
 use crate::http::state::Gateway;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -24,24 +24,14 @@ use std::sync::Arc;
 /// The most of one text file the page shows.
 const SHOWN: u64 = 64 << 10;
 
-#[derive(serde::Deserialize)]
-pub(crate) struct ReviewQuery {
-    token: Option<String>,
-    execution: Option<String>,
-}
-
 /// `GET /review`: the held executions, and one in full.
 pub(crate) async fn page(
     State(g): State<Arc<Gateway>>,
-    ApiQuery(q): ApiQuery<ReviewQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
     req: Request,
 ) -> ApiResult<Response> {
     let set_cookie = authorize(&g, peer(&req), req.headers(), q.token.as_deref())?;
-    let g2 = g.clone();
-    let html = tokio::task::spawn_blocking(move || render(&g2, q.execution.as_deref()))
-        .await
-        .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))??;
-    Ok(html_page(html, set_cookie))
+    render_page(g, q.execution, set_cookie, render).await
 }
 
 #[derive(serde::Deserialize)]
