@@ -2,7 +2,7 @@
 //! provider's catalog and local agreements in `<data-dir>/insitu.db`. Each
 //! prints one line whose last word is the new identifier.
 
-use super::print_line;
+use super::shared::print_line;
 use anyhow::Context;
 use clap::Subcommand;
 use insitu_runtime::store::{DatasetSpec, Store};
@@ -140,7 +140,7 @@ pub fn add_dataset_on_chain(
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
     let (did, tx) =
-        super::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
+        super::shared::runtime()?.block_on(client.register_did(seed.into(), Default::default()))?;
     let did = insitu_chain::did_of(did);
     store.register_dataset(&offer.spec(name, path, &allowed, Some(did.clone())))?;
     if !offer.output.is_open() {
@@ -425,7 +425,7 @@ impl AssetCommand {
             output,
         };
         match (chain_rpc, contracts) {
-            (Some(rpc), Some(contracts)) => super::provider_key(
+            (Some(rpc), Some(contracts)) => super::shared::provider_key(
                 &data_dir,
                 provider_key_file.as_deref(),
                 provider_keystore.as_deref(),

@@ -3,7 +3,7 @@
 //! `insitu sign` (EIP-191 `personal_sign`, e.g. of an agreement id for the
 //! seed spec's `exec` form).
 
-use super::print_line;
+use super::shared::print_line;
 use crate::auth::{AUD_COMPUTE, AUD_EXECUTE, make_grant};
 use anyhow::{Context, bail};
 use insitu_runtime::receipt::ProviderKey;
@@ -27,7 +27,7 @@ pub fn new_key(path: &Path, keystore: bool, from: Option<&Path>) -> anyhow::Resu
         );
     }
     if keystore {
-        let password = super::keystore_password().ok_or_else(|| {
+        let password = super::shared::keystore_password().ok_or_else(|| {
             anyhow::anyhow!("set the keystore's password in INSITU_KEYSTORE_PASSWORD")
         })?;
         let key = match from {
@@ -52,7 +52,7 @@ pub fn address(path: &Path) -> anyhow::Result<String> {
 fn load(path: &Path) -> anyhow::Result<ProviderKey> {
     Ok(ProviderKey::open(
         path,
-        super::keystore_password().as_deref(),
+        super::shared::keystore_password().as_deref(),
     )?)
 }
 
@@ -193,7 +193,12 @@ pub fn create_agreement(
     } else {
         insitu_chain::Service::Compute
     };
-    let id = super::runtime()?.block_on(chain.create_and_pay(seed.into(), did, &price, service))?;
+    let id = super::shared::runtime()?.block_on(chain.create_and_pay(
+        seed.into(),
+        did,
+        &price,
+        service,
+    ))?;
     Ok(format!("agreement created and paid: {id:#x}"))
 }
 

@@ -51,8 +51,8 @@ pub fn execute() -> anyhow::Result<bool> {
 
 /// Part 1: each example in the sandbox.
 fn examples(work: &std::path::Path) -> anyhow::Result<bool> {
-    let sandbox = super::local_sandbox(None)?;
-    let rt = super::runtime()?;
+    let sandbox = super::shared::local_sandbox(None)?;
+    let rt = super::shared::runtime()?;
     println!(
         "== 1. the sandbox: {} example algorithms on sample data\n",
         ALL.len()

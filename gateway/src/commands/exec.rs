@@ -141,7 +141,7 @@ pub fn run(args: &ExecCommand) -> anyhow::Result<bool> {
         &args.at.agreement,
         consumer(&args.at.gateway, &args.at.key)?,
     );
-    let results = super::runtime()?.block_on(async {
+    let results = super::shared::runtime()?.block_on(async {
         let t = c
             .token(&c.claims(agreement, &args.workflow, None))
             .await
@@ -443,7 +443,7 @@ pub fn executions(cmd: &ExecutionsCommand) -> anyhow::Result<bool> {
     | ExecutionsCommand::Stop { at, .. }) = cmd;
     let (gateway, agreement) = (at.gateway.as_str(), at.agreement.as_str());
     let c = consumer(gateway, &at.key)?;
-    super::runtime()?.block_on(async {
+    super::shared::runtime()?.block_on(async {
         let (workflow, id) = match cmd {
             ExecutionsCommand::List { workflow, .. } => (workflow.as_str(), None),
             ExecutionsCommand::Status { id, .. }

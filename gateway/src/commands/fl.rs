@@ -216,7 +216,7 @@ pub fn run(plan_file: &Path, key: &Path, out: &Path) -> anyhow::Result<bool> {
         )
     })?;
     plan.check()?;
-    let key = ProviderKey::open(key, super::keystore_password().as_deref())?;
+    let key = ProviderKey::open(key, super::shared::keystore_password().as_deref())?;
     insitu_runtime::tls::install();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -226,7 +226,7 @@ pub fn run(plan_file: &Path, key: &Path, out: &Path) -> anyhow::Result<bool> {
         .iter()
         .map(|p| HttpPeer::new(http.clone(), p, key.clone()))
         .collect();
-    super::runtime()?.block_on(async {
+    super::shared::runtime()?.block_on(async {
         let coordinator = Coordinator {
             plan: &plan,
             peers: &peers,

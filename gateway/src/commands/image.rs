@@ -250,7 +250,7 @@ impl PushCommand {
     /// # Errors
     /// As [`push`].
     pub fn execute(self) -> anyhow::Result<bool> {
-        let digest = super::runtime()?.block_on(push(&self.module, &self.to.into()))?;
+        let digest = super::shared::runtime()?.block_on(push(&self.module, &self.to.into()))?;
         println!("{digest}");
         Ok(true)
     }
@@ -270,7 +270,8 @@ impl InspectCommand {
     /// As [`inspect`].
     pub fn execute(self) -> anyhow::Result<bool> {
         let arg = self.image.into();
-        let info = super::runtime()?.block_on(inspect(&arg, super::default_cache_dir()))?;
+        let info = super::shared::runtime()?
+            .block_on(inspect(&arg, super::shared::default_cache_dir()))?;
         println!("{}", serde_json::to_string_pretty(&info)?);
         Ok(true)
     }

@@ -5,7 +5,7 @@
 //! starts): a release publishes the results and their receipt, which
 //! records the checks, the reviewer, the time and the reason.
 
-use super::print_line;
+use super::shared::print_line;
 use clap::Subcommand;
 use insitu_runtime::store::Decision;
 use std::path::PathBuf;

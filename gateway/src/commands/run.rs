@@ -100,7 +100,9 @@ impl RunCommand {
         if self.no_cache {
             None
         } else {
-            self.cache_dir.clone().or_else(super::default_cache_dir)
+            self.cache_dir
+                .clone()
+                .or_else(super::shared::default_cache_dir)
         }
     }
 
@@ -112,7 +114,7 @@ impl RunCommand {
     /// `rejected` outcome, not an error.
     pub fn report(&self) -> anyhow::Result<RunReport> {
         let args = self;
-        let rt = super::runtime()?;
+        let rt = super::shared::runtime()?;
         let (bytes, name) = self.module(&rt)?;
         std::fs::create_dir_all(&args.output).with_context(|| {
             format!(
@@ -151,12 +153,14 @@ impl RunCommand {
                 .as_deref()
                 .map(|id| insitu_runtime::sandbox::Determinism::for_stage(id, 0)),
         };
-        let sandbox = super::local_sandbox(args.cache().as_deref())?;
+        let sandbox = super::shared::local_sandbox(args.cache().as_deref())?;
         let started = std::time::Instant::now();
         let report = match sandbox.prepare(&bytes) {
-            Ok(module) => {
-                super::runtime()?.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?
-            }
+            Ok(module) => super::shared::runtime()?.block_on(sandbox.run(
+                &module,
+                &spec,
+                &StopHandle::default(),
+            ))?,
             Err(insitu_runtime::Error::Rejected { digest, reason }) => RunReport {
                 status: Status::Failed,
                 outcome: insitu_runtime::Outcome::Rejected,

@@ -1,7 +1,7 @@
 //! `insitu serve` (the provider's gateway) and `insitu admin` (its admin
 //! tokens).
 
-use super::print_line;
+use super::shared::print_line;
 use std::path::PathBuf;
 
 /// `insitu serve`: the HTTP gateway.
@@ -108,7 +108,7 @@ impl ServeCommand {
             ..Layer::default()
         });
         let settings = Settings::resolve(&layers)?;
-        super::init_logs(settings.log_format);
+        super::shared::init_logs(settings.log_format);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
@@ -120,7 +120,7 @@ impl ServeCommand {
             let addr = listener.local_addr()?;
             tracing::info!(address = %addr, data_dir = %settings.serve.data_dir.display(), workers = settings.serve.workers, "gateway listening");
             eprintln!("insitu gateway listening on http://{addr}");
-            crate::http::serve(listener, router, gateway, settings.shutdown_grace, super::shutdown_signal()).await?;
+            crate::http::serve(listener, router, gateway, settings.shutdown_grace, super::shared::shutdown_signal()).await?;
             anyhow::Ok(true)
         })
     }
@@ -149,7 +149,7 @@ impl AdminCommand {
         let AdminCommand::Token { data_dir, ttl } = self;
         std::fs::create_dir_all(&data_dir)?;
         let tokens = crate::provider::tokens_of(&data_dir)?;
-        let provider = super::provider_key(&data_dir, None, None)?.address();
+        let provider = super::shared::provider_key(&data_dir, None, None)?.address();
         let until = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()

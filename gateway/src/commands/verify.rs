@@ -49,7 +49,7 @@ impl VerifyCommand {
     /// # Errors
     /// As [`VerifyCommand::report`].
     pub fn execute(self) -> anyhow::Result<bool> {
-        let report = self.report(super::default_cache_dir())?;
+        let report = self.report(super::shared::default_cache_dir())?;
         for check in &report.checks {
             println!("{check}");
         }
@@ -86,7 +86,7 @@ impl VerifyCommand {
         report.checks.extend(
             verify::verify(&receipt, args.provider.as_deref(), args.files.as_deref()).checks,
         );
-        let rt = super::runtime()?;
+        let rt = super::shared::runtime()?;
         if let (Some(rpc), Some(contracts)) = (&args.chain_rpc, &args.contracts) {
             let addresses = insitu_chain::Addresses::from_file(contracts)?;
             // Reads only: a throwaway key, never used to send anything.
@@ -105,7 +105,7 @@ impl VerifyCommand {
                 .prefix("insitu-verify-")
                 .tempdir()?;
             let cache = cache_dir.unwrap_or_else(|| temp.path().join("cache"));
-            let sandbox = super::local_sandbox(Some(&cache))?;
+            let sandbox = super::shared::local_sandbox(Some(&cache))?;
             let puller = Puller::new(BlobStore::open(cache.join("blobs"))?);
             let images = ImageResolver {
                 layouts: args.layouts.clone(),

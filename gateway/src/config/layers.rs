@@ -59,7 +59,7 @@
 //! `INSITU_TIMEOUT`, `INSITU_MEMORY`, `INSITU_OUTPUT_QUOTA`, `INSITU_LOG_QUOTA`
 //! and `INSITU_MAX_*` for the maxima.
 
-use super::ServeConfig;
+use super::serve::{ChainConfig, ServeConfig};
 use insitu_runtime::receipt::ProviderKey;
 use insitu_runtime::sandbox::Limits;
 use insitu_runtime::units::{parse_duration, parse_size};
@@ -647,7 +647,7 @@ impl Settings {
             (rpc, contracts) = (None, None);
         }
         serve.chain = match (rpc, contracts) {
-            (Some(rpc), Some(contracts)) => Some(super::ChainConfig {
+            (Some(rpc), Some(contracts)) => Some(ChainConfig {
                 rpc,
                 contracts,
                 cache_ttl: ttl,
