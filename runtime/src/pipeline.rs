@@ -18,6 +18,7 @@
 use crate::Error;
 use crate::backend::{Backend, LocalWasm, StageCode, StageJob};
 use crate::datadir::DataDir;
+pub use crate::digest::fingerprint;
 use crate::image::{self, AnySource, LayoutSource, Puller, RegistryAuth, RegistrySource};
 use crate::outcome::{Outcome, Status};
 use crate::receipt::{self, ProviderKey};
@@ -891,47 +892,6 @@ pub fn collect(root: &Path) -> Result<(Vec<Value>, Vec<String>), Error> {
     files.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
     skipped.sort();
     Ok((files, skipped))
-}
-
-/// A sha256 over every entry under `root` (relative path, mode, size, mtime,
-/// inode; sorted), and the newest mtime: what changes when any file does.
-///
-/// # Errors
-/// [`Error::Io`] when a directory cannot be listed.
-pub fn fingerprint(root: &Path) -> Result<([u8; 32], SystemTime), Error> {
-    use std::os::unix::fs::MetadataExt;
-    let mut entries = Vec::new();
-    let mut newest = UNIX_EPOCH;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
-            let path = entry.path();
-            let m = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-            if m.is_dir() {
-                stack.push(path.clone());
-            }
-            if let Ok(t) = m.modified() {
-                newest = newest.max(t);
-            }
-            entries.push(format!(
-                "{}\0{:o}\0{}\0{}.{}\0{}",
-                path.strip_prefix(root).unwrap_or(&path).display(),
-                m.mode(),
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ino()
-            ));
-        }
-    }
-    entries.sort();
-    let mut h = Sha256::new();
-    for e in &entries {
-        h.update(e.as_bytes());
-        h.update(b"\n");
-    }
-    Ok((h.finalize().into(), newest))
 }
 
 fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {

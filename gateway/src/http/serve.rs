@@ -1,7 +1,7 @@
 //! Serving the router: connection limits, header timeouts and a graceful
 //! shutdown that drains executions.
 
-use super::Gateway;
+use super::state::Gateway;
 use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;

@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// The inputs' fingerprint indexes, one per dataset version (its directory
-/// and [`crate::pipeline::fingerprint`]), built once and kept for the
+/// and [`crate::digest::fingerprint`]), built once and kept for the
 /// process's life; a new version replaces the old one.
 #[derive(Debug, Default)]
 pub struct Indexes {
@@ -41,7 +41,7 @@ type Version = ([u8; 32], Arc<Index>);
 
 impl Indexes {
     /// The index of the dataset at `dir`, built now if it changed since;
-    /// `version` is its [`crate::pipeline::fingerprint`] when the caller
+    /// `version` is its [`crate::digest::fingerprint`] when the caller
     /// has just computed it.
     ///
     /// # Errors
@@ -49,7 +49,7 @@ impl Indexes {
     pub fn of(&self, dir: &Path, version: Option<[u8; 32]>) -> Result<Arc<Index>, crate::Error> {
         let version = match version {
             Some(v) => v,
-            None => crate::pipeline::fingerprint(dir)?.0,
+            None => crate::digest::fingerprint(dir)?.0,
         };
         if let Some((v, index)) = crate::sync::lock(&self.built).get(dir)
             && *v == version
