@@ -515,21 +515,15 @@ impl Sink for Vec<u64> {
 }
 
 /// Streaming winnowing: the minimum of every [`WINDOW`] consecutive
-/// hashes, in order, consecutive repeats dropped. Per block of `WINDOW`
-/// hashes (van Herk / Gil–Werman), a window starting in the previous block
-/// at offset `s` has the minimum of that block's suffix from `s` and of this
-/// block's prefix up to `s - 1`: both are step functions given by a few
-/// records (right-to-left minima of the previous block, left-to-right minima
-/// of this one, found without branches), so the windows' minima are emitted
-/// per record, not per window.
+/// hashes, in order, consecutive repeats dropped (van Herk / Gil–Werman:
+/// per block of `WINDOW` hashes a suffix minimum, and a running prefix
+/// minimum of the next block; a few comparisons per hash, all in L1).
 struct Winnower {
     /// The block being filled.
     block: [u64; WINDOW],
     len: usize,
-    /// Right-to-left minima of the previous complete block (positions where
-    /// a value is at most everything after it), by ascending position.
-    rl: [(u32, u64); WINDOW],
-    rl_len: usize,
+    /// Suffix minima of the previous complete block.
+    prev: [u64; WINDOW],
     has_prev: bool,
     last: Option<u64>,
 }
@@ -539,8 +533,7 @@ impl Default for Winnower {
         Winnower {
             block: [0; WINDOW],
             len: 0,
-            rl: [(0, 0); WINDOW],
-            rl_len: 0,
+            prev: [0; WINDOW],
             has_prev: false,
             last: None,
         }
@@ -565,21 +558,14 @@ impl Winnower {
     }
 
     /// The windows starting in the previous block, now that this one is
-    /// complete; then this block's right-to-left minima.
+    /// complete; then this block's suffix minima.
     fn complete(&mut self, out: &mut impl Sink) {
         self.windows_from_prev(WINDOW - 1, out);
-        let mut found = [(0u32, 0u64); WINDOW];
-        let (mut n, mut m) = (0, u64::MAX);
+        let mut m = u64::MAX;
         for i in (0..WINDOW).rev() {
-            let v = self.block[i];
-            found[n] = (i as u32, v);
-            n += usize::from(v <= m);
-            m = m.min(v);
+            m = m.min(self.block[i]);
+            self.prev[i] = m;
         }
-        for (k, r) in found[..n].iter().rev().enumerate() {
-            self.rl[k] = *r;
-        }
-        self.rl_len = n;
         self.has_prev = true;
         self.len = 0;
     }
@@ -590,38 +576,20 @@ impl Winnower {
         if !self.has_prev {
             return;
         }
-        // Left-to-right minima of this block's first `upto` hashes.
-        let mut lr = [(0u32, 0u64); WINDOW];
-        let (mut k, mut m) = (0, u64::MAX);
-        for (t, v) in self.block[..upto].iter().enumerate() {
-            lr[k] = (t as u32, *v);
-            k += usize::from(*v < m);
-            m = m.min(*v);
-        }
-        // `i`: the first record of the previous block at or after `s`;
-        // `j`: how many of this block's records are before `s`.
-        let (mut i, mut j) = (0, 0);
-        loop {
-            let suffix = self.rl[i].1;
-            let prefix = if j > 0 { lr[j - 1].1 } else { u64::MAX };
-            self.emit(suffix.min(prefix), out);
-            let by_suffix = self.rl[i].0 as usize + 1;
-            let by_prefix = if j < k {
-                lr[j].0 as usize + 1
-            } else {
-                usize::MAX
-            };
-            let s = by_suffix.min(by_prefix);
-            if s > upto {
-                return;
-            }
-            if s == by_suffix {
-                i += 1;
-            }
-            if s == by_prefix {
-                j += 1;
+        self.emit(self.prev[0], out);
+        // Locals, so the loop runs in registers; `m` rarely changes.
+        let (block, prev) = (&self.block, &self.prev);
+        let mut last = self.last.unwrap_or(u64::MAX);
+        let mut p = u64::MAX;
+        for s in 1..=upto {
+            p = p.min(block[s - 1]);
+            let m = prev[s].min(p);
+            if m != last {
+                out.put(m);
+                last = m;
             }
         }
+        self.last = Some(last);
     }
 
     fn finish(&mut self, out: &mut impl Sink) {
