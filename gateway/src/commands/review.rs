@@ -29,12 +29,8 @@ pub enum ReviewCommand {
     },
     /// Release held results to the consumer.
     Release {
-        id: String,
-        #[arg(long, default_value = "insitu-data")]
-        data_dir: PathBuf,
-        /// Who decides [default: $USER]; must be a reviewer of the datasets.
-        #[arg(long, value_name = "NAME")]
-        reviewer: Option<String>,
+        #[command(flatten)]
+        held: Held,
         /// Why (recorded in the receipt).
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -42,15 +38,23 @@ pub enum ReviewCommand {
     /// Reject held results: the execution fails with the reason; nothing is
     /// released.
     Reject {
-        id: String,
-        #[arg(long, default_value = "insitu-data")]
-        data_dir: PathBuf,
-        #[arg(long, value_name = "NAME")]
-        reviewer: Option<String>,
+        #[command(flatten)]
+        held: Held,
         /// Why (the consumer sees it as the execution's reason).
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
+}
+
+/// Which held execution, in which data dir, decided by whom.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Held {
+    id: String,
+    #[arg(long, default_value = "insitu-data")]
+    data_dir: PathBuf,
+    /// Who decides [default: $USER]; must be a reviewer of the datasets.
+    #[arg(long, value_name = "NAME")]
+    reviewer: Option<String>,
 }
 
 impl ReviewCommand {
@@ -110,38 +114,19 @@ impl ReviewCommand {
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 Ok(true)
             }
-            ReviewCommand::Release {
-                id,
-                data_dir,
-                reviewer,
-                reason,
-            } => decide(
-                &data_dir,
-                &id,
-                Decision::Release,
-                reviewer,
-                reason.as_deref(),
-            ),
-            ReviewCommand::Reject {
-                id,
-                data_dir,
-                reviewer,
-                reason,
-            } => decide(&data_dir, &id, Decision::Reject, reviewer, Some(&reason)),
+            ReviewCommand::Release { held, reason } => {
+                decide(held, Decision::Release, reason.as_deref())
+            }
+            ReviewCommand::Reject { held, reason } => decide(held, Decision::Reject, Some(&reason)),
         }
     }
 }
 
-fn decide(
-    data_dir: &std::path::Path,
-    id: &str,
-    decision: Decision,
-    reviewer: Option<String>,
-    reason: Option<&str>,
-) -> anyhow::Result<bool> {
-    let store = super::catalog::open(data_dir)?;
-    let id = crate::ids::execution(id);
-    let reviewer = reviewer
+fn decide(held: Held, decision: Decision, reason: Option<&str>) -> anyhow::Result<bool> {
+    let store = super::catalog::open(&held.data_dir)?;
+    let id = crate::ids::execution(&held.id);
+    let reviewer = held
+        .reviewer
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "provider".into());
     store.decide(&id, decision, &reviewer, reason)?;

@@ -72,17 +72,20 @@ pub(crate) struct PageQuery {
     pub(crate) execution: Option<String>,
 }
 
-/// A provider's page: `render` (given the execution to show) runs off the
-/// async threads; `set_cookie` as [`authorize`] answered.
+/// A provider's page for `req` (`GET`, with [`PageQuery`]): who asks is
+/// checked ([`authorize`]), then `render` (given the execution to show)
+/// runs off the async threads.
 ///
 /// # Errors
-/// `render`'s.
-pub(crate) async fn render_page(
+/// As [`authorize`] and `render`.
+pub(crate) async fn serve_page(
     g: Arc<Gateway>,
-    execution: Option<String>,
-    set_cookie: Option<String>,
+    q: PageQuery,
+    req: Request,
     render: fn(&Gateway, Option<&str>) -> ApiResult<String>,
 ) -> ApiResult<Response> {
+    let set_cookie = authorize(&g, peer(&req), req.headers(), q.token.as_deref())?;
+    let execution = q.execution;
     let html = tokio::task::spawn_blocking(move || render(&g, execution.as_deref()))
         .await
         .map_err(|e| ApiError::Runtime(insitu_runtime::Error::Engine(e.to_string())))??;

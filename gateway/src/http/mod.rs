@@ -21,9 +21,10 @@ pub use serve::serve;
 pub use state::Gateway;
 
 use crate::config::{HttpLimits, ServeConfig};
+use crate::error::ApiQuery;
 use crate::provider::Provider;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use insitu_runtime::thread::on_thread;
@@ -79,9 +80,15 @@ pub fn build(config: &ServeConfig) -> anyhow::Result<(Router, Arc<Gateway>)> {
 /// Every route of the API (docs/ARCHITECTURE.md, "HTTP") over `gateway`.
 pub fn router(gateway: Arc<Gateway>, http: HttpLimits) -> Router {
     Router::new()
-        .route("/", get(dashboard::page))
+        .route(
+            "/",
+            get(|State(g), ApiQuery(q), req| admin::serve_page(g, q, req, dashboard::render)),
+        )
         .route("/dashboard/logs/{id}", get(dashboard::logs))
-        .route("/review", get(review::page))
+        .route(
+            "/review",
+            get(|State(g), ApiQuery(q), req| admin::serve_page(g, q, req, review::render)),
+        )
         .route("/review/{execution}", post(review::decide))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(ops::metrics))

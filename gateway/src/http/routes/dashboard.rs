@@ -5,8 +5,8 @@
 //!
 //! Who may look: see [`crate::http::admin`].
 
-use crate::error::{ApiPath, ApiQuery, ApiResult};
-use crate::http::admin::{PageQuery, authorize, esc, peer, render_page, time};
+use crate::error::{ApiPath, ApiResult};
+use crate::http::admin::{authorize, esc, peer, time};
 use crate::http::logs;
 use crate::http::state::{Gateway, now};
 use axum::extract::{Request, State};
@@ -62,16 +62,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// `GET /`: the dashboard.
-pub(crate) async fn page(
-    State(g): State<Arc<Gateway>>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-    req: Request,
-) -> ApiResult<Response> {
-    let set_cookie = authorize(&g, peer(&req), req.headers(), q.token.as_deref())?;
-    render_page(g, q.execution, set_cookie, render).await
-}
-
 /// `GET /dashboard/logs/{id}`: an execution's logs as server-sent events
 /// (the same stream as the consumer's `logs?follow=true`).
 pub(crate) async fn logs(
@@ -85,7 +75,8 @@ pub(crate) async fn logs(
     Ok(logs::follow(g, id).into_response())
 }
 
-fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
+/// The page of `GET /`: the dashboard.
+pub(crate) fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     let now_ms = now() * 1000;
     let hour = g
         .store

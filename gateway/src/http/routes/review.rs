@@ -10,8 +10,8 @@
 //! the execution (HMAC under the provider's token key) that only the page
 //! carries, and by refusing browsers' cross-site fetches (`Sec-Fetch-Site`).
 
-use crate::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::http::admin::{PageQuery, authorize, esc, peer, render_page, time};
+use crate::error::{ApiError, ApiPath, ApiResult};
+use crate::http::admin::{authorize, esc, peer, time};
 use crate::http::state::Gateway;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -23,16 +23,6 @@ use std::sync::Arc;
 
 /// The most of one text file the page shows.
 const SHOWN: u64 = 64 << 10;
-
-/// `GET /review`: the held executions, and one in full.
-pub(crate) async fn page(
-    State(g): State<Arc<Gateway>>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-    req: Request,
-) -> ApiResult<Response> {
-    let set_cookie = authorize(&g, peer(&req), req.headers(), q.token.as_deref())?;
-    render_page(g, q.execution, set_cookie, render).await
-}
 
 #[derive(serde::Deserialize)]
 pub(crate) struct DecideForm {
@@ -91,7 +81,8 @@ pub(crate) async fn decide(
     Ok(r)
 }
 
-fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
+/// The page of `GET /review`: the held executions, and one in full.
+pub(crate) fn render(g: &Gateway, selected: Option<&str>) -> ApiResult<String> {
     let mut out = String::with_capacity(16 << 10);
     out.push_str(concat!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
