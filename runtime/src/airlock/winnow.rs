@@ -116,6 +116,25 @@ impl Parts {
         }
     }
 
+    /// Fills the sets from what `from` (one per thread) pushed, each
+    /// partition at once, the partitions shared among `threads`.
+    fn seal_from(&mut self, from: &[Parts], threads: usize) {
+        let per = PARTS.div_ceil(threads.max(1));
+        std::thread::scope(|scope| {
+            for (c, sets) in self.sets.chunks_mut(per).enumerate() {
+                scope.spawn(move || {
+                    for (k, set) in sets.iter_mut().enumerate() {
+                        let p = c * per + k;
+                        set.reserve(from.iter().map(|f| f.pending[p].len()).sum());
+                        for f in from {
+                            set.extend(f.pending[p].iter().copied());
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     fn contains(&self, v: u64) -> bool {
         self.sets[Self::part(v)].contains(&v)
     }
@@ -208,21 +227,15 @@ impl Index {
                 })
                 .collect()
         });
-        let mut index = Index::default();
-        for part in parts {
-            let part = part?;
-            index.bytes += part.bytes;
-            for (mine, theirs) in [(&mut index.lines, part.lines), (&mut index.runs, part.runs)] {
-                for (a, b) in mine.pending.iter_mut().zip(theirs.pending) {
-                    if a.is_empty() {
-                        *a = b;
-                    } else {
-                        a.extend(b);
-                    }
-                }
-            }
-        }
-        index.seal_parallel(threads);
+        let parts = parts.into_iter().collect::<std::io::Result<Vec<Index>>>()?;
+        let mut index = Index {
+            bytes: parts.iter().map(|p| p.bytes).sum(),
+            ..Index::default()
+        };
+        let (lines, runs): (Vec<Parts>, Vec<Parts>) =
+            parts.into_iter().map(|p| (p.lines, p.runs)).unzip();
+        index.lines.seal_from(&lines, threads);
+        index.runs.seal_from(&runs, threads);
         Ok(index)
     }
 
@@ -284,23 +297,6 @@ impl Index {
         let line = std::mem::take(&mut state.partial);
         add_line(&line, &mut self.lines);
         Ok(())
-    }
-
-    /// [`Index::seal`], the partitions shared among `threads`.
-    fn seal_parallel(&mut self, threads: usize) {
-        let per = PARTS.div_ceil(threads.max(1));
-        for set in [&mut self.lines, &mut self.runs] {
-            std::thread::scope(|scope| {
-                for (sets, pending) in set.sets.chunks_mut(per).zip(set.pending.chunks_mut(per)) {
-                    scope.spawn(move || {
-                        for (s, p) in sets.iter_mut().zip(pending) {
-                            s.extend(p.drain(..));
-                            p.shrink_to_fit();
-                        }
-                    });
-                }
-            });
-        }
     }
 
     /// Fingerprints `bytes` as one file (tests, benchmarks).
@@ -561,11 +557,7 @@ impl Winnower {
     /// complete; then this block's suffix minima.
     fn complete(&mut self, out: &mut impl Sink) {
         self.windows_from_prev(WINDOW - 1, out);
-        let mut m = u64::MAX;
-        for i in (0..WINDOW).rev() {
-            m = m.min(self.block[i]);
-            self.prev[i] = m;
-        }
+        suffix_minima(&self.block, &mut self.prev);
         self.has_prev = true;
         self.len = 0;
     }
@@ -577,13 +569,16 @@ impl Winnower {
             return;
         }
         self.emit(self.prev[0], out);
-        // Locals, so the loop runs in registers; `m` rarely changes.
-        let (block, prev) = (&self.block, &self.prev);
+        if upto == 0 {
+            return;
+        }
+        let mut pre = [0u64; WINDOW];
+        prefix_minima(&self.block, &mut pre, upto);
+        // Locals, so the loop runs in registers; the minimum rarely changes.
+        let prev = &self.prev;
         let mut last = self.last.unwrap_or(u64::MAX);
-        let mut p = u64::MAX;
         for s in 1..=upto {
-            p = p.min(block[s - 1]);
-            let m = prev[s].min(p);
+            let m = prev[s].min(pre[s - 1]);
             if m != last {
                 out.put(m);
                 last = m;
@@ -602,6 +597,53 @@ impl Winnower {
         }
         self.has_prev = false;
         self.len = 0;
+    }
+}
+
+/// Lanes of the minima scans: independent chains the CPU runs side by side
+/// (a single running minimum waits on the previous comparison at every
+/// step).
+const LANES: usize = 4;
+const LANE: usize = WINDOW / LANES;
+
+/// `out[i] = min(block[i..])`.
+fn suffix_minima(block: &[u64; WINDOW], out: &mut [u64; WINDOW]) {
+    let mut m = [u64::MAX; LANES];
+    for i in (0..LANE).rev() {
+        for (l, m) in m.iter_mut().enumerate() {
+            *m = (*m).min(block[l * LANE + i]);
+            out[l * LANE + i] = *m;
+        }
+    }
+    // Each lane's suffix also covers the lanes after it.
+    let mut carry = u64::MAX;
+    for l in (0..LANES - 1).rev() {
+        carry = carry.min(m[l + 1]);
+        for v in &mut out[l * LANE..(l + 1) * LANE] {
+            *v = (*v).min(carry);
+        }
+    }
+}
+
+/// `out[i] = min(block[..=i])` for `i < upto`.
+fn prefix_minima(block: &[u64; WINDOW], out: &mut [u64; WINDOW], upto: usize) {
+    let mut m = [u64::MAX; LANES];
+    for i in 0..LANE {
+        for (l, m) in m.iter_mut().enumerate() {
+            *m = (*m).min(block[l * LANE + i]);
+            out[l * LANE + i] = *m;
+        }
+    }
+    // Each lane's prefix also covers the lanes before it.
+    let mut carry = u64::MAX;
+    for l in 1..LANES {
+        if l * LANE >= upto {
+            break;
+        }
+        carry = carry.min(m[l - 1]);
+        for v in &mut out[l * LANE..(l + 1) * LANE] {
+            *v = (*v).min(carry);
+        }
     }
 }
 
