@@ -3,7 +3,9 @@
 //! lookup), conditions fulfilled on demand, settlement after a run.
 
 use crate::ids;
-use crate::{Chain, ChainError, ConditionState, Price, Service, did_bytes, did_of, service_price};
+use crate::{
+    Chain, ChainError, ConditionState, Price, Service, did_bytes, did_of, price_of, service_price,
+};
 use alloy::primitives::{Address, B256};
 use insitu_runtime::permissions::{BoxFuture, Permissions};
 use insitu_runtime::store::{AccessAgreement, Agreement, Store};
@@ -404,11 +406,16 @@ impl ChainAgreements {
                     value: agreement.consumer.clone(),
                     reason: "expected 0x followed by 40 hex digits",
                 })?;
-        // Granted now if output control held it back until the release
-        // (the lock and the time-outs are checked again).
-        let price = self
-            .paid(id, &agreement.id, did, consumer, Service::Compute, true)
-            .await?;
+        // Under output control the compute condition was held back until
+        // the release: granted now (the lock and the time-outs are checked
+        // again). Otherwise it was granted at admission.
+        let price = if self.store.workflow_policy(&agreement.workflow)?.is_open() {
+            price_of(&self.store, &agreement.dataset, self.chain.provider_address)
+                .ok_or_else(|| denied(format!("dataset {} has no price", agreement.dataset)))?
+        } else {
+            self.paid(id, &agreement.id, did, consumer, Service::Compute, true)
+                .await?
+        };
         let release = self.chain.release(id, did, consumer, &price).await?;
         let commit = self.chain.commit_receipt(hash, did).await?;
         tracing::info!(agreement = %agreement.id, release = ?release, receipt = ?commit, "settled on-chain");

@@ -16,11 +16,6 @@ pub mod verify;
 
 use clap::Subcommand;
 
-pub use shared::{
-    default_cache_dir, init_logs, keystore_password, local_sandbox, provider_key, runtime,
-    shutdown_signal,
-};
-
 /// Every `insitu` subcommand.
 #[derive(Subcommand)]
 pub enum Command {
