@@ -21,8 +21,11 @@ const P1: &str = "wasi_snapshot_preview1";
 /// [`Error::Rejected`] for anything that is not a WebAssembly binary (naming
 /// ELF/Mach-O/PE precompiled artifacts and the text format explicitly), a core
 /// module importing from anywhere but WASI preview 1 or importing sockets, a
-/// component importing `wasi:sockets` (including name lookup) or `wasi:http`,
-/// and binaries that fail to parse.
+/// component importing `wasi:http` (which insitu does not provide), and
+/// binaries that fail to parse. Components may import `wasi:sockets`: every
+/// standard `wasi:cli/command` does (componentize-py, componentize-js, Rust's
+/// wasm32-wasip2 std), and the sandbox denies each socket and name-lookup
+/// call at run time instead (see `Sandbox::run`).
 pub fn inspect(bytes: &[u8], digest: &str) -> Result<ModuleKind, Error> {
     let reject = |reason: String| Error::Rejected {
         digest: digest.to_string(),
@@ -97,12 +100,10 @@ fn check_core_import(module: &str, name: &str) -> Result<(), String> {
 }
 
 fn check_component_import(name: &str) -> Result<(), String> {
-    for denied in ["wasi:sockets/", "wasi:http/"] {
-        if name.starts_with(denied) {
-            return Err(format!(
-                "it imports `{name}`; guests have no network access (no sockets, no name lookup), remove the networking code"
-            ));
-        }
+    if name.starts_with("wasi:http/") {
+        return Err(format!(
+            "it imports `{name}`; guests have no network access and insitu provides no HTTP, build a `wasi:cli/command` (e.g. componentize-py -w insitu:guest/algorithm) instead of an HTTP handler"
+        ));
     }
     Ok(())
 }
@@ -148,13 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn components_importing_sockets_are_rejected() {
+    fn components_may_import_sockets_but_not_http() {
         let c = wat(r#"(component (import "wasi:sockets/ip-name-lookup@0.2.0" (instance)))"#);
+        assert_eq!(inspect(&c, "d").unwrap(), ModuleKind::Component);
+        let c = wat(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#);
         let e = inspect(&c, "d").unwrap_err().to_string();
         assert!(
-            e.contains(
-                "imports `wasi:sockets/ip-name-lookup@0.2.0`; guests have no network access"
-            ),
+            e.contains("imports `wasi:http/outgoing-handler@0.2.0`; guests have no network access and insitu provides no HTTP"),
             "{e}"
         );
         let c = wat(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#);

@@ -15,7 +15,11 @@
 //!   off to keep scanning under a tenth of the guest's time). Sparse growth of
 //!   core modules' files is caught by a rescan every [`SCAN_INTERVAL`].
 //! - **Isolation**: only the preopens of the job; inputs read-only; no
-//!   environment unless declared; no sockets (refused at load by [`inspect`]).
+//!   environment unless declared; no network: core modules importing
+//!   `sock_*` are refused at load by [`inspect`]; components may import
+//!   `wasi:sockets` (every standard command does) but creating a TCP or UDP
+//!   socket and every name lookup fail with `access-denied` before the host
+//!   opens a socket, and no address passes the address check.
 
 mod cache;
 mod guard;
@@ -471,7 +475,13 @@ impl Sandbox {
             .envs(&spec.env)
             .stdout(LogStream::new(log_file("stdout.log")?, log_budget.clone()))
             .stderr(LogStream::new(log_file("stderr.log")?, log_budget.clone()))
-            .allow_blocking_current_thread(true);
+            .allow_blocking_current_thread(true)
+            // No network: refused before any host socket exists (these are
+            // wasmtime's defaults only for name lookup and the address check).
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         if let Some(d) = &spec.deterministic {
             use chacha20::ChaCha20Rng;
             use chacha20::rand_core::SeedableRng;
