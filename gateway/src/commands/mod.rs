@@ -1,6 +1,7 @@
 //! One module per `insitu` subcommand, each holding its clap type and what
 //! it does ([`Command::execute`] dispatches); `main.rs` only parses.
 
+pub mod author;
 pub mod catalog;
 pub mod consumer;
 pub mod demo;
@@ -19,6 +20,10 @@ use clap::Subcommand;
 /// Every `insitu` subcommand.
 #[derive(Subcommand)]
 pub enum Command {
+    /// Start an algorithm: a project in Rust, Python or JavaScript that builds and runs as created.
+    New(author::NewCommand),
+    /// Build an algorithm project (cargo, componentize-py or componentize-js) into one .wasm file; prints its path.
+    Build(author::BuildCommand),
     /// Run one stage locally; prints one line of JSON with the result.
     Run(run::RunCommand),
     /// Package a module as an OCI wasm artifact and push it (or write a layout); prints the manifest digest.
@@ -87,6 +92,8 @@ impl Command {
     /// Usage, input and connection errors (exit code 2).
     pub fn execute(self) -> anyhow::Result<bool> {
         match self {
+            Command::New(c) => c.execute(),
+            Command::Build(c) => c.execute(),
             Command::Run(c) => c.execute(),
             Command::Push(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
