@@ -150,6 +150,8 @@ impl Provider {
             },
             Some(lock),
         )?;
+        // Registered images compile before their first execution.
+        insitu_runtime::warm::Warmer::start(&pipeline)?;
         {
             // The catalog's search index, built off the request path.
             let store = store.clone();

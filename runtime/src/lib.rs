@@ -64,6 +64,7 @@ pub mod thread;
 pub mod tls;
 pub mod units;
 pub mod verify;
+pub mod warm;
 pub mod workflow;
 
 pub use error::Error;

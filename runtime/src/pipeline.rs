@@ -210,22 +210,42 @@ impl Pipeline {
     }
 
     async fn configure(&self, stage: &ResolvedStage) -> Result<(StageCode, String), Error> {
+        self.code(&stage.reference, &stage.checksum).await
+    }
+
+    /// Pulls and compiles the image `reference` pinned by `checksum` ahead of
+    /// its first execution (see [`crate::warm`]): its blobs land in the blob
+    /// cache, a wasm image's compiled code in the sandbox's caches, so the
+    /// first execution starts as warm as the next ones. Native images are
+    /// only pulled.
+    ///
+    /// # Errors
+    /// As an execution's image step: [`Error::Reference`], pull and checksum
+    /// errors, [`Error::Rejected`] for a module the sandbox refuses.
+    pub async fn warm(&self, reference: &str, checksum: &str) -> Result<(), Error> {
+        self.code(reference, checksum).await.map(|_| ())
+    }
+
+    /// The code of image `checksum`: from memory when an execution or
+    /// [`Pipeline::warm`] prepared it, else pulled (blob cache first) and
+    /// prepared (compiled-code cache first).
+    async fn code(&self, reference: &str, checksum: &str) -> Result<(StageCode, String), Error> {
         let known = crate::sync::lock(&self.caches.images)
-            .get(&stage.checksum)
+            .get(checksum)
             .cloned();
         if let Some((module, manifest)) = known
             && let Some(module) = self.sandbox.cached(&module)
         {
             return Ok((StageCode::Wasm(module), manifest));
         }
-        let source = self.images.source(&stage.reference, &stage.checksum)?;
-        let pulled = self.puller.pull(&source, &stage.checksum).await?;
+        let source = self.images.source(reference, checksum)?;
+        let pulled = self.puller.pull(&source, checksum).await?;
         let Some(wasm) = pulled.wasm else {
             return Ok((StageCode::Native, pulled.manifest_digest));
         };
         let module = self.sandbox.prepare(&wasm)?;
         crate::sync::lock(&self.caches.images).insert(
-            stage.checksum.clone(),
+            checksum.to_string(),
             (module.digest.clone(), pulled.manifest_digest.clone()),
         );
         Ok((StageCode::Wasm(module), pulled.manifest_digest))

@@ -771,6 +771,81 @@ impl Store {
         Ok((results, total))
     }
 
+    /// The images registered after asset row `after`, and the last row
+    /// read (pass it back next time; start with 0): every stage image of a
+    /// workflow and every algorithm asset's image as `(reference,
+    /// checksum)`, and every image a dataset allows as `("", checksum)` (a
+    /// dataset names checksums only; local layouts serve them by checksum).
+    /// Results and unparsable documents are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn images_registered_after(
+        &self,
+        after: i64,
+    ) -> Result<(Vec<(String, String)>, i64), Error> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT rowid, kind, ddo FROM assets WHERE rowid > ?1 AND kind != 'result' ORDER BY rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query(params![after]).map_err(|e| self.err(e))?;
+        let (mut images, mut last) = (Vec::new(), after);
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let (rowid, kind, ddo): (i64, String, String) = (
+                r.get(0).map_err(|e| self.err(e))?,
+                r.get(1).map_err(|e| self.err(e))?,
+                r.get(2).map_err(|e| self.err(e))?,
+            );
+            last = rowid;
+            let Ok(ddo) = serde_json::from_str::<Value>(&ddo) else {
+                continue;
+            };
+            match kind.as_str() {
+                "workflow" => {
+                    if let Ok(w) = Workflow::from_value(&ddo) {
+                        images.extend(
+                            w.stages
+                                .iter()
+                                .map(|s| (s.container.reference(), s.container.checksum.clone())),
+                        );
+                    }
+                }
+                "algorithm" => {
+                    let c = ddo.pointer("/service/0/attributes/main/algorithm/container");
+                    let field = |k: &str| {
+                        c.and_then(|c| c.get(k))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let container = crate::workflow::Container {
+                        image: field("image"),
+                        tag: field("tag"),
+                        checksum: field("checksum"),
+                    };
+                    images.push((container.reference(), container.checksum));
+                }
+                _ => {
+                    let allowed = ddo
+                        .pointer("/service")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| {
+                            s.pointer("/attributes/main/provider/environment/supportedContainers")
+                        })
+                        .filter_map(Value::as_array)
+                        .flatten()
+                        .filter_map(|c| c["checksum"].as_str());
+                    images.extend(allowed.map(|c| (String::new(), c.to_string())));
+                }
+            }
+        }
+        Ok((images, last))
+    }
+
     /// A registered workflow, parsed.
     ///
     /// # Errors
