@@ -140,10 +140,10 @@ pub fn new_project(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf, Err
         Lang::Python => vec![("app.py".to_string(), fill(PYTHON_APP))],
         Lang::Js => vec![("app.js".to_string(), fill(JS_APP))],
     };
-    for (rel, text) in files
-        .iter()
-        .chain(std::iter::once(&(".gitignore".to_string(), GITIGNORE.to_string())))
-    {
+    for (rel, text) in files.iter().chain(std::iter::once(&(
+        ".gitignore".to_string(),
+        GITIGNORE.to_string(),
+    ))) {
         let path = dir.join(rel);
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).map_err(|e| Error::io("create", p, e))?;

@@ -64,7 +64,11 @@ impl Tool {
     pub fn find(&self) -> Result<PathBuf, Error> {
         let in_tools = dir().join(self.in_tools);
         let on_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).map(|d| d.join(self.name)).collect::<Vec<_>>())
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join(self.name))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         let Some(path) = std::iter::once(in_tools.clone())
             .chain(on_path)

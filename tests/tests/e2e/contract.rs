@@ -209,7 +209,10 @@ async fn components_importing_sockets_run_but_every_network_call_is_denied() {
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     tcp.set_nonblocking(true).unwrap();
     udp.set_nonblocking(true).unwrap();
-    let ports = [tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port()];
+    let ports = [
+        tcp.local_addr().unwrap().port(),
+        udp.local_addr().unwrap().port(),
+    ];
     let ports = ports.map(|p| p.to_string());
     let d = Dirs::new();
     let r = run(
@@ -221,14 +224,25 @@ async fn components_importing_sockets_run_but_every_network_call_is_denied() {
     let out = d.stdout();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
-    for what in ["name lookup", "tcp connect", "tcp connect v6", "tcp listen", "udp send"] {
-        let line = lines.iter().find(|l| l.starts_with(&format!("denied {what}:")));
+    for what in [
+        "name lookup",
+        "tcp connect",
+        "tcp connect v6",
+        "tcp listen",
+        "udp send",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("denied {what}:")));
         assert!(line.is_some(), "{what} was not denied: {out}");
     }
     assert!(!out.contains("ALLOWED"), "{out}");
     assert_eq!(tcp.accept().map(|_| ()).unwrap_err().kind(), WouldBlock);
     let mut buf = [0; 16];
-    assert_eq!(udp.recv_from(&mut buf).map(|_| ()).unwrap_err().kind(), WouldBlock);
+    assert_eq!(
+        udp.recv_from(&mut buf).map(|_| ()).unwrap_err().kind(),
+        WouldBlock
+    );
 }
 
 #[tokio::test]
