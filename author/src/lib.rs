@@ -125,3 +125,6 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,10 +62,18 @@ impl Tool {
     /// [`Error::ToolMissing`] when neither has it; [`Error::ToolVersion`] when
     /// the one found reports another version.
     pub fn find(&self) -> Result<PathBuf, Error> {
-        let in_tools = dir().join(self.in_tools);
-        let on_path = std::env::var_os("PATH")
+        self.find_in(&dir(), std::env::var_os("PATH").as_deref())
+    }
+
+    /// [`Tool::find`] in tools directory `tools` and search path `path`.
+    ///
+    /// # Errors
+    /// As [`Tool::find`].
+    pub fn find_in(&self, tools: &Path, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, Error> {
+        let in_tools = tools.join(self.in_tools);
+        let on_path = path
             .map(|p| {
-                std::env::split_paths(&p)
+                std::env::split_paths(p)
                     .map(|d| d.join(self.name))
                     .collect::<Vec<_>>()
             })
