@@ -922,7 +922,13 @@ fn the_readme_languages_walkthrough_runs_as_written() {
         counts,
         "javascript word-count through the gateway"
     );
-    assert_eq!(text.matches("ok   file ").count(), 2, "{text}");
+    // exec --verify, then verify --reproduce: the deterministic re-run gives
+    // the same outputs for the Python and the JavaScript component.
+    assert_eq!(text.matches("ok   file ").count(), 4, "{text}");
+    for want in ["ok   output stats.json: ", "ok   output counts.json: "] {
+        assert!(text.contains(want), "no `{want}` in\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
     // Each image compiled once, when its workflow was registered.
     let log = read(&lang.join("serve.log"));
     assert_eq!(log.matches("image warmed").count(), 2, "{log}");

@@ -135,10 +135,11 @@ pub struct JobSpec {
 ///   [`Determinism::seed`] (the insecure ones by its SHA-256);
 /// - listings: `fd_readdir` in name order (`.` and `..` first) with inode
 ///   numbers derived from names; file metadata without device, inode or times
-///   (all 0) and a link count of 1.
-///
-/// Components (wasip2) are refused in this mode: their directory streams
-/// come in the host's order.
+///   (all 0) and a link count of 1;
+/// - components (Python, JavaScript, wasip2): the same through
+///   `wasi:filesystem` — `read-directory` in name order, `stat`/`stat-at`
+///   without times and with a link count of 1, `metadata-hash` 0 (the
+///   sandbox's `determinism` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Determinism {
     /// Seeds the guest's random streams.

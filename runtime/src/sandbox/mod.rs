@@ -22,6 +22,7 @@
 //!   opens a socket, and no address passes the address check.
 
 mod cache;
+mod determinism;
 mod guard;
 pub mod inspect;
 pub mod quota;
@@ -241,6 +242,7 @@ impl Sandbox {
         let core_linker = guard::core_linker(&engine).map_err(engine_err)?;
         let mut component_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(engine_err)?;
+        determinism::shadow(&mut component_linker).map_err(engine_err)?;
         let cache = ModuleCache::new(config.cache_dir.as_deref(), &engine)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -447,12 +449,6 @@ impl Sandbox {
             )));
         }
         check_dirs(spec)?;
-        if spec.deterministic.is_some() && module.kind == ModuleKind::Component {
-            return Err(Error::Rejected {
-                digest: module.digest.clone(),
-                reason: "deterministic mode runs wasip1 modules only (a component's directory listings come in the host's order); build for wasm32-wasip1".into(),
-            });
-        }
         let out_budget = Budget::new(
             spec.output.clone(),
             spec.limits.output_quota,
@@ -540,6 +536,7 @@ impl Sandbox {
             kill: None,
             next_scan: started,
             deterministic: spec.deterministic.is_some(),
+            listings: determinism::Listings::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -693,6 +690,8 @@ pub struct JobState {
     next_scan: Instant,
     /// Listings sorted and file metadata neutral ([`Determinism`]).
     deterministic: bool,
+    /// Components in deterministic mode: sorted listings being read.
+    listings: determinism::Listings,
 }
 
 impl WasiView for JobState {

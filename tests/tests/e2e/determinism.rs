@@ -42,14 +42,14 @@ fn digest(dir: &Path) -> String {
     serde_json::to_string(&files).unwrap()
 }
 
-async fn observe(order: &[&str], deterministic: Option<Determinism>) -> String {
+async fn observe(module: &[u8], order: &[&str], deterministic: Option<Determinism>) -> String {
     let d = Dirs::new();
     let input = d.tmp.path().join("shuffled");
     dataset(&input, order);
     let mut spec = JobSpec::new("observe", d.output.clone(), d.logs.clone()).input(input);
     spec.args = vec!["observe".into()];
     spec.deterministic = deterministic;
-    let r = run(insitu_tests::HOSTILE_P1, &spec).await;
+    let r = run(module, &spec).await;
     assert_eq!(
         r.status.as_str(),
         "succeeded",
@@ -60,11 +60,12 @@ async fn observe(order: &[&str], deterministic: Option<Determinism>) -> String {
     std::fs::read_to_string(d.output.join("observed.txt")).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deterministic_mode_fixes_random_clocks_listings_and_metadata() {
+/// What `module` (the hostile guest's `observe`) sees in deterministic mode:
+/// the same for the same seed whatever the host's listing order and times.
+async fn fixes_random_clocks_listings_and_metadata(module: &[u8]) {
     let seed = Determinism::for_stage("nv-exec-1", 0);
-    let a = observe(&["b.txt", "a.txt", "c.txt", "-dash"], Some(seed)).await;
-    let b = observe(&["c.txt", "-dash", "a.txt", "b.txt"], Some(seed)).await;
+    let a = observe(module, &["b.txt", "a.txt", "c.txt", "-dash"], Some(seed)).await;
+    let b = observe(module, &["c.txt", "-dash", "a.txt", "b.txt"], Some(seed)).await;
     assert_eq!(a, b, "same seed, same data: same observations");
     let names: Vec<&str> = a
         .lines()
@@ -78,33 +79,35 @@ async fn deterministic_mode_fixes_random_clocks_listings_and_metadata() {
         "the wall clock starts at the epoch: {a}"
     );
     // Another seed draws other random numbers; outside the mode they vary.
-    let other = observe(&["a.txt"], Some(Determinism::for_stage("nv-exec-2", 0))).await;
+    let other = observe(
+        module,
+        &["a.txt"],
+        Some(Determinism::for_stage("nv-exec-2", 0)),
+    )
+    .await;
     assert_ne!(a.lines().next(), other.lines().next());
-    let free = observe(&["b.txt", "a.txt"], None).await;
+    let free = observe(module, &["b.txt", "a.txt"], None).await;
     assert_ne!(
         free.lines().next(),
-        observe(&["b.txt", "a.txt"], None).await.lines().next()
+        observe(module, &["b.txt", "a.txt"], None)
+            .await
+            .lines()
+            .next()
     );
     assert!(wall(&free) > 1_700_000_000_000_000_000, "{free}");
+    assert!(!free.contains("mtime 0 "), "{free}");
 }
 
-/// Components are refused: their listings would come in the host's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deterministic_mode_refuses_components() {
-    let d = Dirs::new();
-    let mut spec = d.spec("observe", &["observe"]);
-    spec.deterministic = Some(Determinism::for_stage("x", 0));
-    let module = crate::sandbox().prepare(insitu_tests::HOSTILE_P2).unwrap();
-    let e = crate::sandbox()
-        .run(
-            &module,
-            &spec,
-            &insitu_runtime::sandbox::StopHandle::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.ends_with("deterministic mode runs wasip1 modules only (a component's directory listings come in the host's order); build for wasm32-wasip1"), "{e}");
+async fn deterministic_mode_fixes_random_clocks_listings_and_metadata() {
+    fixes_random_clocks_listings_and_metadata(insitu_tests::HOSTILE_P1).await;
+}
+
+/// Components too: listings sorted, no times, seeded random, stepped clocks
+/// (through the shadowed `wasi:filesystem` functions and the WASI context).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deterministic_mode_covers_components() {
+    fixes_random_clocks_listings_and_metadata(insitu_tests::HOSTILE_P2).await;
 }
 
 /// Every example, 100 times in deterministic mode over copies of its sample
