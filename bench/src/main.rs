@@ -4,6 +4,7 @@
 //! scripts/bench            # builds everything in release, then runs all
 //! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|verify|secagg|fl|access|search|airlock|all]
 //! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
+//! insitu-bench lang       # not in `all`: Python components (needs componentize-py and the wasmtime CLI)
 //! insitu-bench scale      # not in `all`: csv-stats 1 MB … 1 GB, 100 executions at once
 //! ```
 //! `cli` needs the `wasmtime` CLI on PATH (or `WASMTIME=/path/to/wasmtime`) and
@@ -16,6 +17,7 @@ mod airlock;
 mod chain;
 mod fl;
 mod http;
+mod lang;
 mod load;
 mod podman;
 mod scale;
@@ -63,6 +65,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "chain" {
         chain::chain()?;
+    }
+    if what == "lang" {
+        lang::lang()?;
     }
     if what == "load" {
         load::load()?;

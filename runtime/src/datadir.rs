@@ -103,3 +103,19 @@ pub const LOGS: &str = "logs";
 pub fn stage_dir(work: &Path, index: u32) -> PathBuf {
     work.join(format!("stage-{index}"))
 }
+
+/// `syncfs(2)` of the filesystem holding `dir`: every dirty page and inode
+/// of it reaches the disk.
+///
+/// # Errors
+/// Opening `dir`, or the call's own error.
+pub fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    // SAFETY: `d` is an open descriptor for the whole call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -62,6 +62,15 @@ impl Warmer {
                 }
             }
         }
+        if warmed > 0 {
+            // The blobs and compiled code just written reach the disk now,
+            // not in the first execution's group commit (one `syncfs` of
+            // the data dir's file system per round of warming).
+            let root = pipeline.dir.root();
+            if let Err(e) = crate::datadir::syncfs(root) {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot sync warmed images");
+            }
+        }
         Ok(warmed)
     }
 

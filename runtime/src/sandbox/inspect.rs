@@ -102,7 +102,7 @@ fn check_core_import(module: &str, name: &str) -> Result<(), String> {
 fn check_component_import(name: &str) -> Result<(), String> {
     if name.starts_with("wasi:http/") {
         return Err(format!(
-            "it imports `{name}`; guests have no network access and insitu provides no HTTP, build a `wasi:cli/command` (e.g. componentize-py -w insitu:guest/algorithm) instead of an HTTP handler"
+            "it imports `{name}`; guests have no network access and insitu provides no HTTP: build a `wasi:cli/command` without HTTP (`insitu build` does; componentize-js needs `--disable http fetch-event`)"
         ));
     }
     Ok(())

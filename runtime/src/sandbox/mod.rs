@@ -218,10 +218,15 @@ impl Sandbox {
         if config.concurrency > 0 {
             let n = config.concurrency;
             let mut pool = PoolingAllocationConfig::new();
-            pool.total_core_instances(n * 8)
+            // Room for `n` components at their per-component maxima below: a
+            // componentize-py component instantiates more than 8 core
+            // instances (the C runtime, CPython, adapters), and 16 jobs of
+            // one at 8 per job ran out of slots. Slots are address space,
+            // committed only when used.
+            pool.total_core_instances(n * 32)
                 .total_component_instances(n)
                 .total_memories(n * 2)
-                .total_tables(n * 8)
+                .total_tables(n * 16)
                 // Guards nest one fiber per intercepted call.
                 .total_stacks(n * 2)
                 .max_memory_size(config.max.memory as usize)
@@ -343,6 +348,11 @@ impl Sandbox {
                         (m, CacheHit::Compiled)
                     }
                 };
+                // The copy-on-write memory image (a memfd holding the
+                // initial memory) now, not at the first instantiation.
+                module
+                    .initialize_copy_on_write_image()
+                    .map_err(|e| reject(format!("its memory image cannot be built: {e:#}")))?;
                 if module.get_export("_start").is_none() {
                     return Err(reject(
                         "it has no `_start` export; build a command (a binary with `fn main`), not a library"
@@ -367,6 +377,9 @@ impl Sandbox {
                         (c, CacheHit::Compiled)
                     }
                 };
+                component
+                    .initialize_copy_on_write_image()
+                    .map_err(|e| reject(format!("its memory images cannot be built: {e:#}")))?;
                 let pre = self
                     .component_linker
                     .instantiate_pre(&component)

@@ -343,7 +343,9 @@ fn sync_files(batch: Vec<Job>, counters: &Counters) -> Vec<(Job, Option<Failure>
                 return (job, f);
             }
             counters.syncs.fetch_add(1, Ordering::Relaxed);
-            let f = syncfs(dir).err().map(|e| io_failure("sync", dir, e));
+            let f = crate::datadir::syncfs(dir)
+                .err()
+                .map(|e| io_failure("sync", dir, e));
             synced.push((dev, f.clone()));
             (job, f)
         })
@@ -359,17 +361,4 @@ fn io_failure(action: &'static str, dir: &Path, e: std::io::Error) -> Failure {
         };
         Error::io(action, &dir, e)
     })
-}
-
-/// `syncfs(2)` of the filesystem holding `dir`: every dirty page and inode
-/// of it reaches the disk.
-fn syncfs(dir: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = std::fs::File::open(dir)?;
-    // SAFETY: `d` is an open descriptor for the whole call.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
