@@ -27,6 +27,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 30;
+/// How long the server idles before the first execution after registration
+/// (and before the same workflow's idle run it is compared with).
+const IDLE: Duration = Duration::from_secs(1);
 
 pub fn lang() -> anyhow::Result<()> {
     println!("## Python components: csv-stats (componentize-py) on 1,000 rows");
@@ -350,8 +353,10 @@ fn first_after_registration(wasm: &[u8], input: &Path) -> anyhow::Result<()> {
             "registration → compiled by the warmer: {:.2} s",
             registered.elapsed().as_secs_f64()
         );
-        // What the warmer wrote is synced by now (it syncs after warming).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // What the warmer wrote is synced by now (it syncs after warming);
+        // the server idles for IDLE, as it would between registration and a
+        // consumer's first request.
+        tokio::time::sleep(IDLE).await;
         let first = execute(a.clone(), w.clone()).await?;
         let mut next = Vec::new();
         for _ in 0..RUNS {
@@ -367,6 +372,16 @@ fn first_after_registration(wasm: &[u8], input: &Path) -> anyhow::Result<()> {
             first.as_secs_f64() / warm.as_secs_f64(),
             stats.compiled,
             stats.memory
+        );
+        // An execution of the same, warm workflow after the same idle time:
+        // what an idle server costs any execution.
+        tokio::time::sleep(IDLE).await;
+        let idle = execute(a.clone(), w.clone()).await?;
+        println!(
+            "  the same workflow again after {:.0} s idle: {} (the first after registration is {:.2}× this)",
+            IDLE.as_secs_f64(),
+            ms(idle),
+            first.as_secs_f64() / idle.as_secs_f64()
         );
         // The same image under a second workflow and dataset: what remains
         // of a first execution's cost is per module, not per workflow.
