@@ -43,7 +43,23 @@ fn neutral(mut stat: DescriptorStat) -> DescriptorStat {
     stat
 }
 
-const NO_HASH: MetadataHashValue = MetadataHashValue { lower: 0, upper: 0 };
+fn no_hash(_: MetadataHashValue) -> MetadataHashValue {
+    MetadataHashValue { lower: 0, upper: 0 }
+}
+
+/// What the guest receives from a wrapped call: wasmtime-wasi's answer `r`,
+/// passed through `neutral` in deterministic mode.
+fn answer<T>(
+    r: Result<T, FsError>,
+    deterministic: bool,
+    neutral: impl FnOnce(T) -> T,
+) -> wasmtime::Result<(Result<T, ErrorCode>,)> {
+    match r {
+        Ok(v) if deterministic => Ok((Ok(neutral(v)),)),
+        Ok(v) => Ok((Ok(v),)),
+        Err(e) => Ok((Err(code(e)?),)),
+    }
+}
 
 /// Shadows the file-system functions listed in the module docs in `linker`
 /// (which already holds wasmtime-wasi's).
@@ -89,10 +105,8 @@ pub(super) fn shadow(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
                 {
                     return Ok((Ok(listing.pop_front()),));
                 }
-                match state.filesystem().read_directory_entry(stream).await {
-                    Ok(e) => Ok((Ok(e),)),
-                    Err(e) => Ok((Err(code(e)?),)),
-                }
+                let r = state.filesystem().read_directory_entry(stream).await;
+                answer(r, false, |e| e)
             })
         },
     )?;
@@ -102,11 +116,8 @@ pub(super) fn shadow(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let deterministic = state.deterministic;
-                match state.filesystem().stat(fd).await {
-                    Ok(s) if deterministic => Ok((Ok(neutral(s)),)),
-                    Ok(s) => Ok((Ok(s),)),
-                    Err(e) => Ok((Err(code(e)?),)),
-                }
+                let r = state.filesystem().stat(fd).await;
+                answer(r, deterministic, neutral)
             })
         },
     )?;
@@ -116,11 +127,8 @@ pub(super) fn shadow(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let deterministic = state.deterministic;
-                match state.filesystem().stat_at(fd, flags, path).await {
-                    Ok(s) if deterministic => Ok((Ok(neutral(s)),)),
-                    Ok(s) => Ok((Ok(s),)),
-                    Err(e) => Ok((Err(code(e)?),)),
-                }
+                let r = state.filesystem().stat_at(fd, flags, path).await;
+                answer(r, deterministic, neutral)
             })
         },
     )?;
@@ -130,11 +138,8 @@ pub(super) fn shadow(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let deterministic = state.deterministic;
-                match state.filesystem().metadata_hash(fd).await {
-                    Ok(_) if deterministic => Ok((Ok(NO_HASH),)),
-                    Ok(h) => Ok((Ok(h),)),
-                    Err(e) => Ok((Err(code(e)?),)),
-                }
+                let r = state.filesystem().metadata_hash(fd).await;
+                answer(r, deterministic, no_hash)
             })
         },
     )?;
@@ -144,11 +149,8 @@ pub(super) fn shadow(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let deterministic = state.deterministic;
-                match state.filesystem().metadata_hash_at(fd, flags, path).await {
-                    Ok(_) if deterministic => Ok((Ok(NO_HASH),)),
-                    Ok(h) => Ok((Ok(h),)),
-                    Err(e) => Ok((Err(code(e)?),)),
-                }
+                let r = state.filesystem().metadata_hash_at(fd, flags, path).await;
+                answer(r, deterministic, no_hash)
             })
         },
     )?;
