@@ -422,3 +422,58 @@ async fn stop_ends_a_running_guest() {
     assert_eq!(r.outcome, Outcome::Stopped);
     assert!(r.duration_ms < 5_000);
 }
+
+/// A component of 12 core instances (componentize-py's have more than 8):
+/// as many of them as the sandbox's concurrency run at once; the pool does
+/// not run out of instance slots (it had 8 per job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_holds_concurrent_components_of_many_core_instances() {
+    let mut wat = String::from(
+        "(component (core module $m (func (export \"run\") (result i32) (loop br 0) i32.const 0))",
+    );
+    for i in 0..12 {
+        wat.push_str(&format!(" (core instance $i{i} (instantiate $m))"));
+    }
+    wat.push_str(
+        " (func $run (result (result)) (canon lift (core func $i0 \"run\")))
+          (instance $r (export \"run\" (func $run)))
+          (export \"wasi:cli/run@0.2.0\" (instance $r)))",
+    );
+    let sandbox = Sandbox::new(SandboxConfig {
+        concurrency: 2,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let module = sandbox.prepare(&wat::parse_str(&wat).unwrap()).unwrap();
+    let dirs = [Dirs::new(), Dirs::new()];
+    let specs: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let mut spec = d.spec("spin", &[]);
+            spec.limits.timeout = std::time::Duration::from_millis(300);
+            spec
+        })
+        .collect();
+    // Two threads, each its own runtime: both guests are instantiated and
+    // spinning at the same time.
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|spec| {
+                let (sandbox, module) = (&sandbox, &module);
+                s.spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(sandbox.run(module, spec, &StopHandle::default()))
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in reports {
+        assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    }
+}
