@@ -942,6 +942,74 @@ fn the_readme_languages_walkthrough_runs_as_written() {
     }
 }
 
+/// `insitu new` in each language gives a project that `insitu build`
+/// builds and `insitu run` runs as created, with the same result; bad input
+/// to both is one clear line and writes nothing.
+#[test]
+fn new_projects_build_and_run_in_every_language() {
+    let e = Env::new();
+    for lang in ["rust", "python", "js"] {
+        let name = format!("lines-{lang}");
+        let out = e.insitu(&["new", &name, "--lang", lang, "--dir", &e.p("")]);
+        assert!(out.status.success(), "{lang}: {}", stderr(&out));
+        let dir = e.tmp.path().join(&name);
+        let out = e.insitu(&["build", &dir.display().to_string()]);
+        assert!(out.status.success(), "{lang}: {}", stderr(&out));
+        let module = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(module, dir.join("app.wasm").display().to_string());
+        let kind = if lang == "rust" {
+            "module"
+        } else {
+            "component"
+        };
+        assert!(
+            stderr(&out).contains(&format!("built the {lang} {kind} ")),
+            "{}",
+            stderr(&out)
+        );
+        let result = e.p(&format!("out-{lang}"));
+        let out = e.insitu(&[
+            "run",
+            "--module",
+            &module,
+            "--input",
+            &e.p("in"),
+            "--output",
+            &result,
+        ]);
+        assert!(out.status.success(), "{lang}: {}", stderr(&out));
+        assert_eq!(
+            std::fs::read_to_string(format!("{result}/lines.json")).unwrap(),
+            "{\"files\": 1, \"lines\": 1}\n",
+            "{lang}"
+        );
+    }
+    let out = e.insitu(&["new", "lines-js", "--lang", "js", "--dir", &e.p("")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("already exists and is not empty"),
+        "{}",
+        stderr(&out)
+    );
+    let out = e.insitu(&["build", &e.p("in")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not an algorithm project"),
+        "{}",
+        stderr(&out)
+    );
+    // A Python syntax error: componentize-py's own message, nothing written.
+    std::fs::write(e.tmp.path().join("lines-python/app.py"), "def broken(:\n").unwrap();
+    let out = e.insitu(&["build", &e.p("lines-python"), "-o", &e.p("broken.wasm")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("componentize-py failed building"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!e.tmp.path().join("broken.wasm").exists());
+}
+
 /// The README's `insitu exec` walkthrough, run as written.
 #[test]
 fn the_readme_exec_walkthrough_runs_as_written() {
