@@ -4,6 +4,7 @@
 //! scripts/bench            # builds everything in release, then runs all
 //! insitu-bench [jobs|cli|native|compile|timeout|images|http|chain|verify|secagg|fl|access|search|airlock|all]
 //! insitu-bench load       # not in `all`: INSITU_LOAD_CONSUMERS, INSITU_LOAD_SECONDS
+//! insitu-bench guest-io   # not in `all`: a guest reading 1 GiB vs a native reader
 //! insitu-bench lang       # not in `all`: Python components (needs componentize-py and the wasmtime CLI)
 //! insitu-bench scale      # not in `all`: csv-stats 1 MB … 1 GB, 100 executions at once
 //! ```
@@ -16,6 +17,7 @@ mod access;
 mod airlock;
 mod chain;
 mod fl;
+mod guest_io;
 mod http;
 mod lang;
 mod load;
@@ -65,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == "chain" {
         chain::chain()?;
+    }
+    if what == "guest-io" {
+        guest_io::guest_io()?;
     }
     if what == "lang" {
         lang::lang()?;
