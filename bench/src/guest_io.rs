@@ -64,15 +64,9 @@ pub fn guest_io() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut n = 0;
+    let mut fresh = crate::fresh_dirs(tmp.path());
     let mut guest = || -> anyhow::Result<Duration> {
-        n += 1;
-        let (o, l) = (
-            tmp.path().join(format!("o{n}")),
-            tmp.path().join(format!("l{n}")),
-        );
-        std::fs::create_dir(&o)?;
-        std::fs::create_dir(&l)?;
+        let (o, l) = fresh()?;
         let spec = JobSpec::new("reader", o, l.clone()).input(input.clone());
         let t = Instant::now();
         let r = rt.block_on(sandbox.run(&module, &spec, &StopHandle::default()))?;

@@ -50,17 +50,7 @@ pub fn lang() -> anyhow::Result<()> {
         csv.push_str(&format!("{i},r{},{},{}.5\n", i % 7, i % 13, i % 101));
     }
     std::fs::write(input.join("sales.csv"), csv)?;
-    let mut n = 0;
-    let mut fresh = move || -> anyhow::Result<(PathBuf, PathBuf)> {
-        n += 1;
-        let (o, l) = (
-            tmp.path().join(format!("o{n}")),
-            tmp.path().join(format!("l{n}")),
-        );
-        std::fs::create_dir(&o)?;
-        std::fs::create_dir(&l)?;
-        Ok((o, l))
-    };
+    let mut fresh = crate::fresh_dirs(tmp.path());
 
     // The anchor: the wasmtime CLI, precompiled.
     let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
@@ -129,26 +119,8 @@ pub fn lang() -> anyhow::Result<()> {
     // `insitu run`, one process per job, warm disk cache.
     let insitu = target_dir()?.join("insitu");
     let cache = tempfile::tempdir()?;
-    let run_cli = |o: &Path, l: &Path| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let out = Command::new(&insitu)
-            .args(["run", "--module"])
-            .arg(&wasm_path)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(o)
-            .arg("--logs")
-            .arg(l)
-            .arg("--cache-dir")
-            .arg(cache.path())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "insitu run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(t.elapsed())
+    let run_cli = |o: &Path, l: &Path| {
+        crate::time_insitu_run(&insitu, &wasm_path, &input, (o, l), cache.path(), &[])
     };
     let has_cli = insitu.exists();
     {

@@ -161,6 +161,51 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
+/// A source of fresh (output, logs) directory pairs under `root`.
+fn fresh_dirs(root: &Path) -> impl FnMut() -> anyhow::Result<(PathBuf, PathBuf)> + '_ {
+    let mut n = 0;
+    move || {
+        n += 1;
+        let (o, l) = (root.join(format!("o{n}")), root.join(format!("l{n}")));
+        std::fs::create_dir(&o)?;
+        std::fs::create_dir(&l)?;
+        Ok((o, l))
+    }
+}
+
+/// Times one `insitu run` process: `module` over `input` into `o`/`l`, with
+/// the compiled-module cache in `cache`, then `extra` arguments.
+fn time_insitu_run(
+    insitu: &Path,
+    module: &Path,
+    input: &Path,
+    (o, l): (&Path, &Path),
+    cache: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new(insitu)
+        .args(["run", "--module"])
+        .arg(module)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(o)
+        .arg("--logs")
+        .arg(l)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--")
+        .args(extra)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "insitu run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(t.elapsed())
+}
+
 /// Input dir with one small file, and `n` pairs of empty output/logs dirs.
 fn job_dirs(root: &Path, n: usize) -> anyhow::Result<(PathBuf, Vec<(PathBuf, PathBuf)>)> {
     let input = root.join("input");
@@ -446,27 +491,8 @@ fn cli() -> anyhow::Result<()> {
             tmp.path().join("wt-cache").display()
         ),
     )?;
-    let run_insitu = |o: &Path, l: &Path| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        let out = Command::new(&insitu)
-            .args(["run", "--module"])
-            .arg(&module)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(o)
-            .arg("--logs")
-            .arg(l)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(["--", "write-ok"])
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "insitu run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(t.elapsed())
+    let run_insitu = |o: &Path, l: &Path| {
+        time_insitu_run(&insitu, &module, &input, (o, l), &cache, &["write-ok"])
     };
     let run_wasmtime = |o: &Path, l: &Path| -> anyhow::Result<Duration> {
         let t = Instant::now();
