@@ -19,7 +19,8 @@
 //!   `sock_*` are refused at load by [`inspect`]; components may import
 //!   `wasi:sockets` (every standard command does) but creating a TCP or UDP
 //!   socket and every name lookup fail with `access-denied` before the host
-//!   opens a socket, and no address passes the address check.
+//!   opens a socket, and no address passes wasmtime-wasi's default address
+//!   check.
 
 mod cache;
 mod determinism;
@@ -485,12 +486,12 @@ impl Sandbox {
             .stdout(LogStream::new(log_file("stdout.log")?, log_budget.clone()))
             .stderr(LogStream::new(log_file("stderr.log")?, log_budget.clone()))
             .allow_blocking_current_thread(true)
-            // No network: refused before any host socket exists (these are
-            // wasmtime's defaults only for name lookup and the address check).
+            // No network: socket creation refused before any host socket
+            // exists. Name lookup is off and the address check refuses every
+            // address by the builder's own defaults (kept, not rebuilt per job).
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }));
+            .allow_ip_name_lookup(false);
         if let Some(d) = &spec.deterministic {
             use chacha20::ChaCha20Rng;
             use chacha20::rand_core::SeedableRng;
