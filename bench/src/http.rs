@@ -255,6 +255,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             n,
             w.writes - writes.writes,
             w.commits - writes.commits,
+            w.volatile_commits - writes.volatile_commits,
             w.syncs - writes.syncs
         )
     );

@@ -172,6 +172,7 @@ async fn drive(
         anyhow::Ok([
             counter("insitu_store_writes_total"),
             counter("insitu_store_commits_total"),
+            counter("insitu_store_volatile_commits_total"),
             counter("insitu_store_syncs_total"),
         ])
     };
@@ -281,7 +282,8 @@ async fn drive(
             done,
             after[0] - before[0],
             after[1] - before[1],
-            after[2] - before[2]
+            after[2] - before[2],
+            after[3] - before[3]
         )
     );
     println!(

@@ -138,11 +138,11 @@ fn fs_type(path: &std::path::Path) -> String {
 }
 
 /// One line on the store's group commit over `executions`.
-fn group_commit(executions: u64, writes: u64, commits: u64, syncs: u64) -> String {
+fn group_commit(executions: u64, writes: u64, commits: u64, volatile: u64, syncs: u64) -> String {
     let per = |n: u64| n as f64 / executions.max(1) as f64;
     format!(
-        "group commit: {writes} writes in {commits} commits ({:.1} per commit), {syncs} syncfs; fsyncs per execution {:.3} (commits {:.3} + syncfs {:.3})",
-        writes as f64 / commits.max(1) as f64,
+        "group commit: {writes} writes in {commits} durable + {volatile} volatile commits ({:.1} writes per commit), {syncs} syncfs; fsyncs per execution {:.3} (commits {:.3} + syncfs {:.3})",
+        writes as f64 / (commits + volatile).max(1) as f64,
         per(commits + syncs),
         per(commits),
         per(syncs)

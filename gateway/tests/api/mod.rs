@@ -752,9 +752,11 @@ async fn logs_are_followed_live_until_the_execution_ends() {
         ),
         (Some(0), Some("stdout"), Some("started\n"))
     );
-    assert_eq!(
-        status_then, "running",
-        "the log line arrived while the guest ran"
+    // Followed live: the line came while the execution was still active
+    // (its `running` is a queued commit, so it may still read `configuring`).
+    assert!(
+        ["configuring", "running"].contains(&status_then.as_str()),
+        "the log line arrived while the guest ran, not after: {status_then}"
     );
     let (kind, data, _) = seen.last().unwrap();
     assert_eq!(kind, "end");

@@ -155,9 +155,11 @@ impl Store {
     }
 
     /// [`Store::advance`] without blocking: the [`Ack`] answers once the
-    /// change is durable or refused. Changes submitted by one thread are
-    /// applied in the order submitted. A change to a non-terminal status
-    /// may wait a few milliseconds to share a commit with others.
+    /// change is committed or refused. Changes submitted by one thread are
+    /// applied in the order submitted. A change to a terminal status is
+    /// durable when answered; one to an intermediate status is visible but
+    /// *volatile* (no fsync of its own, durable with the next durable commit):
+    /// after a crash, recovery fails every execution that had not ended.
     pub fn advance_ack(
         &self,
         id: &str,

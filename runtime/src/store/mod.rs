@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-pub use writer::{Ack, LAZY, MAX_BATCH, WriteStats};
+pub use writer::{Ack, MAX_BATCH, WriteStats};
 
 /// See the module documentation.
 pub struct Store {

@@ -38,6 +38,47 @@ fn signed_requests_are_used_once_even_across_restarts() {
 }
 
 #[test]
+fn intermediate_statuses_commit_without_an_fsync_and_ends_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = dir.path().join("insitu.db");
+    let store = Store::open(&db).unwrap();
+    let ds = store
+        .add_dataset("weather", &data, &[SUM.into()], 3600)
+        .unwrap();
+    let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
+    let a = store
+        .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
+        .unwrap();
+    let id = store.create_execution(&a).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let before = store.write_stats();
+    for to in [Status::Configuring, Status::Running] {
+        let ack = store.advance_ack(&id, to, None, None);
+        assert_eq!(rt.block_on(ack.done()).unwrap(), to);
+        // Visible to another connection once answered.
+        let other = Store::open(&db).unwrap();
+        assert_eq!(other.execution(&id).unwrap().status, to);
+    }
+    let mid = store.write_stats();
+    assert_eq!(
+        (mid.commits, mid.volatile_commits),
+        (before.commits, before.volatile_commits + 2),
+        "{mid:?}"
+    );
+    let ack = store.advance_ack(&id, Status::Failed, Some("ended"), None);
+    assert_eq!(rt.block_on(ack.done()).unwrap(), Status::Failed);
+    let end = store.write_stats();
+    assert_eq!(end.commits, mid.commits + 1, "a terminal status is durable");
+    drop(store);
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.execution(&id).unwrap().status, Status::Failed);
+}
+
+#[test]
 fn concurrent_writes_share_commits_and_a_refusal_is_rolled_back_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

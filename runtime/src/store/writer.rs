@@ -14,12 +14,19 @@
 //!
 //! While one batch is being synced the next callers queue, so batches grow
 //! with the load by themselves, without a timer: the write groups of RocksDB
-//! and the group commit of PostgreSQL. Only writes nobody waits for (an
-//! execution's intermediate statuses, `lazy`) wait up to [`LAZY`] for company
-//! before they commit alone. SQLite
-//! makes a WAL commit visible to other connections only after it is synced
-//! (`sqlite3WalFrames` writes the wal-index header last), so no reader of
-//! the store ever sees a change that is not yet on disk.
+//! and the group commit of PostgreSQL.
+//!
+//! A write is either *durable* (the default) or *volatile*: an execution's
+//! intermediate statuses (`configuring`, `running`, `publishing`) are worth
+//! nothing after a crash, since recovery fails every execution that had not
+//! ended. A batch of only volatile writes commits with `synchronous=NORMAL`:
+//! into the WAL without an fsync, visible to readers at once, and durable with
+//! the next durable commit (whose fsync of the WAL covers every frame before
+//! it) or checkpoint (which SQLite syncs in either mode). A batch holding any
+//! durable write commits with `synchronous=FULL`. SQLite makes a WAL commit
+//! visible to other connections only after its frames are written and, with
+//! `FULL`, synced (`sqlite3WalFrames` writes the wal-index header last), so
+//! no reader ever sees a durable write that is not yet on disk.
 
 use crate::Error;
 use rusqlite::Connection;
@@ -37,8 +44,10 @@ pub const MAX_BATCH: usize = 1024;
 pub struct WriteStats {
     /// Pieces of work committed or refused.
     pub writes: u64,
-    /// Commits: each one fsync of the WAL.
+    /// Durable commits: each one fsync of the WAL.
     pub commits: u64,
+    /// Commits of volatile writes alone: no fsync.
+    pub volatile_commits: u64,
     /// `syncfs(2)` calls made for result files.
     pub syncs: u64,
 }
@@ -47,6 +56,7 @@ pub struct WriteStats {
 struct Counters {
     writes: AtomicU64,
     commits: AtomicU64,
+    volatile_commits: AtomicU64,
     syncs: AtomicU64,
 }
 
@@ -98,14 +108,9 @@ struct Job {
     piece: Box<dyn Piece>,
     /// A directory whose filesystem must be synced before the commit.
     sync: Option<PathBuf>,
-    /// Nobody waits for it: it may wait up to [`LAZY`] for a write someone
-    /// waits for, to share its commit.
-    lazy: bool,
+    /// Needs no fsync of its own; see the module documentation.
+    volatile: bool,
 }
-
-/// How long a batch of only lazy writes (an execution's intermediate
-/// statuses) waits for a write someone waits for before committing alone.
-pub const LAZY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The answer to one submitted write; see the module documentation.
 #[derive(Debug)]
@@ -158,6 +163,7 @@ impl Writer {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            volatile_commits: self.counters.volatile_commits.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
         }
     }
@@ -165,7 +171,7 @@ impl Writer {
     fn send<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
-        lazy: bool,
+        volatile: bool,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
         reply: impl FnOnce(Result<T, Error>) + Send + 'static,
     ) {
@@ -174,23 +180,27 @@ impl Writer {
             result: None,
             reply,
         });
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { piece, sync, lazy }) {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
+            piece,
+            sync,
+            volatile,
+        }) {
             job.piece.answer(Some(&(Arc::new(writer_gone) as Failure)));
         }
     }
 
     /// Queues `work` and returns at once; the [`Ack`] says when it is
-    /// durable. With `sync`, the filesystem holding that directory is synced
-    /// before the commit. A `lazy` write does not start a commit by itself
-    /// unless nothing else comes within [`LAZY`].
+    /// durable — or, `volatile`, committed and visible (see the module
+    /// documentation). With `sync`, the filesystem holding that directory is
+    /// synced before the commit.
     pub(crate) fn submit<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
-        lazy: bool,
+        volatile: bool,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
     ) -> Ack<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(sync, lazy, work, move |r| {
+        self.send(sync, volatile, work, move |r| {
             let _ = tx.send(r);
         });
         Ack(rx)
@@ -238,6 +248,9 @@ fn run(
     counters: &Counters,
     durable: bool,
 ) {
+    // The connection's `synchronous` setting: FULL when durable (see
+    // `Store::open`), NORMAL otherwise.
+    let mut full_sync = durable;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let drain = |batch: &mut Vec<Job>| {
@@ -249,18 +262,21 @@ fn run(
             }
         };
         drain(&mut batch);
-        // Intermediate statuses alone wait a little for a write someone
-        // waits for (the next execution's creation, a publication).
-        let deadline = std::time::Instant::now() + LAZY;
-        while batch.iter().all(|j| j.lazy) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(job) => {
-                    batch.push(job);
-                    drain(&mut batch);
+        let full = durable && batch.iter().any(|j| !j.volatile);
+        if full != full_sync {
+            let pragma = if full {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if let Err(e) = conn.execute_batch(pragma) {
+                let f = failure_of_sql(path, e);
+                for job in batch {
+                    job.piece.answer(Some(&f));
                 }
-                Err(_) => break,
+                continue;
             }
+            full_sync = full;
         }
         if !durable {
             for job in &mut batch {
@@ -286,7 +302,12 @@ fn run(
         }
         match commit(&conn, path, &mut pieces) {
             Ok(()) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
+                let n = if full {
+                    &counters.commits
+                } else {
+                    &counters.volatile_commits
+                };
+                n.fetch_add(1, Ordering::Relaxed);
                 for piece in pieces {
                     piece.answer(None);
                 }

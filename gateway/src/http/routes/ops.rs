@@ -64,6 +64,11 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
             w.commits,
         ),
         (
+            "insitu_store_volatile_commits_total",
+            "Database commits of intermediate statuses alone, without an fsync (durable with the next commit).",
+            w.volatile_commits,
+        ),
+        (
             "insitu_store_syncs_total",
             "syncfs(2) calls that made published results durable, one per group.",
             w.syncs,
