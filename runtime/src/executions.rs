@@ -80,8 +80,8 @@ struct Inner {
     stops: Mutex<HashMap<String, StopHandle>>,
     /// Set by [`Executions::shutdown`]: no new executions; queued ones fail.
     closing: AtomicBool,
-    /// Executions queued or running.
-    active: AtomicUsize,
+    /// Executions queued or running (also the store's commit-delay gauge).
+    active: Arc<AtomicUsize>,
     stage_seconds: Histogram,
     /// Woken whenever an execution ends (its final status is stored).
     finished: Notify,
@@ -114,12 +114,13 @@ impl Executions {
             queue: tx,
             stops: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
+            active: Arc::new(AtomicUsize::new(0)),
             stage_seconds: Histogram::default(),
             finished: Notify::new(),
             finisher: RuntimeThread::start("insitu-finish").map_err(thread_err)?,
             _guard: guard,
         });
+        inner.store.hold_commits(inner.active.clone());
         if inner.permissions.settles() {
             let weak = Arc::downgrade(&inner);
             on_thread("insitu-settle".into(), async move {
@@ -166,8 +167,9 @@ impl Executions {
     /// federated round) before it is queued; its error fails the execution
     /// with that reason and is returned.
     ///
-    /// A future dropped while the execution's creation commits fails that
-    /// execution ("cancelled"): nothing is left pending and unqueued.
+    /// The execution is queued before its creation is durable, and the id
+    /// returned once it is: a future dropped meanwhile leaves an execution
+    /// that runs and ends as any other.
     ///
     /// # Errors
     /// [`Error::ShuttingDown`]; [`Error::Busy`] when the queue is full (no
@@ -195,16 +197,9 @@ impl Executions {
             .await?;
         let mut resolved = resolve(&g.store, &agreement, now)?;
         let permit = g.queue.try_reserve().map_err(|_| Error::Busy)?;
+        // Committed at once and queued at once; answered once the creation
+        // is durable (with the execution's own result when it is short).
         let (id, created) = g.store.create_execution_ack(&agreement)?;
-        let mut orphan = Orphan {
-            store: &g.store,
-            id: &id,
-            armed: true,
-        };
-        let created = created.done().await;
-        orphan.armed = false;
-        drop(orphan);
-        created?;
         if let Err(e) = prepare(&id, &mut resolved) {
             let _ = g.store.set_status(
                 &id,
@@ -221,6 +216,7 @@ impl Executions {
             resolved,
             stop,
         });
+        created.done().await?;
         tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
         Ok(id)
     }
@@ -327,28 +323,6 @@ impl Executions {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         running
-    }
-}
-
-/// Fails execution `id` when dropped armed (see [`Executions::admit`]).
-struct Orphan<'a> {
-    store: &'a Store,
-    id: &'a str,
-    armed: bool,
-}
-
-impl Drop for Orphan<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        // Created, never queued: nobody would ever run or end it.
-        let _ = self.store.advance_ack(
-            self.id,
-            Status::Failed,
-            Some("the execute request was cancelled before the execution was queued; execute it again"),
-            None,
-        );
     }
 }
 

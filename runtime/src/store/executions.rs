@@ -2,6 +2,7 @@
 //! results, settlements and the queries over them.
 
 use super::*;
+use writer::Kind;
 
 /// An execution's row.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -84,7 +85,10 @@ impl Store {
     }
 
     /// [`Store::create_execution`] without blocking: the new id at once,
-    /// and the [`Ack`] that answers it again once it is durable.
+    /// and the [`Ack`] that answers it again once it is durable. The row is
+    /// committed (visible) before that, at once, so the execution may start
+    /// while its creation waits to share a flush — with its own result,
+    /// when it is short (see `writer`).
     ///
     /// # Errors
     /// [`Error::Engine`] when the OS has no randomness; the ack: as
@@ -95,7 +99,7 @@ impl Store {
     ) -> Result<(String, Ack<String>), Error> {
         let (id, work) = Self::new_execution(agreement)?;
         let answer = id.clone();
-        let ack = self.writer.submit(None, false, move |conn, path| {
+        let ack = self.writer.submit(None, Kind::Deferred, move |conn, path| {
             work(conn, path).map(|()| answer)
         });
         Ok((id, ack))
@@ -167,11 +171,13 @@ impl Store {
         reason: Option<&str>,
         stages: Option<&Value>,
     ) -> Ack<Status> {
-        self.writer.submit(
-            None,
-            !to.is_terminal(),
-            Self::advance_work(id, to, reason, stages),
-        )
+        let kind = if to.is_terminal() {
+            Kind::Durable
+        } else {
+            Kind::Volatile
+        };
+        self.writer
+            .submit(None, kind, Self::advance_work(id, to, reason, stages))
     }
 
     pub(super) fn advance_work(
@@ -240,7 +246,9 @@ impl Store {
         receipt: &crate::receipt::Receipt,
     ) -> Result<Ack<()>, Error> {
         let work = self.publish_work(id, did, ddo_main, path, receipt)?;
-        Ok(self.writer.submit(Some(path.to_path_buf()), false, work))
+        Ok(self
+            .writer
+            .submit(Some(path.to_path_buf()), Kind::Durable, work))
     }
 
     pub(super) fn publish_work(

@@ -22,6 +22,7 @@ mod catalog;
 mod executions;
 mod index;
 mod reviews;
+mod vfs;
 mod writer;
 
 #[cfg(test)]
@@ -39,7 +40,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-pub use writer::{Ack, MAX_BATCH, WriteStats};
+pub use writer::{Ack, COMMIT_DELAY, MAX_BATCH, SIBLINGS, WriteStats};
 
 /// See the module documentation.
 pub struct Store {
@@ -253,8 +254,15 @@ impl Store {
             conn.execute_batch("ALTER TABLE executions ADD COLUMN settlement TEXT")
                 .map_err(e)?;
         }
-        // The writer's own connection (see `writer`): same settings.
-        let wconn = Connection::open(&path).map_err(e)?;
+        // The writer's own connection (see `writer`): same settings, and the
+        // VFS whose WAL sync can flush the results with it (see `vfs`).
+        vfs::register().map_err(|code| Error::Store {
+            path: path.clone(),
+            reason: format!("cannot register SQLite's insitu-unix VFS (code {code})"),
+        })?;
+        let wconn =
+            Connection::open_with_flags_and_vfs(&path, rusqlite::OpenFlags::default(), vfs::NAME)
+                .map_err(e)?;
         wconn.execute_batch(&pragmas).map_err(e)?;
         let writer =
             writer::Writer::start(wconn, path.clone(), durable).map_err(|err| Error::Store {
@@ -276,6 +284,13 @@ impl Store {
 
     pub(super) fn err(&self, e: rusqlite::Error) -> Error {
         writer::sql_error(&self.path, &e)
+    }
+
+    /// Makes durable writes wait up to [`COMMIT_DELAY`] for others to share
+    /// their commit while `active` (executions queued or running) is at
+    /// least [`SIBLINGS`]: fewer fsyncs under load, no wait for one alone.
+    pub fn hold_commits(&self, active: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        self.writer.hold_commits(active);
     }
 
     /// What the group-commit writer has done since the store was opened.

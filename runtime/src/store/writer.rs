@@ -13,8 +13,14 @@
 //!    answers every caller, each with its own result.
 //!
 //! While one batch is being synced the next callers queue, so batches grow
-//! with the load by themselves, without a timer: the write groups of RocksDB
-//! and the group commit of PostgreSQL.
+//! with the load by themselves: the write groups of RocksDB and the group
+//! commit of PostgreSQL. Under load that is not enough (a flush here takes
+//! ~0.3 ms, so it finds two or three executions waiting), so, as with
+//! PostgreSQL's `commit_delay` and `commit_siblings`, when at least
+//! [`SIBLINGS`] executions are active (the gauge [`Store::hold_commits`] is
+//! given) a batch holding a durable write waits up to [`COMMIT_DELAY`] after
+//! that write arrived for the others to join — or until every active
+//! execution has a write in it. One execution alone never waits.
 //!
 //! A write is either *durable* (the default) or *volatile*: an execution's
 //! intermediate statuses (`configuring`, `running`, `publishing`) are worth
@@ -27,17 +33,37 @@
 //! visible to other connections only after its frames are written and, with
 //! `FULL`, synced (`sqlite3WalFrames` writes the wal-index header last), so
 //! no reader ever sees a durable write that is not yet on disk.
+//!
+//! A *deferred* write (an execution's creation) is committed like a
+//! volatile one — visible at once, so its execution can start — but its
+//! caller (the execute request) is answered only once it is on disk: with
+//! the next durable commit or by a sync of the WAL alone: at once when the
+//! writer has nothing else to do; under load only after [`COMMIT_DELAY`], so
+//! that a short execution's creation shares the flush of its own result
+//! (one flush per execution, not two). Until the answer nobody knows the
+//! execution's id: a crash before the flush loses an execution nobody was
+//! told about (its directory is swept at the next start).
 
+use super::vfs;
 use crate::Error;
 use rusqlite::Connection;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The most pieces committed together.
 pub const MAX_BATCH: usize = 1024;
+
+/// How long a durable write may wait for company under load (see the
+/// module documentation); `INSITU_COMMIT_DELAY_US` overrides it.
+pub const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// Active executions from which durable writes wait for company.
+pub const SIBLINGS: usize = 4;
 
 /// What the writer has done since the store was opened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +134,22 @@ struct Job {
     piece: Box<dyn Piece>,
     /// A directory whose filesystem must be synced before the commit.
     sync: Option<PathBuf>,
-    /// Needs no fsync of its own; see the module documentation.
-    volatile: bool,
+    kind: Kind,
+    /// When it was submitted.
+    at: Instant,
+}
+
+/// How durable a write must be when its caller is answered; see the module
+/// documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// On disk: the commit is synced (and the files it names before it).
+    Durable,
+    /// Committed and visible; on disk with the next sync.
+    Volatile,
+    /// Committed and visible at once, answered once on disk: with the next
+    /// sync, which it may wait for up to [`COMMIT_DELAY`].
+    Deferred,
 }
 
 /// The answer to one submitted write; see the module documentation.
@@ -144,7 +184,12 @@ impl<T> Ack<T> {
 pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
     counters: Arc<Counters>,
+    /// The active executions' gauge, once given.
+    gauge: Gauge,
 }
+
+/// The count of active executions the commit delay looks at.
+type Gauge = Arc<Mutex<Option<Arc<AtomicUsize>>>>;
 
 impl Writer {
     /// Starts the writer thread on `conn`, the store at `path`; `durable`
@@ -152,11 +197,22 @@ impl Writer {
     pub(crate) fn start(conn: Connection, path: PathBuf, durable: bool) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let c = counters.clone();
+        let gauge = Gauge::default();
+        let (c, g) = (counters.clone(), gauge.clone());
         std::thread::Builder::new()
             .name("insitu-store-writer".into())
-            .spawn(move || run(conn, &path, &rx, &c, durable))?;
-        Ok(Writer { jobs, counters })
+            .spawn(move || run(conn, &path, &rx, &c, &g, durable))?;
+        Ok(Writer {
+            jobs,
+            counters,
+            gauge,
+        })
+    }
+
+    /// Makes durable writes wait for company while `active` (executions
+    /// queued or running) is at least [`SIBLINGS`].
+    pub(crate) fn hold_commits(&self, active: Arc<AtomicUsize>) {
+        *crate::sync::lock(&self.gauge) = Some(active);
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -171,7 +227,7 @@ impl Writer {
     fn send<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
-        volatile: bool,
+        kind: Kind,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
         reply: impl FnOnce(Result<T, Error>) + Send + 'static,
     ) {
@@ -183,24 +239,24 @@ impl Writer {
         if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
             piece,
             sync,
-            volatile,
+            kind,
+            at: Instant::now(),
         }) {
             job.piece.answer(Some(&(Arc::new(writer_gone) as Failure)));
         }
     }
 
-    /// Queues `work` and returns at once; the [`Ack`] says when it is
-    /// durable — or, `volatile`, committed and visible (see the module
-    /// documentation). With `sync`, the filesystem holding that directory is
-    /// synced before the commit.
+    /// Queues `work` and returns at once; the [`Ack`] answers as `kind`
+    /// says (see the module documentation). With `sync`, the filesystem
+    /// holding that directory is synced before the commit.
     pub(crate) fn submit<T: Send + 'static>(
         &self,
         sync: Option<PathBuf>,
-        volatile: bool,
+        kind: Kind,
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
     ) -> Ack<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(sync, volatile, work, move |r| {
+        self.send(sync, kind, work, move |r| {
             let _ = tx.send(r);
         });
         Ack(rx)
@@ -213,7 +269,7 @@ impl Writer {
         work: impl FnOnce(&Connection, &Path) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(sync, false, work, move |r| {
+        self.send(sync, Kind::Durable, work, move |r| {
             let _ = tx.send(r);
         });
         rx.recv().unwrap_or_else(|_| Err(writer_gone()))
@@ -246,12 +302,42 @@ fn run(
     path: &Path,
     rx: &mpsc::Receiver<Job>,
     counters: &Counters,
+    gauge: &Gauge,
     durable: bool,
 ) {
+    let delay = commit_delay();
+    // The database's filesystem: results on it are flushed by the commit's
+    // own WAL sync (see `vfs`), not by a syncfs of their own.
+    let db_dev = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map(|m| m.dev());
     // The connection's `synchronous` setting: FULL when durable (see
     // `Store::open`), NORMAL otherwise.
     let mut full_sync = durable;
-    while let Ok(first) = rx.recv() {
+    // Deferred writes committed and not yet on disk, and when the WAL is
+    // synced for them if no durable commit comes first.
+    let mut deferred: Vec<Box<dyn Piece>> = Vec::new();
+    let mut sync_by: Option<Instant> = None;
+    loop {
+        // A due sync comes before the next batch.
+        if sync_by.is_some_and(|t| t <= Instant::now()) {
+            sync_wal(path, counters, &mut deferred);
+            sync_by = None;
+        }
+        let first = match sync_by {
+            None => rx.recv().ok(),
+            Some(t) => match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    sync_wal(path, counters, &mut deferred);
+                    sync_by = None;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         let drain = |batch: &mut Vec<Job>| {
             while batch.len() < MAX_BATCH {
@@ -262,7 +348,33 @@ fn run(
             }
         };
         drain(&mut batch);
-        let full = durable && batch.iter().any(|j| !j.volatile);
+        let active = crate::sync::lock(gauge)
+            .as_ref()
+            .map_or(0, |g| g.load(Ordering::Relaxed));
+        let loaded = active >= SIBLINGS;
+        if durable && loaded && !delay.is_zero() {
+            // Under load: wait for company, from the first durable write on.
+            while let Some(first) = batch
+                .iter()
+                .filter(|j| j.kind == Kind::Durable)
+                .map(|j| j.at)
+                .min()
+            {
+                let waiting = batch.iter().filter(|j| j.kind != Kind::Volatile).count();
+                let left = (first + delay).saturating_duration_since(Instant::now());
+                if waiting >= active || batch.len() >= MAX_BATCH || left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(job) => {
+                        batch.push(job);
+                        drain(&mut batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let full = durable && batch.iter().any(|j| j.kind == Kind::Durable);
         if full != full_sync {
             let pragma = if full {
                 "PRAGMA synchronous = FULL"
@@ -286,21 +398,18 @@ fn run(
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let mut pieces = Vec::with_capacity(batch.len());
-        let mut refused = Vec::new();
-        for (job, failure) in sync_files(batch, counters) {
+        let (synced, with_commit) = sync_files(batch, counters, db_dev);
+        let mut pieces = Vec::with_capacity(synced.len());
+        for (job, failure) in synced {
             match failure {
-                None => pieces.push(job.piece),
-                Some(f) => refused.push((job.piece, f)),
+                None => pieces.push((job.piece, job.kind)),
+                Some(f) => job.piece.answer(Some(&f)),
             }
-        }
-        for (piece, f) in refused {
-            piece.answer(Some(&f));
         }
         if pieces.is_empty() {
             continue;
         }
-        match commit(&conn, path, &mut pieces) {
+        match commit(&conn, path, &mut pieces, full && with_commit, counters) {
             Ok(()) => {
                 let n = if full {
                     &counters.commits
@@ -308,29 +417,75 @@ fn run(
                     &counters.volatile_commits
                 };
                 n.fetch_add(1, Ordering::Relaxed);
-                for piece in pieces {
-                    piece.answer(None);
+                if full {
+                    // Synced: every deferred write before is on disk too.
+                    for piece in deferred.drain(..) {
+                        piece.answer(None);
+                    }
+                    sync_by = None;
+                }
+                for (piece, kind) in pieces {
+                    if kind == Kind::Deferred && !full && durable {
+                        deferred.push(piece);
+                    } else {
+                        piece.answer(None);
+                    }
+                }
+                if !deferred.is_empty() && sync_by.is_none() {
+                    let wait = if loaded { delay } else { Duration::ZERO };
+                    sync_by = Some(Instant::now() + wait);
                 }
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 let f = failure_of_sql(path, e);
-                for piece in pieces {
+                for (piece, _) in pieces {
                     piece.answer(Some(&f));
                 }
             }
         }
     }
+    if !deferred.is_empty() {
+        sync_wal(path, counters, &mut deferred);
+    }
 }
 
-/// Runs `pieces` in one transaction, each in a savepoint, and commits.
+/// Syncs the WAL for the deferred writes committed since the last sync, and
+/// answers them.
+fn sync_wal(path: &Path, counters: &Counters, deferred: &mut Vec<Box<dyn Piece>>) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    counters.commits.fetch_add(1, Ordering::Relaxed);
+    let failure = std::fs::File::open(&wal)
+        .and_then(|f| f.sync_data())
+        .err()
+        .map(|e| io_failure("sync", &wal, e));
+    for piece in deferred.drain(..) {
+        piece.answer(failure.as_ref());
+    }
+}
+
+/// [`COMMIT_DELAY`], or `INSITU_COMMIT_DELAY_US` microseconds (0: none).
+fn commit_delay() -> Duration {
+    std::env::var("INSITU_COMMIT_DELAY_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(COMMIT_DELAY, Duration::from_micros)
+}
+
+/// Runs `pieces` in one transaction, each in a savepoint, and commits;
+/// with `flush`, the commit's WAL sync flushes the database's whole
+/// filesystem (see `vfs`), the results written before included.
 fn commit(
     conn: &Connection,
     path: &Path,
-    pieces: &mut [Box<dyn Piece>],
+    pieces: &mut [(Box<dyn Piece>, Kind)],
+    flush: bool,
+    counters: &Counters,
 ) -> Result<(), rusqlite::Error> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    for piece in pieces.iter_mut() {
+    for (piece, _) in pieces.iter_mut() {
         conn.execute_batch("SAVEPOINT piece")?;
         if piece.apply(conn, path) {
             conn.execute_batch("RELEASE piece")?;
@@ -338,15 +493,38 @@ fn commit(
             conn.execute_batch("ROLLBACK TO piece; RELEASE piece")?;
         }
     }
-    conn.execute_batch("COMMIT")
+    let flushes = vfs::syncfs_done();
+    vfs::syncfs_next(flush);
+    let done = conn.execute_batch("COMMIT");
+    vfs::syncfs_next(false);
+    done?;
+    if flush && vfs::syncfs_done() == flushes {
+        // SQLite did not sync the WAL (the pieces wrote nothing): flush the
+        // results before anyone is told they are durable.
+        counters.syncs.fetch_add(1, Ordering::Relaxed);
+        crate::datadir::syncfs(path).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some(format!("syncfs of the results' filesystem failed: {e}")),
+            )
+        })?;
+    }
+    Ok(())
 }
 
-/// Syncs each filesystem the batch names once; pairs every job with the
-/// failure of its filesystem's sync, if any.
-fn sync_files(batch: Vec<Job>, counters: &Counters) -> Vec<(Job, Option<Failure>)> {
+/// Syncs each filesystem the batch names once, except the database's own
+/// (`db_dev`: flushed by the commit, see `vfs`); pairs every job with the
+/// failure of its filesystem's sync, if any, and says whether the commit
+/// must flush the database's filesystem.
+fn sync_files(
+    batch: Vec<Job>,
+    counters: &Counters,
+    db_dev: Option<u64>,
+) -> (Vec<(Job, Option<Failure>)>, bool) {
     // Filesystem (device) → the outcome of syncing it.
     let mut synced: Vec<(u64, Option<Failure>)> = Vec::new();
-    batch
+    let mut with_commit = false;
+    let jobs = batch
         .into_iter()
         .map(|job| {
             let Some(dir) = &job.sync else {
@@ -359,6 +537,10 @@ fn sync_files(batch: Vec<Job>, counters: &Counters) -> Vec<(Job, Option<Failure>
                     return (job, Some(f));
                 }
             };
+            if Some(dev) == db_dev {
+                with_commit = true;
+                return (job, None);
+            }
             if let Some((_, f)) = synced.iter().find(|(d, _)| *d == dev) {
                 let f = f.clone();
                 return (job, f);
@@ -370,7 +552,8 @@ fn sync_files(batch: Vec<Job>, counters: &Counters) -> Vec<(Job, Option<Failure>
             synced.push((dev, f.clone()));
             (job, f)
         })
-        .collect()
+        .collect();
+    (jobs, with_commit)
 }
 
 fn io_failure(action: &'static str, dir: &Path, e: std::io::Error) -> Failure {
