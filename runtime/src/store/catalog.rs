@@ -713,8 +713,9 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn index_catalog(&self) -> Result<(), Error> {
-        let conn = self.conn();
+        // Locks in this order everywhere: the index, then the connection.
         let mut index = crate::sync::lock(&self.index);
+        let conn = self.conn();
         self.catch_up(&conn, &mut index)
     }
 
@@ -752,12 +753,15 @@ impl Store {
     /// # Errors
     /// [`Error::Store`].
     pub fn search(&self, query: &Search) -> Result<(Vec<Value>, u64), Error> {
-        let conn = self.conn();
-        let (dids, total) = {
-            let mut index = crate::sync::lock(&self.index);
+        let mut index = crate::sync::lock(&self.index);
+        {
+            // The connection only while catching up: the ranking needs none.
+            let conn = self.conn();
             self.catch_up(&conn, &mut index)?;
-            index.search(query)
-        };
+        }
+        let (dids, total) = index.search(query);
+        drop(index);
+        let conn = self.conn();
         let mut results = Vec::with_capacity(dids.len());
         let mut ddo = conn
             .prepare_cached("SELECT ddo FROM assets WHERE did = ?1")

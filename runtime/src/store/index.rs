@@ -14,7 +14,8 @@
 
 use super::{Search, Sort};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
 
 /// A query's filters, prepared once (lowercased, coded) for every document.
 struct Filter<'a> {
@@ -98,6 +99,49 @@ pub(super) struct Index {
     terms: BTreeMap<String, Vec<Posting>>,
     /// Sum of each field's length over all documents.
     totals: [u64; FIELDS],
+    /// Word → its matches with their scores, as [`Index::word`] computes
+    /// them: kept until the next document is added (scores depend on the
+    /// document count and the average field lengths), at most
+    /// [`CACHED_MATCHES`] in all.
+    scored: HashMap<String, Arc<Vec<(u32, f64)>>>,
+    /// Matches held in `scored`.
+    cached: usize,
+}
+
+/// The most (document, score) pairs the word cache holds (16 bytes each).
+const CACHED_MATCHES: usize = 1 << 20;
+
+/// A match's rank, greater first: an exact name first, then `primary`
+/// (the score, or the document number for newest/oldest first), then the
+/// older document.
+#[derive(Debug, Clone, Copy)]
+struct Rank {
+    exact: bool,
+    primary: f64,
+    doc: u32,
+}
+
+impl PartialEq for Rank {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Rank {}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.exact
+            .cmp(&other.exact)
+            .then(self.primary.total_cmp(&other.primary))
+            .then(other.doc.cmp(&self.doc))
+    }
 }
 
 fn kind_code(kind: &str) -> u8 {
@@ -120,6 +164,10 @@ impl Index {
     /// Adds asset `did` of `kind` with DDO text `ddo` (the next rowid).
     pub(super) fn add(&mut self, rowid: i64, did: &str, kind: &str, ddo: &str) {
         self.last_rowid = rowid;
+        if self.cached > 0 {
+            self.scored.clear();
+            self.cached = 0;
+        }
         let ddo: Value = serde_json::from_str(ddo).unwrap_or(Value::Null);
         let main = &ddo["service"][0]["attributes"]["main"];
         let info = &ddo["service"][0]["attributes"]["additionalInformation"];
@@ -252,74 +300,232 @@ impl Index {
             .collect()
     }
 
+    /// [`Index::word`], from the cache when the index has not changed.
+    fn scored(&mut self, w: &str) -> Arc<Vec<(u32, f64)>> {
+        if let Some(v) = self.scored.get(w) {
+            return v.clone();
+        }
+        let v = Arc::new(self.word(w));
+        if self.cached + v.len() > CACHED_MATCHES {
+            self.scored.clear();
+            self.cached = 0;
+        }
+        if v.len() <= CACHED_MATCHES {
+            self.cached += v.len();
+            self.scored.insert(w.to_string(), v.clone());
+        }
+        v
+    }
+
     /// One page of `q`: the DIDs in order, and the number of matches.
-    pub(super) fn search(&self, q: &Search) -> (Vec<String>, u64) {
+    ///
+    /// One pass over the matches filters and counts them and keeps the best
+    /// `page × size` in a bounded heap (sorted by name: all of them, then a
+    /// partial sort); the words' scored matches are cached (see `scored`).
+    pub(super) fn search(&mut self, q: &Search) -> (Vec<String>, u64) {
         let words: Vec<String> = tokens(&q.text).take(16).collect();
         if words.is_empty() && !q.text.trim().is_empty() {
             return (Vec::new(), 0); // only punctuation: nothing matches it
         }
-        let filter = Filter::new(q);
+        let mut lists: Vec<Arc<Vec<(u32, f64)>>> = words.iter().map(|w| self.scored(w)).collect();
+        lists.sort_by_key(|l| l.len());
         // (doc, score) of the matches, in document order.
-        let matches: Vec<(u32, f64)> = if words.is_empty() {
-            (0..self.docs.len() as u32).map(|d| (d, 0.0)).collect()
-        } else {
-            let mut lists: Vec<Vec<(u32, f64)>> = words.iter().map(|w| self.word(w)).collect();
-            lists.sort_by_key(Vec::len);
-            let mut acc = lists.remove(0);
-            for l in &lists {
-                // Both in document order: a merge.
-                let (mut i, mut out) = (0, Vec::with_capacity(acc.len().min(l.len())));
-                for (d, s) in &acc {
-                    while i < l.len() && l[i].0 < *d {
-                        i += 1;
+        let intersected: Vec<(u32, f64)>;
+        let matches: &[(u32, f64)] = match lists.as_slice() {
+            [] => &[],
+            [one] => one,
+            [first, rest @ ..] => {
+                let mut acc: Vec<(u32, f64)> = first.as_ref().clone();
+                for l in rest {
+                    // Both in document order: a merge.
+                    let (mut i, mut out) = (0, Vec::with_capacity(acc.len()));
+                    for (d, s) in &acc {
+                        while i < l.len() && l[i].0 < *d {
+                            i += 1;
+                        }
+                        if i < l.len() && l[i].0 == *d {
+                            out.push((*d, s + l[i].1));
+                        }
                     }
-                    if i < l.len() && l[i].0 == *d {
-                        out.push((*d, s + l[i].1));
-                    }
+                    acc = out;
                 }
-                acc = out;
+                intersected = acc;
+                &intersected
             }
-            acc
         };
+        let filter = Filter::new(q);
         let exact_name = q.text.trim().to_lowercase();
-        let mut hits: Vec<(u32, f64, bool)> = matches
-            .into_iter()
-            .filter(|(d, _)| filter.admits(&self.docs[*d as usize]))
-            .map(|(d, s)| {
-                let exact = !words.is_empty() && self.docs[d as usize].name_lower == exact_name;
-                (d, s, exact)
-            })
-            .collect();
-        let total = hits.len() as u64;
+        let exact = |d: u32| !words.is_empty() && self.docs[d as usize].name_lower == exact_name;
         let size = q.page_size.clamp(1, Search::MAX_PAGE_SIZE);
         let skip = q.page.saturating_sub(1).saturating_mul(size);
-        let want = skip.saturating_add(size).min(hits.len());
-        let order = |a: &(u32, f64, bool), b: &(u32, f64, bool)| {
-            // An exact name first, then the order asked for.
-            b.2.cmp(&a.2)
-                .then_with(|| match (q.sort, words.is_empty()) {
-                    (Sort::Relevance, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
-                    (Sort::Relevance | Sort::Newest, _) => b.0.cmp(&a.0),
-                    (Sort::Oldest, _) => a.0.cmp(&b.0),
-                    (Sort::Name, _) => self.docs[a.0 as usize]
+        let want = skip.saturating_add(size);
+        let every: Box<dyn Iterator<Item = (u32, f64)>> = if words.is_empty() {
+            Box::new((0..self.docs.len() as u32).map(|d| (d, 0.0)))
+        } else {
+            Box::new(matches.iter().copied())
+        };
+        let admitted = every.filter(|(d, _)| filter.admits(&self.docs[*d as usize]));
+        let mut total = 0u64;
+        let ranked: Vec<u32> = if q.sort == Sort::Name {
+            let mut hits: Vec<(u32, bool)> = admitted.map(|(d, _)| (d, exact(d))).collect();
+            total = hits.len() as u64;
+            let order = |a: &(u32, bool), b: &(u32, bool)| {
+                b.1.cmp(&a.1).then_with(|| {
+                    self.docs[a.0 as usize]
                         .name_lower
                         .cmp(&self.docs[b.0 as usize].name_lower)
-                        .then(a.0.cmp(&b.0)),
+                        .then(a.0.cmp(&b.0))
                 })
+            };
+            let want = want.min(hits.len());
+            if want == 0 {
+                return (Vec::new(), total);
+            }
+            if want < hits.len() {
+                hits.select_nth_unstable_by(want - 1, order);
+                hits.truncate(want);
+            }
+            hits.sort_unstable_by(order);
+            hits.into_iter().map(|(d, _)| d).collect()
+        } else {
+            let primary = |d: u32, score: f64| match (q.sort, words.is_empty()) {
+                (Sort::Relevance, false) => score,
+                (Sort::Oldest, _) => -f64::from(d),
+                _ => f64::from(d),
+            };
+            // The best `want` so far, the worst on top.
+            let mut best: BinaryHeap<std::cmp::Reverse<Rank>> =
+                BinaryHeap::with_capacity(want.min(1 << 16) + 1);
+            for (d, score) in admitted {
+                total += 1;
+                if want == 0 {
+                    continue;
+                }
+                let rank = Rank {
+                    exact: exact(d),
+                    primary: primary(d, score),
+                    doc: d,
+                };
+                if best.len() < want {
+                    best.push(std::cmp::Reverse(rank));
+                } else if best.peek().is_some_and(|w| rank > w.0) {
+                    best.pop();
+                    best.push(std::cmp::Reverse(rank));
+                }
+            }
+            best.into_sorted_vec()
+                .into_iter()
+                .map(|r| r.0.doc)
+                .collect()
         };
-        if want == 0 {
-            return (Vec::new(), total);
-        }
-        if want < hits.len() {
-            hits.select_nth_unstable_by(want - 1, order);
-            hits.truncate(want);
-        }
-        hits.sort_unstable_by(order);
-        let page = hits
+        let page = ranked
             .iter()
             .skip(skip)
-            .map(|(d, _, _)| self.docs[*d as usize].did.clone())
+            .map(|d| self.docs[*d as usize].did.clone())
             .collect();
         (page, total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DDO as the catalog stores it, with `name`, `description`, `tags`.
+    fn ddo(name: &str, description: &str, tags: &[&str]) -> String {
+        serde_json::json!({"service": [{"attributes": {
+            "main": {"name": name, "owner": "0xabc"},
+            "additionalInformation": {"description": description, "tags": tags},
+        }}]})
+        .to_string()
+    }
+
+    /// Every page in every order equals a full sort of every match.
+    #[test]
+    fn pages_equal_a_full_sort_of_every_match() {
+        let words = ["alpha", "beta", "gamma", "alps", "delta"];
+        let mut index = Index::default();
+        let mut x = 7u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for i in 0..300 {
+            let name: Vec<&str> = (0..1 + next(3)).map(|_| words[next(5)]).collect();
+            let text: Vec<&str> = (0..next(6)).map(|_| words[next(5)]).collect();
+            let name = if i % 50 == 0 {
+                "alpha".to_string()
+            } else {
+                name.join(" ")
+            };
+            index.add(
+                i + 1,
+                &format!("did:{i}"),
+                "dataset",
+                &ddo(&name, &text.join(" "), &[words[next(5)]]),
+            );
+        }
+        for text in ["alpha", "al", "alpha beta", "gamma delta", "", "zeta"] {
+            for sort in [Sort::Relevance, Sort::Newest, Sort::Oldest, Sort::Name] {
+                let q = |page| Search {
+                    text: text.to_string(),
+                    sort,
+                    page_size: 7,
+                    page,
+                    ..Search::default()
+                };
+                // The reference: every match scored, sorted in full.
+                let (all, total) = {
+                    let mut big = q(1);
+                    big.page_size = Search::MAX_PAGE_SIZE;
+                    index.search(&big)
+                };
+                assert!(total <= 300);
+                if total < Search::MAX_PAGE_SIZE as u64 {
+                    assert_eq!(all.len() as u64, total, "{text} {sort:?}");
+                }
+                let mut reference: Vec<(u32, f64, bool)> = Vec::new();
+                let words: Vec<String> = tokens(text).collect();
+                for d in 0..index.docs.len() as u32 {
+                    let mut score = 0.0;
+                    let mut all_match = true;
+                    for w in &words {
+                        match index.word(w).iter().find(|(m, _)| *m == d) {
+                            Some((_, s)) => score += s,
+                            None => all_match = false,
+                        }
+                    }
+                    if all_match {
+                        let exact = !words.is_empty() && index.docs[d as usize].name_lower == text;
+                        reference.push((d, score, exact));
+                    }
+                }
+                reference.sort_by(|a, b| {
+                    b.2.cmp(&a.2).then_with(|| match (sort, words.is_empty()) {
+                        (Sort::Relevance, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
+                        (Sort::Relevance | Sort::Newest, _) => b.0.cmp(&a.0),
+                        (Sort::Oldest, _) => a.0.cmp(&b.0),
+                        (Sort::Name, _) => index.docs[a.0 as usize]
+                            .name_lower
+                            .cmp(&index.docs[b.0 as usize].name_lower)
+                            .then(a.0.cmp(&b.0)),
+                    })
+                });
+                assert_eq!(total, reference.len() as u64, "{text} {sort:?}");
+                for page in 1..=4 {
+                    let (got, n) = index.search(&q(page));
+                    assert_eq!(n, total);
+                    let want: Vec<String> = reference
+                        .iter()
+                        .skip((page - 1) * 7)
+                        .take(7)
+                        .map(|(d, _, _)| format!("did:{d}"))
+                        .collect();
+                    assert_eq!(got, want, "{text:?} {sort:?} page {page}");
+                }
+            }
+        }
     }
 }
