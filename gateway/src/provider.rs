@@ -77,13 +77,6 @@ impl Provider {
                 "executions left unfinished by the previous run were marked failed"
             );
         }
-        let orphans = insitu_runtime::pipeline::sweep_orphans(&dir, &store);
-        if orphans > 0 {
-            tracing::warn!(
-                executions = orphans,
-                "deleted the directories of executions whose creation a crash cut short (never acknowledged)"
-            );
-        }
         let swept = insitu_runtime::pipeline::sweep_updates(&dir);
         if swept > 0 {
             tracing::warn!(

@@ -167,9 +167,8 @@ impl Executions {
     /// federated round) before it is queued; its error fails the execution
     /// with that reason and is returned.
     ///
-    /// The execution is queued before its creation is durable, and the id
-    /// returned once it is: a future dropped meanwhile leaves an execution
-    /// that runs and ends as any other.
+    /// A future dropped while the execution's creation commits fails that
+    /// execution ("cancelled"): nothing is left pending and unqueued.
     ///
     /// # Errors
     /// [`Error::ShuttingDown`]; [`Error::Busy`] when the queue is full (no
@@ -197,9 +196,16 @@ impl Executions {
             .await?;
         let mut resolved = resolve(&g.store, &agreement, now)?;
         let permit = g.queue.try_reserve().map_err(|_| Error::Busy)?;
-        // Committed at once and queued at once; answered once the creation
-        // is durable (with the execution's own result when it is short).
         let (id, created) = g.store.create_execution_ack(&agreement)?;
+        let mut orphan = Orphan {
+            store: &g.store,
+            id: &id,
+            armed: true,
+        };
+        let created = created.done().await;
+        orphan.armed = false;
+        drop(orphan);
+        created?;
         if let Err(e) = prepare(&id, &mut resolved) {
             let _ = g.store.set_status(
                 &id,
@@ -216,7 +222,6 @@ impl Executions {
             resolved,
             stop,
         });
-        created.done().await?;
         tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
         Ok(id)
     }
@@ -323,6 +328,28 @@ impl Executions {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         running
+    }
+}
+
+/// Fails execution `id` when dropped armed (see [`Executions::admit`]).
+struct Orphan<'a> {
+    store: &'a Store,
+    id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Orphan<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Created, never queued: nobody would ever run or end it.
+        let _ = self.store.advance_ack(
+            self.id,
+            Status::Failed,
+            Some("the execute request was cancelled before the execution was queued; execute it again"),
+            None,
+        );
     }
 }
 

@@ -836,24 +836,6 @@ pub fn sweep_updates(dir: &DataDir) -> usize {
         .count()
 }
 
-/// Removes the directories of executions the database does not know: ones
-/// a crash cut before their creation was on disk (see `store::writer`),
-/// whose consumers were never told their id. Returns how many were removed.
-pub fn sweep_orphans(dir: &DataDir, store: &crate::store::Store) -> usize {
-    let Ok(dirs) = std::fs::read_dir(dir.executions()) else {
-        return 0;
-    };
-    dirs.flatten()
-        .filter(|d| {
-            let name = d.file_name();
-            let id = name.to_string_lossy();
-            id.starts_with("nv-")
-                && matches!(store.execution(&id), Err(Error::NotFound { .. }))
-                && std::fs::remove_dir_all(d.path()).is_ok()
-        })
-        .count()
-}
-
 /// What a receipt records of an input dataset: `sha256:` of the JCS form of
 /// its [`collect`] listing (every file's path, size and sha256).
 ///
@@ -944,41 +926,6 @@ fn open_nofollow(path: &Path) -> Result<std::fs::File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_executions_the_database_does_not_know_are_swept() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = DataDir::new(tmp.path().to_path_buf());
-        let store = crate::store::Store::open(dir.database()).unwrap();
-        let data = tmp.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let ds = store.add_dataset("d", &data, &[], 60).unwrap();
-        let wf = store
-            .add_workflow(&serde_json::json!({"main": {"type": "workflow", "name": "w", "workflow": {"stages": [
-                {"index": 0, "requirements": {"container": {"image": "i", "tag": "1", "checksum": format!("sha256:{}", "a".repeat(64))}},
-                 "input": [{"index": 0, "id": ds}]}]}}}))
-            .unwrap();
-        let a = store
-            .agreement(
-                &store
-                    .grant(&format!("0x{}", "1".repeat(40)), &ds, &wf, 60)
-                    .unwrap(),
-            )
-            .unwrap();
-        let known = store.create_execution(&a).unwrap();
-        let orphan = format!("nv-{}", "0".repeat(32));
-        for id in [&known, &orphan] {
-            std::fs::create_dir_all(dir.logs(id, 0)).unwrap();
-        }
-        std::fs::create_dir_all(dir.executions().join("other")).unwrap();
-        assert_eq!(sweep_orphans(&dir, &store), 1);
-        assert!(dir.execution(&known).is_dir());
-        assert!(!dir.execution(&orphan).exists());
-        assert!(
-            dir.executions().join("other").is_dir(),
-            "not an execution's"
-        );
-    }
 
     #[test]
     fn pinned_references_drop_the_tag_and_keep_ports() {

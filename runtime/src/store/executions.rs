@@ -85,10 +85,7 @@ impl Store {
     }
 
     /// [`Store::create_execution`] without blocking: the new id at once,
-    /// and the [`Ack`] that answers it again once it is durable. The row is
-    /// committed (visible) before that, at once, so the execution may start
-    /// while its creation waits to share a flush — with its own result,
-    /// when it is short (see `writer`).
+    /// and the [`Ack`] that answers it again once it is durable.
     ///
     /// # Errors
     /// [`Error::Engine`] when the OS has no randomness; the ack: as
@@ -99,7 +96,7 @@ impl Store {
     ) -> Result<(String, Ack<String>), Error> {
         let (id, work) = Self::new_execution(agreement)?;
         let answer = id.clone();
-        let ack = self.writer.submit(None, Kind::Deferred, move |conn, path| {
+        let ack = self.writer.submit(None, Kind::Durable, move |conn, path| {
             work(conn, path).map(|()| answer)
         });
         Ok((id, ack))

@@ -5,12 +5,14 @@
 //! over the connection, and is answered once the piece is durable. The
 //! thread takes every piece that is waiting (at most [`MAX_BATCH`]) and
 //! 1. makes the files the pieces name durable first, with one `syncfs(2)` per
-//!    filesystem for the whole batch (a result's files are on disk before the
-//!    database says it exists);
+//!    filesystem other than the database's for the whole batch (a result's
+//!    files are on disk before the database says it exists);
 //! 2. runs each piece inside its own savepoint, so a refused piece (a
 //!    transition the rules forbid) is rolled back alone;
-//! 3. commits once — one fsync of the WAL for the whole batch — and only then
-//!    answers every caller, each with its own result.
+//! 3. commits once — one flush for the whole batch: SQLite's sync of the WAL,
+//!    made a `syncfs` of the database's filesystem when results on it wait
+//!    (see `vfs`), so files and commit share it — and only then answers every
+//!    caller, each with its own result.
 //!
 //! While one batch is being synced the next callers queue, so batches grow
 //! with the load by themselves: the write groups of RocksDB and the group
@@ -33,16 +35,6 @@
 //! visible to other connections only after its frames are written and, with
 //! `FULL`, synced (`sqlite3WalFrames` writes the wal-index header last), so
 //! no reader ever sees a durable write that is not yet on disk.
-//!
-//! A *deferred* write (an execution's creation) is committed like a
-//! volatile one — visible at once, so its execution can start — but its
-//! caller (the execute request) is answered only once it is on disk: with
-//! the next durable commit or by a sync of the WAL alone: at once when the
-//! writer has nothing else to do; under load only after [`COMMIT_DELAY`], so
-//! that a short execution's creation shares the flush of its own result
-//! (one flush per execution, not two). Until the answer nobody knows the
-//! execution's id: a crash before the flush loses an execution nobody was
-//! told about (its directory is swept at the next start).
 
 use super::vfs;
 use crate::Error;
@@ -147,9 +139,6 @@ pub(crate) enum Kind {
     Durable,
     /// Committed and visible; on disk with the next sync.
     Volatile,
-    /// Committed and visible at once, answered once on disk: with the next
-    /// sync, which it may wait for up to [`COMMIT_DELAY`].
-    Deferred,
 }
 
 /// The answer to one submitted write; see the module documentation.
@@ -315,29 +304,7 @@ fn run(
     // The connection's `synchronous` setting: FULL when durable (see
     // `Store::open`), NORMAL otherwise.
     let mut full_sync = durable;
-    // Deferred writes committed and not yet on disk, and when the WAL is
-    // synced for them if no durable commit comes first.
-    let mut deferred: Vec<Box<dyn Piece>> = Vec::new();
-    let mut sync_by: Option<Instant> = None;
-    loop {
-        // A due sync comes before the next batch.
-        if sync_by.is_some_and(|t| t <= Instant::now()) {
-            sync_wal(path, counters, &mut deferred);
-            sync_by = None;
-        }
-        let first = match sync_by {
-            None => rx.recv().ok(),
-            Some(t) => match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    sync_wal(path, counters, &mut deferred);
-                    sync_by = None;
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            },
-        };
-        let Some(first) = first else { break };
+    while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let drain = |batch: &mut Vec<Job>| {
             while batch.len() < MAX_BATCH {
@@ -351,8 +318,7 @@ fn run(
         let active = crate::sync::lock(gauge)
             .as_ref()
             .map_or(0, |g| g.load(Ordering::Relaxed));
-        let loaded = active >= SIBLINGS;
-        if durable && loaded && !delay.is_zero() {
+        if durable && active >= SIBLINGS && !delay.is_zero() {
             // Under load: wait for company, from the first durable write on.
             while let Some(first) = batch
                 .iter()
@@ -360,7 +326,7 @@ fn run(
                 .map(|j| j.at)
                 .min()
             {
-                let waiting = batch.iter().filter(|j| j.kind != Kind::Volatile).count();
+                let waiting = batch.iter().filter(|j| j.kind == Kind::Durable).count();
                 let left = (first + delay).saturating_duration_since(Instant::now());
                 if waiting >= active || batch.len() >= MAX_BATCH || left.is_zero() {
                     break;
@@ -417,23 +383,8 @@ fn run(
                     &counters.volatile_commits
                 };
                 n.fetch_add(1, Ordering::Relaxed);
-                if full {
-                    // Synced: every deferred write before is on disk too.
-                    for piece in deferred.drain(..) {
-                        piece.answer(None);
-                    }
-                    sync_by = None;
-                }
-                for (piece, kind) in pieces {
-                    if kind == Kind::Deferred && !full && durable {
-                        deferred.push(piece);
-                    } else {
-                        piece.answer(None);
-                    }
-                }
-                if !deferred.is_empty() && sync_by.is_none() {
-                    let wait = if loaded { delay } else { Duration::ZERO };
-                    sync_by = Some(Instant::now() + wait);
+                for (piece, _) in pieces {
+                    piece.answer(None);
                 }
             }
             Err(e) => {
@@ -444,25 +395,6 @@ fn run(
                 }
             }
         }
-    }
-    if !deferred.is_empty() {
-        sync_wal(path, counters, &mut deferred);
-    }
-}
-
-/// Syncs the WAL for the deferred writes committed since the last sync, and
-/// answers them.
-fn sync_wal(path: &Path, counters: &Counters, deferred: &mut Vec<Box<dyn Piece>>) {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    counters.commits.fetch_add(1, Ordering::Relaxed);
-    let failure = std::fs::File::open(&wal)
-        .and_then(|f| f.sync_data())
-        .err()
-        .map(|e| io_failure("sync", &wal, e));
-    for piece in deferred.drain(..) {
-        piece.answer(failure.as_ref());
     }
 }
 
