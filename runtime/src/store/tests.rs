@@ -279,15 +279,50 @@ fn publishing_is_all_or_nothing() {
     store
         .advance(&id, Status::Publishing, None, Some(&stages))
         .unwrap();
+    let before = store.write_stats();
     store
         .publish(&id, &did, &json!({"type": "result"}), &data, &receipt)
         .unwrap();
+    // The results share the database's filesystem: the commit's own WAL
+    // sync flushed them (a syncfs), no separate one.
+    let after = store.write_stats();
+    assert_eq!(
+        (
+            after.commits - before.commits,
+            after.syncs_with_commit - before.syncs_with_commit,
+            after.syncs - before.syncs
+        ),
+        (1, 1, 0),
+        "{after:?}"
+    );
     let e = store.execution(&id).unwrap();
     assert_eq!(e.status, Status::Succeeded);
     assert_eq!(e.stages, stages);
     assert_eq!(e.result.as_deref(), Some(did.as_str()));
     assert_eq!(e.receipt, Some(serde_json::to_value(&receipt).unwrap()));
     assert_eq!(store.ddo(&did).unwrap().0, AssetKind::Result);
+    // Results on another filesystem (tmpfs) get a syncfs of their own
+    // before the commit, whose WAL sync is then a plain fsync.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) to put results on");
+    let id = store.create_execution(&a).unwrap();
+    for to in [Status::Configuring, Status::Running, Status::Publishing] {
+        store.advance(&id, to, None, None).unwrap();
+    }
+    let did = store.new_result_did().unwrap();
+    let before = store.write_stats();
+    store
+        .publish(&id, &did, &json!({"type": "result"}), shm.path(), &receipt)
+        .unwrap();
+    let after = store.write_stats();
+    assert_eq!(
+        (
+            after.commits - before.commits,
+            after.syncs_with_commit - before.syncs_with_commit,
+            after.syncs - before.syncs
+        ),
+        (1, 0, 1),
+        "{after:?}"
+    );
 }
 
 #[test]

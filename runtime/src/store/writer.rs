@@ -66,8 +66,12 @@ pub struct WriteStats {
     pub commits: u64,
     /// Commits of volatile writes alone: no fsync.
     pub volatile_commits: u64,
-    /// `syncfs(2)` calls made for result files.
+    /// `syncfs(2)` calls made for result files on another filesystem than
+    /// the database's (or when a commit wrote nothing).
     pub syncs: u64,
+    /// Durable commits whose WAL sync was a `syncfs` that also flushed the
+    /// results on the database's filesystem (see `vfs`).
+    pub syncs_with_commit: u64,
 }
 
 #[derive(Default)]
@@ -76,6 +80,7 @@ struct Counters {
     commits: AtomicU64,
     volatile_commits: AtomicU64,
     syncs: AtomicU64,
+    syncs_with_commit: AtomicU64,
 }
 
 /// Builds the error every caller of a failed batch gets.
@@ -210,6 +215,7 @@ impl Writer {
             commits: self.counters.commits.load(Ordering::Relaxed),
             volatile_commits: self.counters.volatile_commits.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
+            syncs_with_commit: self.counters.syncs_with_commit.load(Ordering::Relaxed),
         }
     }
 
@@ -430,7 +436,9 @@ fn commit(
     let done = conn.execute_batch("COMMIT");
     vfs::syncfs_next(false);
     done?;
-    if flush && vfs::syncfs_done() == flushes {
+    if vfs::syncfs_done() != flushes {
+        counters.syncs_with_commit.fetch_add(1, Ordering::Relaxed);
+    } else if flush {
         // SQLite did not sync the WAL (the pieces wrote nothing): flush the
         // results before anyone is told they are durable.
         counters.syncs.fetch_add(1, Ordering::Relaxed);

@@ -70,8 +70,13 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> ApiResult<Response
         ),
         (
             "insitu_store_syncs_total",
-            "syncfs(2) calls that made published results durable, one per group.",
+            "Separate syncfs(2) calls that made published results durable (results on another filesystem than the database's).",
             w.syncs,
+        ),
+        (
+            "insitu_store_commit_syncfs_total",
+            "Durable commits whose WAL sync was a syncfs(2) that flushed the group's results with it.",
+            w.syncs_with_commit,
         ),
     ] {
         out.push_str(&format!(
