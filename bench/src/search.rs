@@ -67,11 +67,10 @@ async fn run(n: usize) -> anyhow::Result<()> {
     };
     let t = Instant::now();
     let files = tmp.path().join("files");
-    let mut names = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("{} {i}", pick(3).join(" "));
-        let description = pick(12).join(" ");
-        let tags = pick(2);
+    // A dataset named three words and `suffix`, with 12 words of
+    // description, 2 tags and an author; its name.
+    let mut register = |suffix: &str| -> anyhow::Result<String> {
+        let name = format!("{} {suffix}", pick(3).join(" "));
         store.register_dataset(&DatasetSpec {
             name: &name,
             path: &files,
@@ -84,12 +83,16 @@ async fn run(n: usize) -> anyhow::Result<()> {
             did: None,
             deterministic: false,
             about: About {
-                description: Some(description),
-                tags,
+                description: Some(pick(12).join(" ")),
+                tags: pick(2),
                 author: Some(pick(1).remove(0)),
             },
         })?;
-        names.push(name);
+        Ok(name)
+    };
+    let mut names = Vec::with_capacity(n);
+    for i in 0..n {
+        names.push(register(&i.to_string())?);
     }
     println!(
         "registered {n} datasets in {:.1} s ({})",
@@ -163,23 +166,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
         let mut times = Vec::new();
         for (_, q) in queries.iter().filter(|(k, _)| *k == kind).take(100) {
             extra += 1;
-            store.register_dataset(&DatasetSpec {
-                name: &format!("{} extra {extra}", pick(3).join(" ")),
-                path: &files,
-                allowed_images: &[],
-                timeout_secs: 60,
-                server: Default::default(),
-                price: None,
-                price_token: None,
-                access: false,
-                did: None,
-                deterministic: false,
-                about: About {
-                    description: Some(pick(12).join(" ")),
-                    tags: pick(2),
-                    author: Some(pick(1).remove(0)),
-                },
-            })?;
+            register(&format!("extra {extra}"))?;
             let t = Instant::now();
             let (results, _) = store.search(q)?;
             times.push(t.elapsed());

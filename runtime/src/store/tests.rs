@@ -37,12 +37,12 @@ fn signed_requests_are_used_once_even_across_restarts() {
     assert_eq!(left, 1);
 }
 
-#[test]
-fn intermediate_statuses_commit_without_an_fsync_and_ends_with_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A store at `dir/insitu.db` with one dataset, one workflow on it and an
+/// agreement of Alice's for it: (database path, store, agreement).
+fn store_with_agreement(dir: &std::path::Path) -> (std::path::PathBuf, Store, Agreement) {
+    let data = dir.join("data");
     std::fs::create_dir(&data).unwrap();
-    let db = dir.path().join("insitu.db");
+    let db = dir.join("insitu.db");
     let store = Store::open(&db).unwrap();
     let ds = store
         .add_dataset("weather", &data, &[SUM.into()], 3600)
@@ -51,6 +51,13 @@ fn intermediate_statuses_commit_without_an_fsync_and_ends_with_one() {
     let a = store
         .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
         .unwrap();
+    (db, store, a)
+}
+
+#[test]
+fn intermediate_statuses_commit_without_an_fsync_and_ends_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, store, a) = store_with_agreement(dir.path());
     let id = store.create_execution(&a).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -81,17 +88,7 @@ fn intermediate_statuses_commit_without_an_fsync_and_ends_with_one() {
 #[test]
 fn concurrent_writes_share_commits_and_a_refusal_is_rolled_back_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let db = dir.path().join("insitu.db");
-    let store = Store::open(&db).unwrap();
-    let ds = store
-        .add_dataset("weather", &data, &[SUM.into()], 3600)
-        .unwrap();
-    let wf = store.add_workflow(&workflow_on(&ds)).unwrap();
-    let a = store
-        .agreement(&store.grant(ALICE, &ds, &wf, 60).unwrap())
-        .unwrap();
+    let (db, store, a) = store_with_agreement(dir.path());
     // 8 threads, each waiting for every change to be durable before the next.
     let ids: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
