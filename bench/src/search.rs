@@ -23,6 +23,15 @@ fn vocabulary(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The kinds of query, in the order they are reported.
+const KINDS: [&str; 5] = [
+    "one common word",
+    "two words",
+    "a rare word's prefix",
+    "an exact name",
+    "a word and a tag",
+];
+
 pub fn search() -> anyhow::Result<()> {
     let n: usize = std::env::var("INSITU_BENCH_SEARCH_ASSETS")
         .ok()
@@ -133,13 +142,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
         })
         .collect();
     println!("| query (store, in process) | p50 | p99 | max |\n|---|---|---|---|");
-    for kind in [
-        "one common word",
-        "two words",
-        "a rare word's prefix",
-        "an exact name",
-        "a word and a tag",
-    ] {
+    for kind in KINDS {
         let mut times = Vec::new();
         for (_, q) in queries.iter().filter(|(k, _)| *k == kind) {
             let t = Instant::now();
@@ -156,13 +159,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
         "| query (store, a registration before each: nothing cached) | p50 | p99 | max |\n|---|---|---|---|"
     );
     let mut extra = 0;
-    for kind in [
-        "one common word",
-        "two words",
-        "a rare word's prefix",
-        "an exact name",
-        "a word and a tag",
-    ] {
+    for kind in KINDS {
         let mut times = Vec::new();
         for (_, q) in queries.iter().filter(|(k, _)| *k == kind).take(100) {
             extra += 1;

@@ -246,6 +246,16 @@ fn servers_cap_limits_and_read_ddo_sizes() {
     assert_eq!(Server::from_ddo(&a.to_ddo()), a);
 }
 
+/// Durable commits, commits whose WAL sync flushed the results, separate
+/// syncfs calls: from `before` to `after`.
+fn flushes(before: WriteStats, after: WriteStats) -> (u64, u64, u64) {
+    (
+        after.commits - before.commits,
+        after.syncs_with_commit - before.syncs_with_commit,
+        after.syncs - before.syncs,
+    )
+}
+
 #[test]
 fn publishing_is_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -282,16 +292,7 @@ fn publishing_is_all_or_nothing() {
         .unwrap();
     // The results share the database's filesystem: the commit's own WAL
     // sync flushed them (a syncfs), no separate one.
-    let after = store.write_stats();
-    assert_eq!(
-        (
-            after.commits - before.commits,
-            after.syncs_with_commit - before.syncs_with_commit,
-            after.syncs - before.syncs
-        ),
-        (1, 1, 0),
-        "{after:?}"
-    );
+    assert_eq!(flushes(before, store.write_stats()), (1, 1, 0));
     let e = store.execution(&id).unwrap();
     assert_eq!(e.status, Status::Succeeded);
     assert_eq!(e.stages, stages);
@@ -310,16 +311,7 @@ fn publishing_is_all_or_nothing() {
     store
         .publish(&id, &did, &json!({"type": "result"}), shm.path(), &receipt)
         .unwrap();
-    let after = store.write_stats();
-    assert_eq!(
-        (
-            after.commits - before.commits,
-            after.syncs_with_commit - before.syncs_with_commit,
-            after.syncs - before.syncs
-        ),
-        (1, 0, 1),
-        "{after:?}"
-    );
+    assert_eq!(flushes(before, store.write_stats()), (1, 0, 1));
 }
 
 #[test]
