@@ -31,20 +31,16 @@ impl Client {
     /// One execution: (time to 202, time to `succeeded`), or None on 429.
     async fn execute(&self, pause: Duration) -> anyhow::Result<Option<(Duration, Duration)>> {
         let t = Instant::now();
-        let id = match self
+        let (id, token) = match self
             .c
-            .execute(&self.exec_token, &self.agreement, &self.workflow)
+            .execute_for(&self.exec_token, &self.agreement, &self.workflow)
             .await
         {
-            Ok(id) => id,
+            Ok(answer) => answer,
             Err(ClientError::Refused { status: 429, .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let accepted = t.elapsed();
-        let token = self
-            .c
-            .token(&self.c.claims(&self.agreement, &self.workflow, Some(&id)))
-            .await?;
         loop {
             let s = self.c.get(&token, &format!("status/{id}")).await?;
             match s["workflowStatus"]["status"].as_str() {

@@ -194,8 +194,8 @@ async fn drive(
             };
             while start.elapsed() < window {
                 let t = Instant::now();
-                let id = match c.execute(&token, &agreement, &workflow).await {
-                    Ok(id) => id,
+                let (id, compute) = match c.execute_for(&token, &agreement, &workflow).await {
+                    Ok(answer) => answer,
                     Err(ClientError::Refused { status: 429, .. }) => {
                         tally.busy.fetch_add(1, Ordering::Relaxed);
                         tally.refusals.lock().unwrap().push(t.elapsed());
@@ -209,7 +209,7 @@ async fn drive(
                     }
                 };
                 let outcome = async {
-                    let token = c.token(&c.claims(&agreement, &workflow, Some(&id))).await?;
+                    let token = compute;
                     loop {
                         let s = c.get(&token, &format!("status/{id}")).await?;
                         match s["workflowStatus"]["status"].as_str() {

@@ -115,6 +115,39 @@ impl Consumer {
         agreement: &str,
         workflow: &str,
     ) -> Result<String, ClientError> {
+        Ok(self.execute_for(token, agreement, workflow).await?.0)
+    }
+
+    /// [`Consumer::execute`], with the compute token for the new execution
+    /// the gateway answers with (`access_token`); a gateway that does not
+    /// send one gets a grant signed for it, as [`Consumer::token`] does.
+    ///
+    /// # Errors
+    /// As [`Consumer::execute`] and [`Consumer::token`].
+    pub async fn execute_for(
+        &self,
+        token: &str,
+        agreement: &str,
+        workflow: &str,
+    ) -> Result<(String, String), ClientError> {
+        let body = self.execute_body(token, agreement, workflow).await?;
+        let id = body["workflowId"].as_str().unwrap_or_default().to_string();
+        let compute = match body["access_token"].as_str() {
+            Some(t) => t.to_string(),
+            None => {
+                self.token(&self.claims(agreement, workflow, Some(&id)))
+                    .await?
+            }
+        };
+        Ok((id, compute))
+    }
+
+    async fn execute_body(
+        &self,
+        token: &str,
+        agreement: &str,
+        workflow: &str,
+    ) -> Result<Value, ClientError> {
         let body = self
             .json(
                 "execute",
@@ -127,7 +160,7 @@ impl Consumer {
                     .json(&json!({"workflowDid": workflow, "consumer": self.key.address()})),
             )
             .await?;
-        Ok(body["workflowId"].as_str().unwrap_or_default().to_string())
+        Ok(body)
     }
 
     /// GET `path` (under `/api/v1/node/services/compute/`) with a compute `token`.

@@ -146,15 +146,11 @@ pub fn run(args: &ExecCommand) -> anyhow::Result<bool> {
             .token(&c.claims(agreement, &args.workflow, None))
             .await
             .map_err(explain)?;
-        let id = c
-            .execute(&t, agreement, &args.workflow)
+        let (id, t) = c
+            .execute_for(&t, agreement, &args.workflow)
             .await
             .map_err(explain)?;
         eprintln!("execution {id} queued at {}", c.base);
-        let t = c
-            .token(&c.claims(agreement, &args.workflow, Some(&id)))
-            .await
-            .map_err(explain)?;
         let mut display = Display::new();
         if args.follow {
             follow(&c, &t, &id, &mut display).await?;

@@ -687,6 +687,44 @@ async fn the_seed_exec_form_and_eip712_grants_execute_too() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_execute_answer_carries_the_new_executions_compute_token() {
+    let api = start().await;
+    let token = api.access(api.claims(&api.consumer, AUD_EXECUTE)).await;
+    let (code, first) = api.execute(&token).await;
+    assert_eq!(code, 202, "{first}");
+    let (code, second) = api.execute(&token).await;
+    assert_eq!(code, 202, "{second}");
+    let (id, compute) = (
+        first["workflowId"].as_str().unwrap(),
+        first["access_token"].as_str().unwrap(),
+    );
+    api.wait_for(id, &["succeeded"]).await;
+    // It reads its own execution, as a token for a signed compute grant does.
+    let (code, status) = api
+        .get(
+            &format!("/api/v1/node/services/compute/status/{id}"),
+            compute,
+        )
+        .await;
+    assert_eq!(
+        (code, status["workflowStatus"]["status"].as_str()),
+        (200, Some("succeeded"))
+    );
+    // Not the other execution, and it cannot execute.
+    let other = second["workflowId"].as_str().unwrap();
+    let (code, body) = api
+        .get(
+            &format!("/api/v1/node/services/compute/status/{other}"),
+            compute,
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains(other), "{body}");
+    let (code, body) = api.execute(compute).await;
+    assert!(matches!(code, 401 | 403), "{code} {body}");
+}
+
 /// Reads server-sent events from `r` until the `end` event; returns them as
 /// (event, data, status of the execution when the event arrived).
 async fn events(api: &Api, id: &str, mut r: reqwest::Response) -> Vec<(String, Value, String)> {
