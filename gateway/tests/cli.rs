@@ -1091,7 +1091,12 @@ fn the_readme_sharing_walkthrough_runs_as_written() {
         "{text}"
     );
     assert_eq!(lines[1], "the cat saw the other cat", "{text}");
-    assert!(lines[2].starts_with(r#"{"workflowId":"nv-"#), "{text}");
+    let accepted: serde_json::Value = serde_json::from_str(lines[2]).expect(&text);
+    assert!(
+        accepted["workflowId"].as_str().unwrap().starts_with("nv-")
+            && accepted["access_token"].is_string(),
+        "{text}"
+    );
     assert!(lines[3].starts_with("STARTED (UTC)"), "{text}");
     assert!(
         lines[4].contains("/a.txt") && lines[4].contains(" 26 yes "),
