@@ -115,7 +115,8 @@ impl Consumer {
         agreement: &str,
         workflow: &str,
     ) -> Result<String, ClientError> {
-        Ok(self.execute_for(token, agreement, workflow).await?.0)
+        let body = self.execute_body(token, agreement, workflow).await?;
+        Ok(body["workflowId"].as_str().unwrap_or_default().to_string())
     }
 
     /// [`Consumer::execute`], with the compute token for the new execution

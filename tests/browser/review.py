@@ -16,6 +16,7 @@ import sys
 import time
 
 from chromium import checker, start
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 base, release_id, reject_id, shots = sys.argv[1:5]
@@ -34,8 +35,14 @@ def decide(execution, decision, reason):
     # The form posts, the server redirects back; the decision is applied
     # within a second: reload until the status says so.
     want = "succeeded" if decision == "release" else "failed"
+    status = ""
     for _ in range(60):
-        status = driver.find_element(By.ID, "status").text
+        try:
+            status = driver.find_element(By.ID, "status").text
+        except StaleElementReferenceException:
+            # Read while the post's redirect replaced the page: read again.
+            time.sleep(0.25)
+            continue
         if want in status:
             return status
         time.sleep(0.25)

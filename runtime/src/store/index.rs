@@ -17,6 +17,21 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
+/// The documents in both `a` and `b` (each in document order), their
+/// scores summed: a merge.
+fn intersect(a: &[(u32, f64)], b: &[(u32, f64)]) -> Vec<(u32, f64)> {
+    let (mut i, mut out) = (0, Vec::with_capacity(a.len().min(b.len())));
+    for (d, s) in a {
+        while i < b.len() && b[i].0 < *d {
+            i += 1;
+        }
+        if i < b.len() && b[i].0 == *d {
+            out.push((*d, s + b[i].1));
+        }
+    }
+    out
+}
+
 /// A query's filters, prepared once (lowercased, coded) for every document.
 struct Filter<'a> {
     viewer: String,
@@ -334,20 +349,10 @@ impl Index {
         let matches: &[(u32, f64)] = match lists.as_slice() {
             [] => &[],
             [one] => one,
-            [first, rest @ ..] => {
-                let mut acc: Vec<(u32, f64)> = first.as_ref().clone();
+            [first, second, rest @ ..] => {
+                let mut acc = intersect(first, second);
                 for l in rest {
-                    // Both in document order: a merge.
-                    let (mut i, mut out) = (0, Vec::with_capacity(acc.len()));
-                    for (d, s) in &acc {
-                        while i < l.len() && l[i].0 < *d {
-                            i += 1;
-                        }
-                        if i < l.len() && l[i].0 == *d {
-                            out.push((*d, s + l[i].1));
-                        }
-                    }
-                    acc = out;
+                    acc = intersect(&acc, l);
                 }
                 intersected = acc;
                 &intersected
@@ -398,9 +403,6 @@ impl Index {
                 BinaryHeap::with_capacity(want.min(1 << 16) + 1);
             for (d, score) in admitted {
                 total += 1;
-                if want == 0 {
-                    continue;
-                }
                 let rank = Rank {
                     exact: exact(d),
                     primary: primary(d, score),

@@ -324,26 +324,23 @@ fn run(
         let active = crate::sync::lock(gauge)
             .as_ref()
             .map_or(0, |g| g.load(Ordering::Relaxed));
-        if durable && active >= SIBLINGS && !delay.is_zero() {
+        if durable
+            && active >= SIBLINGS
+            && !delay.is_zero()
+            && let Some(first) = durables(&batch).map(|j| j.at).min()
+        {
             // Under load: wait for company, from the first durable write on.
-            while let Some(first) = batch
-                .iter()
-                .filter(|j| j.kind == Kind::Durable)
-                .map(|j| j.at)
-                .min()
-            {
-                let waiting = batch.iter().filter(|j| j.kind == Kind::Durable).count();
-                let left = (first + delay).saturating_duration_since(Instant::now());
-                if waiting >= active || batch.len() >= MAX_BATCH || left.is_zero() {
+            let deadline = first + delay;
+            let mut waiting = durables(&batch).count();
+            while waiting < active && batch.len() < MAX_BATCH {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(job) = rx.recv_timeout(left) else {
                     break;
-                }
-                match rx.recv_timeout(left) {
-                    Ok(job) => {
-                        batch.push(job);
-                        drain(&mut batch);
-                    }
-                    Err(_) => break,
-                }
+                };
+                let from = batch.len();
+                batch.push(job);
+                drain(&mut batch);
+                waiting += durables(&batch[from..]).count();
             }
         }
         let full = durable && batch.iter().any(|j| j.kind == Kind::Durable);
@@ -374,7 +371,7 @@ fn run(
         let mut pieces = Vec::with_capacity(synced.len());
         for (job, failure) in synced {
             match failure {
-                None => pieces.push((job.piece, job.kind)),
+                None => pieces.push(job.piece),
                 Some(f) => job.piece.answer(Some(&f)),
             }
         }
@@ -389,19 +386,24 @@ fn run(
                     &counters.volatile_commits
                 };
                 n.fetch_add(1, Ordering::Relaxed);
-                for (piece, _) in pieces {
+                for piece in pieces {
                     piece.answer(None);
                 }
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 let f = failure_of_sql(path, e);
-                for (piece, _) in pieces {
+                for piece in pieces {
                     piece.answer(Some(&f));
                 }
             }
         }
     }
+}
+
+/// The durable writes among `jobs`.
+fn durables(jobs: &[Job]) -> impl Iterator<Item = &Job> {
+    jobs.iter().filter(|j| j.kind == Kind::Durable)
 }
 
 /// [`COMMIT_DELAY`], or `INSITU_COMMIT_DELAY_US` microseconds (0: none).
@@ -418,12 +420,12 @@ fn commit_delay() -> Duration {
 fn commit(
     conn: &Connection,
     path: &Path,
-    pieces: &mut [(Box<dyn Piece>, Kind)],
+    pieces: &mut [Box<dyn Piece>],
     flush: bool,
     counters: &Counters,
 ) -> Result<(), rusqlite::Error> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    for (piece, _) in pieces.iter_mut() {
+    for piece in pieces.iter_mut() {
         conn.execute_batch("SAVEPOINT piece")?;
         if piece.apply(conn, path) {
             conn.execute_batch("RELEASE piece")?;
