@@ -141,7 +141,9 @@ impl Federation {
                 "--allow-image",
                 &artifact.manifest_digest,
             ]);
-            let args: Vec<&str> = TRAIN_ARGS.iter().chain(s.extra).copied().collect();
+            // The shard's own arguments first: the guest SDK reads the
+            // first occurrence of a flag.
+            let args: Vec<&str> = s.extra.iter().chain(&TRAIN_ARGS).copied().collect();
             let wf_file = dir.join("workflow.json");
             std::fs::write(
                 &wf_file,
