@@ -84,6 +84,13 @@ impl Provider {
                 "deleted federated updates the previous run left unmasked"
             );
         }
+        let uncreated = insitu_runtime::pipeline::sweep_uncreated(&dir, &store)?;
+        if uncreated > 0 {
+            tracing::warn!(
+                directories = uncreated,
+                "deleted the working directories of executions whose creation the previous run never committed"
+            );
+        }
         let key = match &config.provider_key {
             Some(k) => k.clone(),
             None => ProviderKey::load_or_create(&dir.provider_key())?,

@@ -167,8 +167,12 @@ impl Executions {
     /// federated round) before it is queued; its error fails the execution
     /// with that reason and is returned.
     ///
-    /// A future dropped while the execution's creation commits fails that
-    /// execution ("cancelled"): nothing is left pending and unqueued.
+    /// The execution is queued while its creation commits (a worker may
+    /// start it meanwhile; nothing of it is committed before the creation),
+    /// and the id is returned once the creation is durable. A future dropped
+    /// meanwhile leaves it to run and end as any other (as a cancelled
+    /// Kubernetes create leaves its object); a creation that fails fails the
+    /// run too, and its directory is removed.
     ///
     /// # Errors
     /// [`Error::ShuttingDown`]; [`Error::Busy`] when the queue is full (no
@@ -197,16 +201,8 @@ impl Executions {
         let mut resolved = resolve(&g.store, &agreement, now)?;
         let permit = g.queue.try_reserve().map_err(|_| Error::Busy)?;
         let (id, created) = g.store.create_execution_ack(&agreement)?;
-        let mut orphan = Orphan {
-            store: &g.store,
-            id: &id,
-            armed: true,
-        };
-        let created = created.done().await;
-        orphan.armed = false;
-        drop(orphan);
-        created?;
         if let Err(e) = prepare(&id, &mut resolved) {
+            // Queued behind the creation: answered once both are durable.
             let _ = g.store.set_status(
                 &id,
                 Status::Failed,
@@ -214,14 +210,24 @@ impl Executions {
             );
             return Err(e);
         }
+        // Queued while its creation commits: a worker starts it at once. Its
+        // own writes queue behind the creation in the store's writer, so
+        // nothing of it is committed (or visible) before the execution
+        // exists, and its result, a later durable commit, only after the
+        // creation is durable. The answer still waits for that.
         let stop = StopHandle::default();
         lock(&g.stops).insert(id.clone(), stop.clone());
         g.active.fetch_add(1, Ordering::SeqCst);
         permit.send(Job {
             id: id.clone(),
             resolved,
-            stop,
+            stop: stop.clone(),
         });
+        if let Err(e) = created.done().await {
+            // Never created: its writes fail, and so does it, unseen.
+            stop.stop();
+            return Err(e.into());
+        }
         tracing::info!(execution = %id, agreement = %agreement_id, consumer, "execution queued");
         Ok(id)
     }
@@ -331,28 +337,6 @@ impl Executions {
     }
 }
 
-/// Fails execution `id` when dropped armed (see [`Executions::admit`]).
-struct Orphan<'a> {
-    store: &'a Store,
-    id: &'a str,
-    armed: bool,
-}
-
-impl Drop for Orphan<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        // Created, never queued: nobody would ever run or end it.
-        let _ = self.store.advance_ack(
-            self.id,
-            Status::Failed,
-            Some("the execute request was cancelled before the execution was queued; execute it again"),
-            None,
-        );
-    }
-}
-
 impl Inner {
     /// Runs one dequeued execution's stages, then hands the wait for its
     /// final (group) commit and what follows to the finisher thread, so this
@@ -406,13 +390,25 @@ impl Inner {
                 );
             }
         }
-        if let Ok(e) = self.store.execution(&job.id) {
-            for stage in e.stage_records() {
-                if let Some(seconds) = stage.seconds() {
-                    self.stage_seconds.observe(seconds);
+        match self.store.execution(&job.id) {
+            Ok(e) => {
+                for stage in e.stage_records() {
+                    if let Some(seconds) = stage.seconds() {
+                        self.stage_seconds.observe(seconds);
+                    }
+                }
+                tracing::info!(execution = %job.id, status = e.status.as_str(), "execution finished");
+            }
+            // Its creation failed while it ran (see `admit`): nothing of it stays.
+            Err(Error::NotFound { .. }) => {
+                let dir = self.pipeline.dir.execution(&job.id);
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %dir.display(), error = %e, "cannot remove an uncreated execution's directory");
                 }
             }
-            tracing::info!(execution = %job.id, status = e.status.as_str(), "execution finished");
+            Err(_) => {}
         }
         self.finished.notify_waiters();
         lock(&self.stops).remove(&job.id);

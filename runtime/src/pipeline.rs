@@ -836,6 +836,25 @@ pub fn sweep_updates(dir: &DataDir) -> usize {
         .count()
 }
 
+/// Removes the working directories of executions the store does not know:
+/// a run starts while its creation commits (see
+/// [`crate::executions::Executions::admit`]), so a crash before that commit
+/// leaves a directory and no execution. Returns how many were removed.
+///
+/// # Errors
+/// The store's.
+pub fn sweep_uncreated(dir: &DataDir, store: &crate::store::Store) -> Result<usize, Error> {
+    let Ok(dirs) = std::fs::read_dir(dir.executions()) else {
+        return Ok(0);
+    };
+    let known = store.execution_ids()?;
+    Ok(dirs
+        .flatten()
+        .filter(|d| !d.file_name().to_str().is_some_and(|n| known.contains(n)))
+        .filter(|d| std::fs::remove_dir_all(d.path()).is_ok())
+        .count())
+}
+
 /// What a receipt records of an input dataset: `sha256:` of the JCS form of
 /// its [`collect`] listing (every file's path, size and sha256).
 ///

@@ -4,6 +4,7 @@
 
 use crate::http::state::Gateway;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use insitu_runtime::store::Execution;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,10 +54,14 @@ fn progress_event(stage: u32, line: &[u8]) -> Option<Value> {
     Some(json!({"stage": stage, "fraction": fraction, "message": message}))
 }
 
-/// The last progress line of the latest stage that reported any, or null.
-pub(crate) fn latest_progress(g: &Gateway, id: &str) -> Value {
+/// The last progress line of the latest stage of `e` that reported any, or
+/// null. Only the stages `e` records and the one after (running, or ended
+/// without a record) are looked at: a status poll stats no directories.
+pub(crate) fn latest_progress(g: &Gateway, e: &Execution) -> Value {
     use std::io::{Read, Seek, SeekFrom};
-    for n in (0..stage_dirs(g, id)).rev() {
+    let id = &e.id;
+    let recorded = e.stage_records().last().map_or(0, |s| s.index + 1);
+    for n in (0..=recorded).rev() {
         let Ok(mut f) = std::fs::File::open(g.pipeline.logs(id, n).join(PROGRESS_FILE)) else {
             continue;
         };

@@ -233,7 +233,7 @@ async fn an_idle_shutdown_stops_nothing() {
 }
 
 #[tokio::test]
-async fn an_admission_dropped_while_its_creation_commits_fails_the_execution() {
+async fn an_admission_dropped_while_its_creation_commits_still_runs_it_to_its_end() {
     let w = world(ONE);
     // Another connection holds the database's write lock, so the creation's
     // commit waits (busy timeout) while the admission is dropped.
@@ -255,23 +255,65 @@ async fn an_admission_dropped_while_its_creation_commits_fails_the_execution() {
         polls += 1;
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Queued (and started) while its creation waits; nothing committed yet.
+    assert_eq!(w.executions.active(), 1);
+    assert!(w.store.executions_of(CONSUMER).unwrap().is_empty());
     drop(admit);
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let e = loop {
-        let all = w.store.executions_of(CONSUMER).unwrap();
-        if let Some(e) = all.into_iter().find(|e| e.status.is_terminal()) {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "the execution was left pending");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(e.status, Status::Failed);
-    assert!(e.reason.unwrap().contains("cancelled"));
-    // Nothing was queued for it.
-    assert_eq!(w.executions.active(), 0);
+    w.idle().await;
+    let all = w.store.executions_of(CONSUMER).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].status, Status::Succeeded, "{all:?}");
+    assert!(all[0].result.is_some());
     assert_eq!(w.executions.depth(), 0);
+}
+
+#[tokio::test]
+async fn a_creation_that_fails_leaves_no_execution_and_no_directory() {
+    let w = world(ONE);
+    // The creation's commit gives up after the 5 s busy timeout, while the
+    // run it started has already made its directories.
+    let blocker = rusqlite::Connection::open(w.tmp.path().join("insitu.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let dirs = DataDir::new(w.tmp.path()).executions();
+    let entries = || -> Vec<_> {
+        std::fs::read_dir(&dirs).map_or(vec![], |d| d.flatten().map(|e| e.path()).collect())
+    };
+    let admit = w.admit(&w.quick);
+    tokio::pin!(admit);
+    let during = tokio::select! {
+        _ = &mut admit => panic!("answered while the database was locked"),
+        () = tokio::time::sleep(Duration::from_millis(500)) => entries(),
+    };
+    assert_eq!(during.len(), 1, "the run started while its creation waited");
+    let err = admit.await.unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(blocker);
+    w.idle().await;
+    assert!(w.store.executions_of(CONSUMER).unwrap().is_empty());
+    assert!(entries().is_empty(), "{:?}", entries());
+}
+
+#[tokio::test]
+async fn working_directories_of_executions_never_created_are_swept() {
+    let w = world(ONE);
+    let id = w.admit(&w.quick).await.unwrap();
+    w.until(&id, Status::Succeeded).await;
+    w.idle().await;
+    // A crash between a run's first directory and its creation's commit.
+    let dir = DataDir::new(w.tmp.path());
+    let stray = dir.outputs("nv-0123456789abcdef0123456789abcdef", 0);
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("partial.json"), "{").unwrap();
+    assert_eq!(crate::pipeline::sweep_uncreated(&dir, &w.store).unwrap(), 1);
+    assert!(
+        !dir.execution("nv-0123456789abcdef0123456789abcdef")
+            .exists()
+    );
+    // A created execution keeps everything.
+    assert!(dir.logs(&id, 0).join("stderr.log").is_file());
+    assert_eq!(crate::pipeline::sweep_uncreated(&dir, &w.store).unwrap(), 0);
 }
 
 #[tokio::test]

@@ -332,6 +332,25 @@ impl Store {
             })
     }
 
+    /// The ids of every execution.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn execution_ids(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM executions")
+            .map_err(|e| self.err(e))?;
+        let mut ids = std::collections::HashSet::new();
+        for id in stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+        {
+            ids.insert(id.map_err(|e| self.err(e))?);
+        }
+        Ok(ids)
+    }
+
     /// The executions of `consumer`, oldest first.
     ///
     /// # Errors

@@ -218,7 +218,7 @@ pub(crate) async fn status(
     let finished = e.status.is_terminal().then_some(e.updated_at);
     Ok(Json(json!({
         "workflowStatus": {"status": e.status, "startedAt": e.created_at, "finishedAt": finished, "did": e.result, "pods": pods},
-        "progress": if logs_released(&g, &e)? { logs::latest_progress(&g, &id) } else { Value::Null },
+        "progress": if logs_released(&g, &e)? { logs::latest_progress(&g, &e) } else { Value::Null },
         "execution": e,
     })))
 }
