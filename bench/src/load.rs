@@ -240,11 +240,13 @@ async fn drive(
     }
     println!("| time | executions/s | RSS | descriptors | SQLite (db + wal) |");
     println!("|---|---|---|---|---|");
-    let mut last = 0;
+    let (mut last, mut last_at) = (0, Duration::ZERO);
     let mut samples = Vec::new();
     let every = Duration::from_secs(10).min(window);
     while start.elapsed() < window {
-        tokio::time::sleep(every).await;
+        // The last sample ends with the window, not after it.
+        tokio::time::sleep(every.min(window.saturating_sub(start.elapsed()))).await;
+        let at = start.elapsed();
         let done = tally.done.load(Ordering::Relaxed);
         let (rss, fds) = process(pid);
         let size = |f: &str| {
@@ -252,14 +254,14 @@ async fn drive(
         };
         println!(
             "| {:>4.0} s | {:.0} | {:.1} MiB | {fds} | {:.1} + {:.1} MiB |",
-            start.elapsed().as_secs_f64(),
-            (done - last) as f64 / every.as_secs_f64(),
+            at.as_secs_f64(),
+            (done - last) as f64 / (at - last_at).as_secs_f64(),
             rss as f64 / 1024.0,
             size("insitu.db"),
             size("insitu.db-wal"),
         );
         samples.push((rss, fds));
-        last = done;
+        (last, last_at) = (done, at);
     }
     for t in tasks {
         t.await?;
