@@ -16,7 +16,7 @@ import sys
 import time
 
 from chromium import checker, start
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 base, release_id, reject_id, shots = sys.argv[1:5]
@@ -39,8 +39,10 @@ def decide(execution, decision, reason):
     for _ in range(60):
         try:
             status = driver.find_element(By.ID, "status").text
-        except StaleElementReferenceException:
-            # Read while the post's redirect replaced the page: read again.
+        except (StaleElementReferenceException, NoSuchElementException):
+            # Read while the post's redirect replaced the page (the old one
+            # gone, the new one not yet parsed): read again, without a reload
+            # that could cancel the post.
             time.sleep(0.25)
             continue
         if want in status:
