@@ -839,7 +839,8 @@ pub fn sweep_updates(dir: &DataDir) -> usize {
 /// Removes the working directories of executions the store does not know:
 /// a run starts while its creation commits (see
 /// [`crate::executions::Executions::admit`]), so a crash before that commit
-/// leaves a directory and no execution. Returns how many were removed.
+/// leaves a directory and no execution. Entries not named as execution ids
+/// are left alone. Returns how many were removed.
 ///
 /// # Errors
 /// The store's.
@@ -850,7 +851,11 @@ pub fn sweep_uncreated(dir: &DataDir, store: &crate::store::Store) -> Result<usi
     let known = store.execution_ids()?;
     Ok(dirs
         .flatten()
-        .filter(|d| !d.file_name().to_str().is_some_and(|n| known.contains(n)))
+        .filter(|d| {
+            d.file_name().to_str().is_some_and(|n| {
+                n.starts_with(crate::store::EXECUTION_PREFIX) && !known.contains(n)
+            })
+        })
         .filter(|d| std::fs::remove_dir_all(d.path()).is_ok())
         .count())
 }

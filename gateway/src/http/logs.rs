@@ -4,7 +4,7 @@
 
 use crate::http::state::Gateway;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use insitu_runtime::store::Execution;
+use insitu_runtime::store::StageRecord;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,13 +54,13 @@ fn progress_event(stage: u32, line: &[u8]) -> Option<Value> {
     Some(json!({"stage": stage, "fraction": fraction, "message": message}))
 }
 
-/// The last progress line of the latest stage of `e` that reported any, or
-/// null. Only the stages `e` records and the one after (running, or ended
-/// without a record) are looked at: a status poll stats no directories.
-pub(crate) fn latest_progress(g: &Gateway, e: &Execution) -> Value {
+/// The last progress line of the latest stage of execution `id` that
+/// reported any, or null. Only the stages its record names (`stages`) and
+/// the one after (running, or ended without a record) are looked at: a
+/// status poll stats no directories.
+pub(crate) fn latest_progress(g: &Gateway, id: &str, stages: &[StageRecord]) -> Value {
     use std::io::{Read, Seek, SeekFrom};
-    let id = &e.id;
-    let recorded = e.stage_records().last().map_or(0, |s| s.index + 1);
+    let recorded = stages.last().map_or(0, |s| s.index + 1);
     for n in (0..=recorded).rev() {
         let Ok(mut f) = std::fs::File::open(g.pipeline.logs(id, n).join(PROGRESS_FILE)) else {
             continue;

@@ -306,7 +306,12 @@ async fn working_directories_of_executions_never_created_are_swept() {
     let stray = dir.outputs("nv-0123456789abcdef0123456789abcdef", 0);
     std::fs::create_dir_all(&stray).unwrap();
     std::fs::write(stray.join("partial.json"), "{").unwrap();
+    std::fs::create_dir_all(dir.executions().join("other")).unwrap();
     assert_eq!(crate::pipeline::sweep_uncreated(&dir, &w.store).unwrap(), 1);
+    assert!(
+        dir.executions().join("other").is_dir(),
+        "not an execution's"
+    );
     assert!(
         !dir.execution("nv-0123456789abcdef0123456789abcdef")
             .exists()

@@ -73,6 +73,9 @@ impl StageRecord {
     }
 }
 
+/// How every execution id starts.
+pub const EXECUTION_PREFIX: &str = "nv-";
+
 impl Store {
     /// Records a new `pending` execution; returns its id once it is durable.
     ///
@@ -112,7 +115,7 @@ impl Store {
         ),
         Error,
     > {
-        let id = format!("nv-{}", &random_hex32()?[..32]);
+        let id = format!("{EXECUTION_PREFIX}{}", &random_hex32()?[..32]);
         let (eid, a, consumer, wf) = (
             id.clone(),
             agreement.id.clone(),

@@ -32,7 +32,7 @@ use crate::workflow::{Did, Workflow};
 pub use access::{AccessAgreement, Download};
 pub use agreements::Agreement;
 pub use catalog::{About, AssetKind, Dataset, DatasetSpec, Search, Server, Sort};
-pub use executions::{Execution, StageRecord};
+pub use executions::{EXECUTION_PREFIX, Execution, StageRecord};
 pub use reviews::{Decision, Review};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;

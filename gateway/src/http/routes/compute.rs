@@ -207,8 +207,8 @@ pub(crate) async fn status(
 ) -> ApiResult<Json<Value>> {
     let id = crate::ids::execution(&id);
     let e = owned(&g, &headers, &id)?;
-    let pods: Vec<Value> = e
-        .stage_records()
+    let stages = e.stage_records();
+    let pods: Vec<Value> = stages
         .iter()
         .map(|s| {
             json!({"podName": format!("{id}-stage-{}", s.index), "status": s.status,
@@ -218,7 +218,7 @@ pub(crate) async fn status(
     let finished = e.status.is_terminal().then_some(e.updated_at);
     Ok(Json(json!({
         "workflowStatus": {"status": e.status, "startedAt": e.created_at, "finishedAt": finished, "did": e.result, "pods": pods},
-        "progress": if logs_released(&g, &e)? { logs::latest_progress(&g, &e) } else { Value::Null },
+        "progress": if logs_released(&g, &e)? { logs::latest_progress(&g, &id, &stages) } else { Value::Null },
         "execution": e,
     })))
 }
