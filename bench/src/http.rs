@@ -213,6 +213,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     );
     let window = Duration::from_secs(5);
     let writes = gateway.store.write_stats();
+    let bytes = crate::written(std::process::id());
     let completed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -238,6 +239,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let n = completed.load(Ordering::Relaxed);
     let w = gateway.store.write_stats();
+    let bytes = crate::written(std::process::id()) - bytes;
     println!(
         "{clients} clients polling status every {} ms, {:.1} s: {n} executions succeeded, {:.0} executions/s ({} answered 429)",
         poll.as_millis(),
@@ -255,6 +257,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             w.syncs - writes.syncs
         )
     );
+    println!("{}", crate::written_per(n, bytes));
     println!(
         "anchors: one `wasmtime run` process per job 6.0 ms warm here (insitu-bench cli; ~8 ms in the seed's gathered facts); Nevermined's published Argo sample workflow 17 s"
     );

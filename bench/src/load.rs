@@ -177,6 +177,7 @@ async fn drive(
         ])
     };
     let before = metrics().await?;
+    let bytes = crate::written(pid);
     let start = Instant::now();
     let window = Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -278,6 +279,7 @@ async fn drive(
     };
     let done = tally.done.load(Ordering::Relaxed);
     let after = metrics().await?;
+    let bytes = crate::written(pid) - bytes;
     println!(
         "{}",
         crate::group_commit(
@@ -288,6 +290,7 @@ async fn drive(
             after[3] - before[3]
         )
     );
+    println!("{}", crate::written_per(done, bytes));
     println!(
         "{done} executions succeeded in {secs:.1} s: {:.0}/s; execute → succeeded p50 {} p99 {} p999 {}; errors {}; 429 {}",
         done as f64 / secs,

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
+    insitu_gateway::quiet_error_backtraces();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let all = what == "all";
     println!(
@@ -146,6 +147,28 @@ fn group_commit(executions: u64, writes: u64, commits: u64, volatile: u64, syncs
         per(commits + syncs),
         per(commits),
         per(syncs)
+    )
+}
+
+/// Bytes process `pid` has caused to be written to storage so far
+/// (`write_bytes` of `/proc/<pid>/io`: page-cache writes of files on a disk,
+/// none on tmpfs), or 0 where the kernel does not say.
+fn written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `written` over a window, per execution.
+fn written_per(executions: u64, bytes: u64) -> String {
+    format!(
+        "storage writes {:.1} KiB per execution",
+        bytes as f64 / 1024.0 / executions.max(1) as f64
     )
 }
 

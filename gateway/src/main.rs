@@ -17,6 +17,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    insitu_gateway::quiet_error_backtraces();
     match Cli::parse().command.execute() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -115,7 +115,7 @@ impl Store {
         ),
         Error,
     > {
-        let id = format!("{EXECUTION_PREFIX}{}", &random_hex32()?[..32]);
+        let id = format!("{EXECUTION_PREFIX}{}", time_ordered_hex::<16>()?);
         let (eid, a, consumer, wf) = (
             id.clone(),
             agreement.id.clone(),
@@ -208,7 +208,7 @@ impl Store {
     /// # Errors
     /// [`Error::Engine`] when the OS has no randomness.
     pub fn new_result_did(&self) -> Result<Did, Error> {
-        Ok(Did::parse(&format!("did:nv:{}", random_hex32()?)).expect("well-formed"))
+        Ok(Did::parse(&format!("did:nv:{}", time_ordered_hex::<32>()?)).expect("well-formed"))
     }
 
     /// Ends execution `id` (`publishing`) as `succeeded` in one transaction:

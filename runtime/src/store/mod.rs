@@ -99,6 +99,20 @@ fn random_hex32() -> Result<String, Error> {
     Ok(hex::encode(b))
 }
 
+/// `N` bytes as lowercase hex, ordered by creation time: the Unix time in
+/// milliseconds in the first 6 bytes (big-endian), random bytes after it —
+/// the layout of a UUIDv7 (RFC 9562, section 5.7). A row keyed by it lands
+/// at the end of its primary-key index rather than on a random page of it,
+/// so a commit of many new executions dirties a few index pages instead of
+/// one per row (WAL frames, checkpoints and disk writes with them).
+fn time_ordered_hex<const N: usize>() -> Result<String, Error> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b)
+        .map_err(|e| Error::Engine(format!("no randomness from the OS: {e}")))?;
+    b[..6].copy_from_slice(&now_ms().to_be_bytes()[2..]);
+    Ok(hex::encode(b))
+}
+
 /// Checks and lowercases an Ethereum address.
 ///
 /// # Errors

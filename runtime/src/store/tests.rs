@@ -562,3 +562,37 @@ fn a_stage_naming_an_algorithm_must_run_its_image() {
         "a tag alone is refused"
     );
 }
+
+#[test]
+fn execution_ids_and_result_dids_are_unique_and_ordered_by_creation_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, store, a) = store_with_agreement(dir.path());
+    let first = store.create_execution(&a).unwrap();
+    let first_did = store.new_result_did().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let ids: Vec<String> = (0..50)
+        .map(|_| store.create_execution(&a).unwrap())
+        .collect();
+    let did = store.new_result_did().unwrap();
+    for id in &ids {
+        let hex = id.strip_prefix(EXECUTION_PREFIX).unwrap();
+        assert!(
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{id}"
+        );
+        // Created later: sorts after (the millisecond prefix), unlike 50
+        // random ids, of which about half would sort before.
+        assert!(*id > first, "{id} sorts before {first}");
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    assert!(did.as_str() > first_did.as_str(), "{did} ≤ {first_did}");
+    assert_eq!(did.as_str().len(), "did:nv:".len() + 64);
+    // The prefix is the creation time in milliseconds.
+    let ms = u64::from_str_radix(&first[EXECUTION_PREFIX.len()..][..12], 16).unwrap();
+    let now = now_ms();
+    assert!(ms <= now && now - ms < 60_000, "{ms} vs now {now}");
+}
