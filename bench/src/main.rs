@@ -37,6 +37,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// mimalloc rather than glibc's malloc: ~13 % of the CPU of an execution
+/// over HTTP went to glibc's allocator (see BENCHMARKS.md, [disk-speed]).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     insitu_gateway::quiet_error_backtraces();
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
