@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 /// mimalloc rather than glibc's malloc: ~13 % of the CPU of an execution
 /// over HTTP went to glibc's allocator (see BENCHMARKS.md, [disk-speed]).
+/// Built with lazy arena commit (`.cargo/config.toml`): eager commit, its
+/// Linux default, doubled the resident memory of a loaded server.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
