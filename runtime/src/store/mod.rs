@@ -91,12 +91,17 @@ fn transition_in(conn: &Connection, path: &Path, id: &str, to: Status) -> Result
     from.transition(to)
 }
 
-/// 32 random bytes as lowercase hex.
-fn random_hex32() -> Result<String, Error> {
-    let mut b = [0u8; 32];
+/// `N` random bytes from the OS.
+fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    let mut b = [0u8; N];
     getrandom::fill(&mut b)
         .map_err(|e| Error::Engine(format!("no randomness from the OS: {e}")))?;
-    Ok(hex::encode(b))
+    Ok(b)
+}
+
+/// 32 random bytes as lowercase hex.
+fn random_hex32() -> Result<String, Error> {
+    Ok(hex::encode(random_bytes::<32>()?))
 }
 
 /// `N` bytes as lowercase hex, ordered by creation time: the Unix time in
@@ -106,9 +111,7 @@ fn random_hex32() -> Result<String, Error> {
 /// so a commit of many new executions dirties a few index pages instead of
 /// one per row (WAL frames, checkpoints and disk writes with them).
 fn time_ordered_hex<const N: usize>() -> Result<String, Error> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b)
-        .map_err(|e| Error::Engine(format!("no randomness from the OS: {e}")))?;
+    let mut b = random_bytes::<N>()?;
     b[..6].copy_from_slice(&now_ms().to_be_bytes()[2..]);
     Ok(hex::encode(b))
 }
