@@ -463,12 +463,13 @@ impl Sandbox {
             )));
         }
         check_dirs(spec)?;
-        let out_budget = Budget::new(
+        // Both dirs were just found empty.
+        let out_budget = Budget::empty(
             spec.output.clone(),
             spec.limits.output_quota,
             Outcome::OutputQuotaExceeded,
         );
-        let log_budget = Budget::new(
+        let log_budget = Budget::empty(
             spec.logs.clone(),
             spec.limits.log_quota,
             Outcome::LogQuotaExceeded,

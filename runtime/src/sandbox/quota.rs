@@ -82,13 +82,15 @@ pub struct Budget {
 pub type SharedBudget = Arc<Mutex<Budget>>;
 
 impl Budget {
-    /// A budget for `root`, counting what is already there.
-    pub fn new(root: PathBuf, quota: u64, outcome: Outcome) -> SharedBudget {
-        let charged = scan(&root).charged();
+    /// A budget for `root`, which the caller has found empty: nothing is
+    /// charged yet (the sandbox refuses a non-empty output or logs dir before
+    /// it makes the budgets, so scanning it again here would only cost a
+    /// directory read per run).
+    pub fn empty(root: PathBuf, quota: u64, outcome: Outcome) -> SharedBudget {
         Arc::new(Mutex::new(Budget {
             root,
             quota,
-            charged,
+            charged: 0,
             dirty: false,
             exceeded: None,
             outcome,
@@ -268,7 +270,7 @@ mod tests {
     #[test]
     fn charges_rescan_before_refusing() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Budget::new(
+        let b = Budget::empty(
             dir.path().into(),
             3 * ENTRY_COST,
             Outcome::OutputQuotaExceeded,
