@@ -177,11 +177,14 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         );
         std::process::exit(0);
     }
-    println!(
-        "pipeline alone (no HTTP, no queue): p50 {} p99 {}",
-        crate::us(crate::percentile(&direct, 0.5)),
-        crate::us(crate::percentile(&direct, 0.99))
-    );
+    // INSITU_BENCH_DIRECT=0 skips this part.
+    if !direct.is_empty() {
+        println!(
+            "pipeline alone (no HTTP, no queue): p50 {} p99 {}",
+            crate::us(crate::percentile(&direct, 0.5)),
+            crate::us(crate::percentile(&direct, 0.99))
+        );
+    }
     let n = 1000;
     let (mut accepted, mut done) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
